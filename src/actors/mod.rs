@@ -1,0 +1,5 @@
+//! The actor system of SPEC §1. Actors hold state, receive messages, ask the
+//! pure rules in [`crate::domain`] what to do, persist through
+//! [`crate::storage`], and reply. They contain no business rule of their own.
+
+pub mod ingest;

@@ -1,0 +1,7 @@
+//! Pure rules: no I/O, no actors, no clocks of their own. Everything here is a
+//! plain function or type with unit tests; actors call into it to decide, then
+//! persist and act.
+
+pub mod clock;
+pub mod signature;
+pub mod webhook;

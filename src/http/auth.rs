@@ -1,0 +1,137 @@
+//! Bearer-token roles for the admin listener (SPEC §9): a viewer reads, an
+//! operator reads and acts. Handlers state the role they need by taking a
+//! [`Viewer`] or [`Operator`] argument; the extractor answers 401 or 403 before
+//! the handler runs.
+//!
+//! Tokens are compared as SHA-256 digests in constant time, so neither the
+//! content nor the length of a token leaks through response timing.
+
+use std::future::{ready, Ready};
+
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::{web, FromRequest, HttpRequest};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use crate::config::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+}
+
+/// The admin tokens, kept only as digests.
+pub struct AdminTokens {
+    viewer: [u8; 32],
+    operator: [u8; 32],
+}
+
+impl AdminTokens {
+    pub fn new(viewer: &Secret, operator: &Secret) -> Self {
+        Self {
+            viewer: digest(viewer.expose()),
+            operator: digest(operator.expose()),
+        }
+    }
+
+    /// The role a presented token grants, if any.
+    pub fn role_of(&self, presented: &str) -> Option<Role> {
+        let presented = digest(presented);
+        let is_operator: bool = presented.ct_eq(&self.operator).into();
+        let is_viewer: bool = presented.ct_eq(&self.viewer).into();
+        if is_operator {
+            Some(Role::Operator)
+        } else if is_viewer {
+            Some(Role::Viewer)
+        } else {
+            None
+        }
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Who made an admin request, for authorization and the audit log.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub role: Role,
+    pub peer: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
+    let tokens = req
+        .app_data::<web::Data<AdminTokens>>()
+        .ok_or_else(ApiError::unauthorized)?;
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(ApiError::unauthorized)?;
+    let role = tokens
+        .role_of(presented)
+        .ok_or_else(ApiError::unauthorized)?;
+    Ok(Caller {
+        role,
+        peer: req.peer_addr().map(|a| a.to_string()),
+        user_agent: req
+            .headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    })
+}
+
+/// Any authenticated caller: a viewer or an operator.
+pub struct Viewer(pub Caller);
+
+/// An operator; a viewer gets 403.
+pub struct Operator(pub Caller);
+
+impl FromRequest for Viewer {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req).map(Viewer))
+    }
+}
+
+impl FromRequest for Operator {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req).and_then(|caller| match caller.role {
+            Role::Operator => Ok(Operator(caller)),
+            Role::Viewer => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this action needs the operator token",
+            )),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_map_to_roles() {
+        let tokens = AdminTokens::new(&Secret::new("view-token"), &Secret::new("op-token"));
+        assert_eq!(tokens.role_of("view-token"), Some(Role::Viewer));
+        assert_eq!(tokens.role_of("op-token"), Some(Role::Operator));
+        assert_eq!(tokens.role_of("op-token "), None);
+        assert_eq!(tokens.role_of(""), None);
+        assert_eq!(tokens.role_of("OP-TOKEN"), None);
+    }
+}

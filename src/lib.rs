@@ -1,0 +1,26 @@
+//! dropshipd: the order back end of a dropshipping store. Razorpay payment
+//! webhooks in; paid, stock-allocated orders through; Shiprocket shipments out.
+//!
+//! A map of the crate against the boxes of SPEC §1:
+//!
+//! | module | box |
+//! | --- | --- |
+//! | [`http`] | the actix-web front: webhook, health, admin API, `/metrics` |
+//! | [`actors`] | the actor system: webhook ingest (order, stock and shipping actors follow) |
+//! | [`domain`] | pure rules: webhook signature, webhook classification, clock |
+//! | [`storage`] | SQLite: the group-commit writer, migrations, inbox, dead letters |
+//! | [`config`] | `config.toml`, environment overrides, secret references, validation |
+//! | [`telemetry`] | metric names and handles, structured logging |
+//! | [`startup`] | assembling the above into a running daemon |
+//!
+//! Data flows one way: `http` → `actors` → `domain` (decide) → `storage` (persist).
+
+pub mod actors;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;
+
+pub use startup::{Application, StartupError, StopHandle};

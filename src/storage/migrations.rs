@@ -1,0 +1,100 @@
+//! Versioned schema. Each migration runs once, in order, inside one transaction
+//! with the `user_version` bump, so a crash mid-migration leaves the old version.
+//! Append only: never edit a migration that has shipped.
+
+use rusqlite::Connection;
+
+use super::StorageError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: webhook ingest. `webhook_receipts` is the dedup record: its primary key is
+    // inserted in the same transaction as the inbox or dead-letter row it protects,
+    // so the first delivery wins and every later one is a duplicate.
+    "
+    CREATE TABLE webhook_receipts (
+        dedup_key      TEXT PRIMARY KEY,
+        disposition    TEXT NOT NULL,          -- accepted | quarantined
+        received_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE inbox (
+        id                  INTEGER PRIMARY KEY,
+        dedup_key           TEXT NOT NULL,
+        event               TEXT NOT NULL,
+        razorpay_order_id   TEXT,
+        razorpay_payment_id TEXT,
+        event_created_at    INTEGER NOT NULL,
+        received_at_ms      INTEGER NOT NULL,
+        body                BLOB NOT NULL,
+        processed_at_ms     INTEGER
+    );
+    CREATE INDEX inbox_unprocessed ON inbox (id) WHERE processed_at_ms IS NULL;
+
+    CREATE TABLE dead_letters (
+        id             INTEGER PRIMARY KEY,
+        source         TEXT NOT NULL,          -- razorpay | tracking | ...
+        reason         TEXT NOT NULL,
+        detail         TEXT NOT NULL,
+        event_id       TEXT,
+        received_at_ms INTEGER NOT NULL,
+        body           BLOB,
+        resolved_at_ms INTEGER
+    );
+    CREATE INDEX dead_letters_open ON dead_letters (id) WHERE resolved_at_ms IS NULL;
+
+    CREATE TABLE daemon_state (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    ",
+];
+
+/// Brings the schema to the latest version. Refuses a database from a newer
+/// dropshipd rather than guessing at its tables.
+pub(super) fn migrate(conn: &mut Connection) -> Result<u32, StorageError> {
+    let current: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let latest = MIGRATIONS.len() as u32;
+    if current > latest {
+        return Err(StorageError::SchemaTooNew {
+            found: current,
+            supported: latest,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as u32 + 1)?;
+        tx.commit()?;
+    }
+    Ok(latest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_are_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), MIGRATIONS.len() as u32);
+        assert_eq!(migrate(&mut conn).unwrap(), MIGRATIONS.len() as u32);
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 4);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 999).unwrap();
+        assert!(matches!(
+            migrate(&mut conn),
+            Err(StorageError::SchemaTooNew { found: 999, .. })
+        ));
+    }
+}

@@ -1,0 +1,157 @@
+//! Durable state in SQLite: the one module that knows SQL and table names.
+//!
+//! Layout: one write connection owned by the group-commit [`writer`] thread, a
+//! small pool of read-only connections for queries ([`readers`]), versioned
+//! [`migrations`] run at open, and one file per kind of record (webhooks for
+//! now). WAL mode lets readers run beside the writer; `synchronous=FULL` makes
+//! every commit durable before anyone is told it happened.
+
+mod daemon_state;
+mod migrations;
+mod readers;
+mod webhooks;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use webhooks::{
+    inbox_entries, receipt_disposition, DeadLetter, InboxEntry, IngestCounts, RecordOutcome,
+    WebhookRecord,
+};
+pub use writer::WriterStatsSnapshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    #[error("the storage writer has stopped")]
+    WriterStopped,
+    #[error("no commit within {0:?}")]
+    Timeout(Duration),
+    #[error("the caller gave up before the write ran")]
+    Abandoned,
+    #[error("database schema version {found} is newer than this dropshipd supports ({supported})")]
+    SchemaTooNew { found: u32, supported: u32 },
+    #[error("cannot create the database folder {path}: {source}")]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the storage writer thread: {0}")]
+    Thread(std::io::Error),
+    #[error("a storage reader task failed: {0}")]
+    Reader(String),
+}
+
+/// A cheap, cloneable handle to the database.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: writer::Writer,
+    readers: readers::Readers,
+    path: PathBuf,
+}
+
+/// How to open the database.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    pub path: PathBuf,
+    /// How long a write may wait for SQLite's lock before it fails.
+    pub busy_timeout: Duration,
+}
+
+impl Storage {
+    /// Opens (creating if needed) and migrates the database, then starts the
+    /// writer thread. Blocking: call before serving, or from a blocking task.
+    pub fn open(options: &StorageOptions) -> Result<Self, StorageError> {
+        if let Some(folder) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder).map_err(|source| StorageError::Folder {
+                path: folder.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut conn = Connection::open(&options.path)?;
+        conn.busy_timeout(options.busy_timeout)?;
+        // WAL: readers never block the writer. FULL: the WAL is fsynced at every
+        // commit, so an acknowledged webhook survives power loss, not just a crash.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrations::migrate(&mut conn)?;
+        // The reply deadline covers a full busy wait plus the batch queued ahead.
+        let (writer, _thread) =
+            writer::Writer::spawn(conn, options.busy_timeout * 2).map_err(StorageError::Thread)?;
+        let readers = readers::Readers::new(options.path.clone(), options.busy_timeout);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer,
+                readers,
+                path: options.path.clone(),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn writer_stats(&self) -> WriterStatsSnapshot {
+        self.inner.writer.stats()
+    }
+
+    /// True when a write commits right now: readiness means "a webhook would be
+    /// accepted", which only an actual commit proves.
+    pub async fn probe_writable(&self, now_ms: i64) -> Result<(), StorageError> {
+        if !self.inner.writer.is_running() {
+            return Err(StorageError::WriterStopped);
+        }
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO daemon_state (key, value) VALUES ('ready_probe_at_ms', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([now_ms.to_string()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write<T, F>(&self, op: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        self.inner.writer.run(op).await
+    }
+
+    async fn read<T, F>(&self, op: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let storage = self.clone();
+        tokio::task::spawn_blocking(move || storage.inner.readers.with(op))
+            .await
+            .map_err(|e| StorageError::Reader(e.to_string()))?
+    }
+}
+
+/// Read-only access to a database file another process owns, for tools and
+/// tests that inspect what a daemon left behind.
+pub fn open_read_only(path: &Path) -> Result<Connection, StorageError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}

@@ -1,0 +1,358 @@
+//! Webhook records: the dedup receipts, the inbox and the dead-letter queue.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Storage, StorageError};
+
+/// What to store for one signed delivery.
+#[derive(Debug, Clone)]
+pub enum WebhookRecord {
+    /// A usable event, for the inbox.
+    Accepted {
+        dedup_key: String,
+        event: String,
+        razorpay_order_id: Option<String>,
+        razorpay_payment_id: Option<String>,
+        event_created_at: i64,
+        received_at_ms: i64,
+        body: Vec<u8>,
+    },
+    /// A signed but unusable event, for the dead-letter queue.
+    Quarantined {
+        dedup_key: String,
+        reason: &'static str,
+        detail: String,
+        received_at_ms: i64,
+        body: Vec<u8>,
+    },
+}
+
+/// What storing a delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordOutcome {
+    Accepted {
+        inbox_id: i64,
+    },
+    Quarantined {
+        dead_letter_id: i64,
+    },
+    /// The dedup key was seen before; nothing new was stored.
+    Duplicate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub source: String,
+    pub reason: String,
+    pub detail: String,
+    pub event_id: Option<String>,
+    pub received_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestCounts {
+    pub inbox_pending: u64,
+    pub dlq_entries: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    pub id: i64,
+    pub dedup_key: String,
+    pub event: String,
+    pub razorpay_order_id: Option<String>,
+    pub event_created_at: i64,
+    pub received_at_ms: i64,
+    pub body: Vec<u8>,
+}
+
+impl Storage {
+    /// Stores a delivery unless its dedup key was seen before. The receipt and the
+    /// record commit together, so the first delivery wins even across restarts.
+    pub async fn record_webhook(
+        &self,
+        record: WebhookRecord,
+    ) -> Result<RecordOutcome, StorageError> {
+        self.write(move |conn| insert_webhook(conn, &record)).await
+    }
+
+    /// Open dead letters, newest first; `before` is the cursor from the last page.
+    pub async fn dead_letters(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, source, reason, detail, event_id, received_at_ms FROM dead_letters
+                 WHERE resolved_at_ms IS NULL AND id < ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), limit], |row| {
+                Ok(DeadLetter {
+                    id: row.get(0)?,
+                    source: row.get(1)?,
+                    reason: row.get(2)?,
+                    detail: row.get(3)?,
+                    event_id: row.get(4)?,
+                    received_at_ms: row.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn ingest_counts(&self) -> Result<IngestCounts, StorageError> {
+        self.read(ingest_counts).await
+    }
+}
+
+fn insert_webhook(
+    conn: &Connection,
+    record: &WebhookRecord,
+) -> Result<RecordOutcome, StorageError> {
+    let (dedup_key, disposition, received_at_ms) = match record {
+        WebhookRecord::Accepted {
+            dedup_key,
+            received_at_ms,
+            ..
+        } => (dedup_key, "accepted", received_at_ms),
+        WebhookRecord::Quarantined {
+            dedup_key,
+            received_at_ms,
+            ..
+        } => (dedup_key, "quarantined", received_at_ms),
+    };
+    let fresh = conn
+        .prepare_cached(
+            "INSERT INTO webhook_receipts (dedup_key, disposition, received_at_ms)
+             VALUES (?1, ?2, ?3) ON CONFLICT (dedup_key) DO NOTHING",
+        )?
+        .execute(params![dedup_key, disposition, received_at_ms])?;
+    if fresh == 0 {
+        return Ok(RecordOutcome::Duplicate);
+    }
+    match record {
+        WebhookRecord::Accepted {
+            dedup_key,
+            event,
+            razorpay_order_id,
+            razorpay_payment_id,
+            event_created_at,
+            received_at_ms,
+            body,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO inbox (dedup_key, event, razorpay_order_id, razorpay_payment_id,
+                                    event_created_at, received_at_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                dedup_key,
+                event,
+                razorpay_order_id,
+                razorpay_payment_id,
+                event_created_at,
+                received_at_ms,
+                body
+            ])?;
+            Ok(RecordOutcome::Accepted {
+                inbox_id: conn.last_insert_rowid(),
+            })
+        }
+        WebhookRecord::Quarantined {
+            dedup_key,
+            reason,
+            detail,
+            received_at_ms,
+            body,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO dead_letters (source, reason, detail, event_id, received_at_ms, body)
+                 VALUES ('razorpay', ?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![reason, detail, dedup_key, received_at_ms, body])?;
+            Ok(RecordOutcome::Quarantined {
+                dead_letter_id: conn.last_insert_rowid(),
+            })
+        }
+    }
+}
+
+fn ingest_counts(conn: &Connection) -> Result<IngestCounts, StorageError> {
+    let count = |sql: &str| -> Result<u64, StorageError> {
+        Ok(conn
+            .prepare_cached(sql)?
+            .query_row([], |row| row.get::<_, i64>(0))? as u64)
+    };
+    Ok(IngestCounts {
+        inbox_pending: count("SELECT count(*) FROM inbox WHERE processed_at_ms IS NULL")?,
+        dlq_entries: count("SELECT count(*) FROM dead_letters WHERE resolved_at_ms IS NULL")?,
+    })
+}
+
+/// Every inbox entry, oldest first, read from a database file directly (see
+/// [`super::open_read_only`]): for tools and crash tests that inspect a daemon's
+/// file after it died.
+pub fn inbox_entries(conn: &Connection) -> Result<Vec<InboxEntry>, StorageError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, dedup_key, event, razorpay_order_id, event_created_at, received_at_ms, body
+         FROM inbox ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok(InboxEntry {
+            id: row.get(0)?,
+            dedup_key: row.get(1)?,
+            event: row.get(2)?,
+            razorpay_order_id: row.get(3)?,
+            event_created_at: row.get(4)?,
+            received_at_ms: row.get(5)?,
+            body: row.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The disposition a dedup key was first stored with, if any.
+pub fn receipt_disposition(
+    conn: &Connection,
+    dedup_key: &str,
+) -> Result<Option<String>, StorageError> {
+    Ok(conn
+        .prepare_cached("SELECT disposition FROM webhook_receipts WHERE dedup_key = ?1")?
+        .query_row([dedup_key], |row| row.get(0))
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::StorageOptions;
+    use super::*;
+
+    fn accepted(key: &str) -> WebhookRecord {
+        WebhookRecord::Accepted {
+            dedup_key: key.into(),
+            event: "payment.captured".into(),
+            razorpay_order_id: Some("order_1".into()),
+            razorpay_payment_id: Some("pay_1".into()),
+            event_created_at: 1,
+            received_at_ms: 2,
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn first_delivery_wins_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StorageOptions {
+            path: dir.path().join("db.sqlite"),
+            busy_timeout: std::time::Duration::from_millis(500),
+        };
+        let storage = Storage::open(&options).unwrap();
+        assert!(matches!(
+            storage.record_webhook(accepted("evt_1")).await.unwrap(),
+            RecordOutcome::Accepted { .. }
+        ));
+        assert_eq!(
+            storage.record_webhook(accepted("evt_1")).await.unwrap(),
+            RecordOutcome::Duplicate
+        );
+        let quarantined = WebhookRecord::Quarantined {
+            dedup_key: "evt_2".into(),
+            reason: "not_json",
+            detail: "nope".into(),
+            received_at_ms: 3,
+            body: b"x".to_vec(),
+        };
+        assert!(matches!(
+            storage.record_webhook(quarantined.clone()).await.unwrap(),
+            RecordOutcome::Quarantined { .. }
+        ));
+        // A key seen as quarantined is a duplicate whatever shape it comes back in.
+        assert_eq!(
+            storage.record_webhook(accepted("evt_2")).await.unwrap(),
+            RecordOutcome::Duplicate
+        );
+        assert_eq!(
+            storage.ingest_counts().await.unwrap(),
+            IngestCounts {
+                inbox_pending: 1,
+                dlq_entries: 1
+            }
+        );
+        drop(storage);
+
+        let reopened = Storage::open(&options).unwrap();
+        assert_eq!(
+            reopened.record_webhook(accepted("evt_1")).await.unwrap(),
+            RecordOutcome::Duplicate
+        );
+        assert_eq!(
+            reopened.record_webhook(quarantined).await.unwrap(),
+            RecordOutcome::Duplicate
+        );
+        let letters = reopened.dead_letters(None, 10).await.unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].reason, "not_json");
+        assert_eq!(letters[0].event_id.as_deref(), Some("evt_2"));
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageOptions {
+            path: dir.path().join("db.sqlite"),
+            busy_timeout: std::time::Duration::from_secs(5),
+        })
+        .unwrap();
+        let tasks: Vec<_> = (0..500)
+            .map(|i| {
+                let storage = storage.clone();
+                tokio::spawn(
+                    async move { storage.record_webhook(accepted(&format!("evt_{i}"))).await },
+                )
+            })
+            .collect();
+        for task in tasks {
+            assert!(matches!(
+                task.await.unwrap().unwrap(),
+                RecordOutcome::Accepted { .. }
+            ));
+        }
+        let stats = storage.writer_stats();
+        assert_eq!(stats.jobs, 500);
+        assert!(
+            stats.commits < 500,
+            "every write committed alone: {stats:?}"
+        );
+        assert!(stats.largest_batch > 1, "{stats:?}");
+        let conn = super::super::open_read_only(storage.path()).unwrap();
+        assert_eq!(inbox_entries(&conn).unwrap().len(), 500);
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_does_not_sink_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageOptions {
+            path: dir.path().join("db.sqlite"),
+            busy_timeout: std::time::Duration::from_secs(5),
+        })
+        .unwrap();
+        let bad = storage.write(|conn| {
+            conn.execute("INSERT INTO inbox (dedup_key) VALUES ('half')", [])?;
+            Ok(())
+        });
+        let good = storage.record_webhook(accepted("evt_ok"));
+        let (bad, good) = tokio::join!(bad, good);
+        assert!(bad.is_err());
+        assert!(matches!(good.unwrap(), RecordOutcome::Accepted { .. }));
+        let conn = super::super::open_read_only(storage.path()).unwrap();
+        let keys: Vec<_> = inbox_entries(&conn)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.dedup_key)
+            .collect();
+        assert_eq!(keys, vec!["evt_ok".to_string()]);
+    }
+}

@@ -1,0 +1,225 @@
+//! Metric names (the contract of SPEC §9), their help text, and the handles the
+//! rest of the daemon records through.
+//!
+//! Each running daemon owns its own Prometheus recorder instead of installing a
+//! process-global one: two daemons in one test process then never mix their
+//! counts, and `/metrics` renders exactly this daemon's figures. Handles are
+//! registered once at start-up, so recording is an atomic add with no lookup.
+
+use std::sync::Arc;
+
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+pub const WEBHOOK_REQUESTS_TOTAL: &str = "dropship_webhook_requests_total";
+pub const WEBHOOK_ACK_SECONDS: &str = "dropship_webhook_ack_seconds";
+pub const INBOX_PENDING: &str = "dropship_inbox_pending";
+pub const DLQ_ENTRIES: &str = "dropship_dlq_entries";
+pub const PROCESSING_PAUSED: &str = "dropship_processing_paused";
+
+/// Latency buckets for every `_seconds` histogram: sub-millisecond acks up to
+/// the multi-second waits of a throttled Shiprocket.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+const METADATA: Metadata<'static> = Metadata::new("dropshipd", Level::INFO, None);
+
+/// How a webhook request ended; the `outcome` label of `dropship_webhook_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    Accepted,
+    Duplicate,
+    Quarantined,
+    InvalidSignature,
+    TooLarge,
+    Unavailable,
+}
+
+impl WebhookOutcome {
+    pub const ALL: [WebhookOutcome; 6] = [
+        Self::Accepted,
+        Self::Duplicate,
+        Self::Quarantined,
+        Self::InvalidSignature,
+        Self::TooLarge,
+        Self::Unavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::Quarantined => "quarantined",
+            Self::InvalidSignature => "invalid_signature",
+            Self::TooLarge => "too_large",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The daemon's metrics: its recorder and the registered handles.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    webhook_requests: [Counter; 6],
+    pub webhook_ack_seconds: Histogram,
+    pub inbox_pending: Gauge,
+    pub dlq_entries: Gauge,
+    pub processing_paused: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        describe_counter(
+            &recorder,
+            WEBHOOK_REQUESTS_TOTAL,
+            None,
+            "Razorpay webhook requests, by how they ended.",
+        );
+        describe_histogram(
+            &recorder,
+            WEBHOOK_ACK_SECONDS,
+            "Time from a webhook request arriving to its 200 leaving.",
+        );
+        describe_gauge(
+            &recorder,
+            INBOX_PENDING,
+            "Accepted webhooks not yet processed.",
+        );
+        describe_gauge(
+            &recorder,
+            DLQ_ENTRIES,
+            "Open entries in the dead-letter queue.",
+        );
+        describe_gauge(
+            &recorder,
+            PROCESSING_PAUSED,
+            "1 while the kill switch holds order processing, else 0.",
+        );
+
+        let webhook_requests = WebhookOutcome::ALL.map(|outcome| {
+            recorder.register_counter(
+                &Key::from_parts(
+                    WEBHOOK_REQUESTS_TOTAL,
+                    vec![Label::new("outcome", outcome.label())],
+                ),
+                &METADATA,
+            )
+        });
+        let webhook_ack_seconds =
+            recorder.register_histogram(&Key::from_name(WEBHOOK_ACK_SECONDS), &METADATA);
+        let inbox_pending = recorder.register_gauge(&Key::from_name(INBOX_PENDING), &METADATA);
+        let dlq_entries = recorder.register_gauge(&Key::from_name(DLQ_ENTRIES), &METADATA);
+        let processing_paused =
+            recorder.register_gauge(&Key::from_name(PROCESSING_PAUSED), &METADATA);
+        Arc::new(Self {
+            recorder,
+            handle,
+            webhook_requests,
+            webhook_ack_seconds,
+            inbox_pending,
+            dlq_entries,
+            processing_paused,
+        })
+    }
+
+    pub fn webhook_request(&self, outcome: WebhookOutcome) {
+        self.webhook_requests[outcome as usize].increment(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram buffers; call periodically so an unscraped daemon's memory stays flat.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// For metrics registered later by name (labels chosen at run time, bounded by the caller).
+    pub fn recorder(&self) -> &PrometheusRecorder {
+        &self.recorder
+    }
+}
+
+fn describe_counter(
+    recorder: &PrometheusRecorder,
+    name: &'static str,
+    unit: Option<Unit>,
+    help: &'static str,
+) {
+    recorder.describe_counter(
+        KeyName::from_const_str(name),
+        unit,
+        SharedString::const_str(help),
+    );
+}
+
+fn describe_gauge(recorder: &PrometheusRecorder, name: &'static str, help: &'static str) {
+    recorder.describe_gauge(
+        KeyName::from_const_str(name),
+        None,
+        SharedString::const_str(help),
+    );
+}
+
+fn describe_histogram(recorder: &PrometheusRecorder, name: &'static str, help: &'static str) {
+    recorder.describe_histogram(
+        KeyName::from_const_str(name),
+        Some(Unit::Seconds),
+        SharedString::const_str(help),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_contract_names_and_types() {
+        let metrics = Metrics::new();
+        metrics.webhook_request(WebhookOutcome::Accepted);
+        metrics.webhook_request(WebhookOutcome::Accepted);
+        metrics.webhook_request(WebhookOutcome::TooLarge);
+        metrics.webhook_ack_seconds.record(0.002);
+        metrics.inbox_pending.set(7.0);
+        let text = metrics.render();
+        assert!(
+            text.contains("dropship_webhook_requests_total{outcome=\"accepted\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dropship_webhook_requests_total{outcome=\"too_large\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE dropship_webhook_ack_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dropship_webhook_ack_seconds_bucket{le=\"0.0025\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("dropship_inbox_pending 7"), "{text}");
+    }
+
+    #[test]
+    fn two_daemons_do_not_share_counts() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.webhook_request(WebhookOutcome::Duplicate);
+        assert!(a.render().contains("outcome=\"duplicate\"} 1"));
+        assert!(b.render().contains("outcome=\"duplicate\"} 0"));
+    }
+}

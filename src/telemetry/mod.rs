@@ -1,0 +1,6 @@
+//! Logs and metrics: how dropshipd tells operators what it is doing.
+
+pub mod logging;
+pub mod metrics;
+
+pub use self::metrics::Metrics;
