@@ -1,0 +1,117 @@
+//! The binary's own surface: `check-config`, and what `serve` writes to its logs.
+
+use crate::helpers::*;
+
+#[test]
+fn check_config_prints_a_masked_summary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_daemon_config(dir.path());
+    let output = daemon_command(&config)
+        .arg("check-config")
+        .output()
+        .expect("run check-config");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("env:RAZORPAY_WEBHOOK_SECRET (set, ****)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("config ok"), "{stdout}");
+    for secret in [WEBHOOK_SECRET, VIEWER_TOKEN, OPERATOR_TOKEN] {
+        assert!(!stdout.contains(secret), "secret printed:\n{stdout}");
+    }
+}
+
+#[test]
+fn check_config_names_every_problem_and_exits_1() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"nowhere\"\n[stock]\nshards = 0\n",
+    )
+    .expect("write");
+    let output = daemon_command(&config)
+        .env_remove("RAZORPAY_WEBHOOK_SECRET")
+        .env("DROPSHIPD__SERVER__MAX_BODY_BYTES", "12")
+        .arg("check-config")
+        .output()
+        .expect("run check-config");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for problem in [
+        "server.listen",
+        "server.max_body_bytes",
+        "stock.shards",
+        "RAZORPAY_WEBHOOK_SECRET",
+    ] {
+        assert!(stderr.contains(problem), "missing {problem} in:\n{stderr}");
+    }
+
+    let missing = daemon_command(&dir.path().join("absent.toml"))
+        .arg("check-config")
+        .output()
+        .expect("run check-config");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("absent.toml"));
+}
+
+#[tokio::test]
+async fn serve_logs_json_with_the_event_id_and_never_a_secret_or_a_body() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_daemon_config(dir.path());
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let marker = "pay_LOGMARKER";
+    let body = payment_captured(marker, "order_LOGMARKER", now_secs());
+    let signature = dropshipd::domain::signature::sign(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
+    for (event_id, signature) in [("evt_LOG1", signature.as_str()), ("evt_LOG2", "0000")] {
+        client
+            .post(format!("{}/webhooks/razorpay", daemon.public))
+            .header("X-Razorpay-Signature", signature)
+            .header("X-Razorpay-Event-Id", event_id)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("webhook");
+    }
+    let mut accepted_line = None;
+    let mut rejected_line = None;
+    for _ in 0..100 {
+        let logs = daemon.logs();
+        accepted_line = logs
+            .iter()
+            .find(|l| l.contains("webhook accepted"))
+            .cloned();
+        rejected_line = logs
+            .iter()
+            .find(|l| l.contains("invalid signature"))
+            .cloned();
+        if accepted_line.is_some() && rejected_line.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let accepted: serde_json::Value =
+        serde_json::from_str(&accepted_line.expect("an accepted log line")).expect("JSON log line");
+    assert_eq!(accepted["event_id"], "evt_LOG1");
+    assert_eq!(accepted["level"], "INFO");
+    let rejected: serde_json::Value =
+        serde_json::from_str(&rejected_line.expect("a rejected log line")).expect("JSON log line");
+    assert!(
+        rejected["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{rejected}"
+    );
+
+    for line in daemon.logs() {
+        for secret in [WEBHOOK_SECRET, VIEWER_TOKEN, OPERATOR_TOKEN, marker] {
+            assert!(!line.contains(secret), "{secret:?} in a log line: {line}");
+        }
+    }
+}

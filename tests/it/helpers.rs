@@ -1,0 +1,294 @@
+//! The one harness: [`spawn_app`] starts the real daemon in-process on port 0
+//! with its own temp database; [`Daemon`] runs the built binary for tests that
+//! need a real process (crash, CLI, logs). One method per endpoint.
+
+#![allow(dead_code)] // each test module uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dropshipd::config::{Config, Secret, Secrets, Settings};
+use dropshipd::domain::signature::sign;
+use dropshipd::{Application, StopHandle};
+use tempfile::TempDir;
+
+pub const WEBHOOK_SECRET: &str = "whsec_integration_0123456789";
+pub const VIEWER_TOKEN: &str = "viewer-token-for-tests";
+pub const OPERATOR_TOKEN: &str = "operator-token-for-tests";
+
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A `payment.captured` body in Razorpay's shape (reference/razorpay.md §5).
+pub fn payment_captured(payment_id: &str, order_id: &str, created_at: i64) -> String {
+    format!(
+        r#"{{"entity":"event","account_id":"acc_Dsh0pTest0001","event":"payment.captured","contains":["payment"],"payload":{{"payment":{{"entity":{{"id":"{payment_id}","entity":"payment","amount":129900,"currency":"INR","status":"captured","order_id":"{order_id}","method":"upi","amount_refunded":0,"refund_status":null,"captured":true,"email":"asha.rao@example.in","contact":"+919812345678","notes":[],"fee":2598,"tax":396,"error_code":null,"created_at":{created_at}}}}}}},"created_at":{created_at}}}"#
+    )
+}
+
+pub fn test_settings(dir: &Path) -> Settings {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.admin.listen = "127.0.0.1:0".into();
+    config.storage.path = dir.join("dropshipd.db");
+    Settings {
+        config,
+        secrets: Secrets::for_webhooks(WEBHOOK_SECRET, VIEWER_TOKEN, OPERATOR_TOKEN),
+        warnings: Vec::new(),
+    }
+}
+
+/// A daemon running in this test's actix system.
+pub struct TestApp {
+    pub public: String,
+    pub admin: String,
+    pub client: reqwest::Client,
+    pub db_path: PathBuf,
+    pub settings: Settings,
+    stop: StopHandle,
+    // Dropped last: the database lives here.
+    pub dir: Arc<TempDir>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    spawn_app_in(dir, customize).await
+}
+
+/// Starts a daemon on an existing folder: a restart keeps the database.
+pub async fn spawn_app_in(dir: Arc<TempDir>, customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings(dir.path());
+    customize(&mut settings);
+    let app = Application::build(settings.clone())
+        .await
+        .expect("daemon builds");
+    let public = format!("http://{}", app.public_addr());
+    let admin = format!("http://{}", app.admin_addr());
+    let stop = app.stop_handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        public,
+        admin,
+        client: reqwest::Client::new(),
+        db_path: settings.config.storage.path.clone(),
+        settings,
+        stop,
+        dir,
+    }
+}
+
+impl TestApp {
+    pub async fn stop(self) -> Arc<TempDir> {
+        self.stop.stop(true).await;
+        self.dir
+    }
+
+    /// Posts `body` signed with the test webhook secret.
+    pub async fn post_webhook(&self, body: &str, event_id: Option<&str>) -> reqwest::Response {
+        let signature = sign(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
+        self.post_webhook_raw(body.as_bytes().to_vec(), Some(&signature), event_id)
+            .await
+    }
+
+    pub async fn post_webhook_raw(
+        &self,
+        body: Vec<u8>,
+        signature: Option<&str>,
+        event_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/webhooks/razorpay", self.public))
+            .header("Content-Type", "application/json")
+            .header("User-Agent", "Razorpay-Webhook/v1")
+            .body(body);
+        if let Some(signature) = signature {
+            request = request.header("X-Razorpay-Signature", signature);
+        }
+        if let Some(event_id) = event_id {
+            request = request.header("X-Razorpay-Event-Id", event_id);
+        }
+        request.send().await.expect("webhook request")
+    }
+
+    pub async fn admin_get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}{path}", self.admin));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("admin request")
+    }
+
+    pub async fn admin_post(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.admin))
+            .header("User-Agent", "ops-cli/1.0");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("admin request")
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let response = self.admin_get("/admin/status", Some(VIEWER_TOKEN)).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("status JSON")
+    }
+
+    pub async fn dead_letters(&self) -> Vec<serde_json::Value> {
+        let response = self.admin_get("/admin/dlq", Some(VIEWER_TOKEN)).await;
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.expect("dlq JSON");
+        body["entries"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("metrics request");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("metrics text")
+    }
+
+    /// The inbox as stored on disk.
+    pub fn inbox_keys(&self) -> Vec<String> {
+        stored_inbox_keys(&self.db_path)
+    }
+}
+
+pub fn stored_inbox_keys(db: &Path) -> Vec<String> {
+    let conn = dropshipd::storage::open_read_only(db).expect("open database");
+    dropshipd::storage::inbox_entries(&conn)
+        .expect("read inbox")
+        .into_iter()
+        .map(|entry| entry.dedup_key)
+        .collect()
+}
+
+/// The value of one sample line in a Prometheus text scrape.
+pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+/// The built `dropshipd` binary, run as a real process.
+pub struct Daemon {
+    child: Child,
+    pub public: String,
+    pub admin: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Writes a config for a [`Daemon`] into `dir` and returns its path.
+pub fn write_daemon_config(dir: &Path) -> PathBuf {
+    let path = dir.join("config.toml");
+    let text = r#"
+[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[storage]
+path = "data/dropshipd.db"
+"#;
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+pub fn daemon_command(config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dropshipd"));
+    command
+        .env_clear()
+        .env("RAZORPAY_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("DROPSHIPD_VIEWER_TOKEN", VIEWER_TOKEN)
+        .env("DROPSHIPD_OPERATOR_TOKEN", OPERATOR_TOKEN)
+        .env("RUST_LOG", "info")
+        .arg("--config")
+        .arg(config);
+    command
+}
+
+impl Daemon {
+    /// Starts `dropshipd serve` and waits until it logs its listening addresses.
+    pub fn start(config: &Path) -> Daemon {
+        let mut child = daemon_command(config)
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start dropshipd");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let sink = Arc::clone(&logs);
+        // Drains stdout for the child's whole life, so logging never blocks it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if json["message"] == "listening" {
+                        let _ = ready_tx.send((
+                            json["public_addr"].as_str().unwrap_or_default().to_owned(),
+                            json["admin_addr"].as_str().unwrap_or_default().to_owned(),
+                        ));
+                    }
+                }
+                if let Ok(mut logs) = sink.lock() {
+                    logs.push(line);
+                }
+            }
+        });
+        let (public, admin) = ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("dropshipd did not log its listening addresses");
+        let public: SocketAddr = public.parse().expect("public address");
+        let admin: SocketAddr = admin.parse().expect("admin address");
+        Daemon {
+            child,
+            public: format!("http://{public}"),
+            admin: format!("http://{admin}"),
+            logs,
+        }
+    }
+
+    /// SIGKILL: no handler runs, nothing is flushed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn secret(value: &str) -> Secret {
+    Secret::new(value)
+}

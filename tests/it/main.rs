@@ -1,0 +1,8 @@
+//! Black-box tests of the daemon over real HTTP, one binary for all of them.
+
+mod admin;
+mod cli;
+mod crash;
+mod helpers;
+mod storage_failure;
+mod webhook;
