@@ -43,7 +43,12 @@ fn main() -> ExitCode {
             explicit: false,
         },
     };
-    let settings = match config::load(&source, std::env::vars().collect()) {
+    // Variables that are not UTF-8 cannot be config overrides or secrets; skip them
+    // rather than panic on them.
+    let vars = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let settings = match config::load(&source, vars) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!(

@@ -65,10 +65,10 @@ impl Application {
         clock: SharedClock,
     ) -> Result<Self, StartupError> {
         let config = &settings.config;
-        let options = StorageOptions {
-            path: config.storage.path.clone(),
-            busy_timeout: Duration::from_millis(config.storage.busy_timeout_ms),
-        };
+        let options = StorageOptions::new(
+            config.storage.path.clone(),
+            Duration::from_millis(config.storage.busy_timeout_ms),
+        );
         let storage = tokio::task::spawn_blocking(move || Storage::open(&options))
             .await
             .map_err(|e| StorageError::Reader(e.to_string()))??;
@@ -101,7 +101,6 @@ impl Application {
         ));
         let public_listen = config.server.listen.clone();
         let admin_listen = config.admin.listen.clone();
-        let max_body = config.server.max_body_bytes as usize;
         let state = web::Data::new(AppState {
             settings,
             storage,
@@ -119,7 +118,6 @@ impl Application {
             App::new()
                 .app_data(public_state.clone())
                 .app_data(web::Data::new(ingest))
-                .app_data(web::PayloadConfig::new(max_body))
                 .configure(http::public_routes)
                 .default_service(web::to(http::error::not_found))
         })

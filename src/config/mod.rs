@@ -262,9 +262,13 @@ pub fn load(
     source: &ConfigSource,
     vars: BTreeMap<String, String>,
 ) -> Result<Settings, ConfigError> {
+    let mut file_missing = false;
     let text = match std::fs::read_to_string(&source.path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.explicit => String::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.explicit => {
+            file_missing = true;
+            String::new()
+        }
         Err(e) => {
             return Err(ConfigError::one(format!(
                 "cannot read config file {}: {e}",
@@ -279,7 +283,14 @@ pub fn load(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let config = parse(&text, &vars)?;
-    validate::settle(config, SecretEnv { vars, base_dir })
+    let mut settings = validate::settle(config, SecretEnv { vars, base_dir })?;
+    if file_missing {
+        settings.warnings.push(format!(
+            "no config file at {}; using defaults and environment overrides",
+            source.path.display()
+        ));
+    }
+    Ok(settings)
 }
 
 /// Parses config text and applies environment overrides. No validation yet.
@@ -347,6 +358,11 @@ mod tests {
             explicit: false,
         };
         let settings = load(&implicit, vars).unwrap();
+        assert!(
+            settings.warnings[0].contains("no config file"),
+            "{:?}",
+            settings.warnings
+        );
         // Relative paths are relative to the config file's folder.
         assert_eq!(
             settings.config.storage.path,

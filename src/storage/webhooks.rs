@@ -245,10 +245,10 @@ mod tests {
     #[tokio::test]
     async fn first_delivery_wins_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let options = StorageOptions {
-            path: dir.path().join("db.sqlite"),
-            busy_timeout: std::time::Duration::from_millis(500),
-        };
+        let options = StorageOptions::new(
+            dir.path().join("db.sqlite"),
+            std::time::Duration::from_millis(500),
+        );
         let storage = Storage::open(&options).unwrap();
         assert!(matches!(
             storage.record_webhook(accepted("evt_1")).await.unwrap(),
@@ -301,10 +301,10 @@ mod tests {
     #[tokio::test]
     async fn concurrent_writes_share_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(&StorageOptions {
-            path: dir.path().join("db.sqlite"),
-            busy_timeout: std::time::Duration::from_secs(5),
-        })
+        let storage = Storage::open(&StorageOptions::new(
+            dir.path().join("db.sqlite"),
+            std::time::Duration::from_secs(5),
+        ))
         .unwrap();
         let tasks: Vec<_> = (0..500)
             .map(|i| {
@@ -334,10 +334,10 @@ mod tests {
     #[tokio::test]
     async fn a_failing_job_does_not_sink_its_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(&StorageOptions {
-            path: dir.path().join("db.sqlite"),
-            busy_timeout: std::time::Duration::from_secs(5),
-        })
+        let storage = Storage::open(&StorageOptions::new(
+            dir.path().join("db.sqlite"),
+            std::time::Duration::from_secs(5),
+        ))
         .unwrap();
         let bad = storage.write(|conn| {
             conn.execute("INSERT INTO inbox (dedup_key) VALUES ('half')", [])?;

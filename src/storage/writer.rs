@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::StorageError;
 
-/// Most jobs in one transaction; bounds the time a batch holds the write lock.
-const MAX_BATCH: usize = 2048;
+/// Most jobs in one transaction by default; bounds the time a batch holds the write lock.
+pub const DEFAULT_MAX_BATCH: usize = 2048;
 /// Jobs that may wait for the writer before callers are slowed down.
 const QUEUE_CAPACITY: usize = 65_536;
 
@@ -115,13 +115,14 @@ impl Writer {
     pub(super) fn spawn(
         conn: Connection,
         reply_deadline: Duration,
+        max_batch: usize,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(WriterStats::default());
         let thread_stats = Arc::clone(&stats);
         let handle = std::thread::Builder::new()
             .name("storage-writer".into())
-            .spawn(move || run(conn, queue, &thread_stats))?;
+            .spawn(move || run(conn, queue, &thread_stats, max_batch.max(1)))?;
         Ok((
             Self {
                 jobs,
@@ -170,11 +171,16 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn WriteJob>>, stats: &WriterStats) {
-    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
+fn run(
+    mut conn: Connection,
+    mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
+    stats: &WriterStats,
+    max_batch: usize,
+) {
+    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(max_batch);
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match queue.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
