@@ -124,6 +124,15 @@ impl TestApp {
         request.send().await.expect("webhook request")
     }
 
+    /// A plain GET of `path` on the listener at `base` (`self.public` or `self.admin`).
+    pub async fn get(&self, base: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("GET request")
+    }
+
     pub async fn admin_get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut request = self.client.get(format!("{}{path}", self.admin));
         if let Some(token) = token {

@@ -25,12 +25,7 @@ async fn a_locked_database_answers_503_and_stores_nothing() {
     assert_eq!(reply["error"], "storage_unavailable");
     assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
 
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.public))
-        .send()
-        .await
-        .expect("readyz");
+    let ready = app.get(&app.public, "/readyz").await;
     assert_eq!(ready.status(), 503);
 
     // Concurrent deliveries during the outage all fail the same way.
@@ -59,12 +54,7 @@ async fn a_locked_database_answers_503_and_stores_nothing() {
     assert_eq!(response.status(), 200);
     let reply: serde_json::Value = response.json().await.expect("JSON");
     assert_eq!(reply["status"], "accepted");
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.public))
-        .send()
-        .await
-        .expect("readyz");
+    let ready = app.get(&app.public, "/readyz").await;
     assert_eq!(ready.status(), 200);
 
     let scrape = app.metrics().await;

@@ -309,30 +309,15 @@ async fn concurrent_deliveries_of_one_event_store_it_once() {
 async fn the_public_listener_serves_only_its_own_routes() {
     let app = spawn_app().await;
     for path in ["/admin/status", "/metrics", "/nope"] {
-        let response = app
-            .client
-            .get(format!("{}{path}", app.public))
-            .send()
-            .await
-            .expect("request");
+        let response = app.get(&app.public, path).await;
         assert_eq!(response.status(), 404, "{path}");
         let (_, body) = json(response).await;
         assert_eq!(body["error"], "not_found");
     }
     for base in [&app.public, &app.admin] {
-        let health = app
-            .client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .expect("healthz");
+        let health = app.get(base, "/healthz").await;
         assert_eq!(health.status(), 200);
-        let ready = app
-            .client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .expect("readyz");
+        let ready = app.get(base, "/readyz").await;
         assert_eq!(ready.status(), 200);
     }
 }
