@@ -2,6 +2,9 @@
 //! plain function or type with unit tests; actors call into it to decide, then
 //! persist and act.
 
+pub mod checkout;
 pub mod clock;
+pub mod order;
 pub mod signature;
+pub mod stock;
 pub mod webhook;

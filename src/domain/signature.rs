@@ -46,6 +46,18 @@ fn decode_lowercase_hex_32(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The checkout's success-callback signature (SPEC §5): HMAC-SHA256 of
+/// `razorpay_order_id + "|" + razorpay_payment_id` under the API key secret.
+pub fn verify_checkout(
+    key_secret: &[u8],
+    razorpay_order_id: &str,
+    razorpay_payment_id: &str,
+    signature: &str,
+) -> bool {
+    let message = format!("{razorpay_order_id}|{razorpay_payment_id}");
+    verify(key_secret, message.as_bytes(), signature)
+}
+
 /// The webhook secrets in force: the current one and, during a rotation, the
 /// previous one (events created before the change stay signed with it).
 #[derive(Clone)]
@@ -125,6 +137,29 @@ mod tests {
         let mut flipped = SIGNATURE.to_owned();
         flipped.replace_range(0..1, "b");
         assert!(!verify(SECRET, BODY, &flipped));
+    }
+
+    #[test]
+    fn checkout_signature_covers_order_and_payment_ids() {
+        let signature = sign(b"key_secret", b"order_P1x2y3z4|pay_29QQoUBi66xm2f");
+        assert!(verify_checkout(
+            b"key_secret",
+            "order_P1x2y3z4",
+            "pay_29QQoUBi66xm2f",
+            &signature
+        ));
+        assert!(!verify_checkout(
+            b"key_secret",
+            "order_P1x2y3z4",
+            "pay_other",
+            &signature
+        ));
+        assert!(!verify_checkout(
+            b"other_secret",
+            "order_P1x2y3z4",
+            "pay_29QQoUBi66xm2f",
+            &signature
+        ));
     }
 
     #[test]

@@ -1,0 +1,799 @@
+//! The order lifecycle of SPEC §6 as a pure state machine.
+//!
+//! Three pieces, each exhaustively matched:
+//! - [`transition_allowed`]: the table of SPEC §6, the only place that says
+//!   which state may follow which;
+//! - [`decide`]: given an order's snapshot and a command (a payment, a timer, an
+//!   operator), which journal events to record, or why nothing happens;
+//! - [`apply`]: how one journal event changes a snapshot. Replaying an order's
+//!   journal through `apply` rebuilds its snapshot exactly; `decide` never
+//!   mutates, so the journal is the only history.
+//!
+//! Payments are idempotent by construction: a confirmation for the payment that
+//! already paid the order is [`Outcome::AlreadyDone`], so `payment.captured`,
+//! `order.paid` and the checkout callback, in any order and any number, pay an
+//! order once.
+
+use serde::{Deserialize, Serialize};
+
+/// Where an order is in its life. Snake case on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    PendingPayment,
+    PaymentFailed,
+    Expired,
+    Paid,
+    OutOfStock,
+    AwaitingShipment,
+    ShipmentCreated,
+    ReadyToShip,
+    ManualRequired,
+    Shipped,
+    Delivered,
+    Returned,
+    Cancelled,
+    Refunded,
+}
+
+impl OrderState {
+    pub const ALL: [OrderState; 14] = [
+        Self::PendingPayment,
+        Self::PaymentFailed,
+        Self::Expired,
+        Self::Paid,
+        Self::OutOfStock,
+        Self::AwaitingShipment,
+        Self::ShipmentCreated,
+        Self::ReadyToShip,
+        Self::ManualRequired,
+        Self::Shipped,
+        Self::Delivered,
+        Self::Returned,
+        Self::Cancelled,
+        Self::Refunded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingPayment => "pending_payment",
+            Self::PaymentFailed => "payment_failed",
+            Self::Expired => "expired",
+            Self::Paid => "paid",
+            Self::OutOfStock => "out_of_stock",
+            Self::AwaitingShipment => "awaiting_shipment",
+            Self::ShipmentCreated => "shipment_created",
+            Self::ReadyToShip => "ready_to_ship",
+            Self::ManualRequired => "manual_required",
+            Self::Shipped => "shipped",
+            Self::Delivered => "delivered",
+            Self::Returned => "returned",
+            Self::Cancelled => "cancelled",
+            Self::Refunded => "refunded",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether money for the order has been taken (and not given back).
+    pub fn money_taken(self) -> bool {
+        !matches!(
+            self,
+            Self::PendingPayment | Self::PaymentFailed | Self::Expired | Self::Refunded
+        )
+    }
+
+    /// Whether the order holds reserved (not yet sold) stock.
+    pub fn holds_reservation(self) -> bool {
+        matches!(self, Self::PendingPayment | Self::PaymentFailed)
+    }
+
+    /// Whether stock was sold to the order and has not left the warehouse.
+    pub fn holds_unshipped_sale(self) -> bool {
+        matches!(
+            self,
+            Self::Paid
+                | Self::AwaitingShipment
+                | Self::ShipmentCreated
+                | Self::ReadyToShip
+                | Self::ManualRequired
+        )
+    }
+}
+
+impl std::fmt::Display for OrderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// SPEC §6's table: may an order in `from` move to `to`?
+pub fn transition_allowed(from: OrderState, to: OrderState) -> bool {
+    use OrderState::*;
+    match from {
+        PendingPayment => matches!(to, Paid | PaymentFailed | Expired | Cancelled),
+        PaymentFailed => matches!(to, Paid | Expired | Cancelled),
+        Expired => matches!(to, Paid | OutOfStock | Cancelled),
+        Paid => matches!(to, AwaitingShipment | Cancelled | Refunded),
+        OutOfStock => matches!(to, Paid | Cancelled | Refunded),
+        AwaitingShipment => matches!(to, ShipmentCreated | ManualRequired | Cancelled | Refunded),
+        ShipmentCreated => matches!(to, ReadyToShip | ManualRequired | Cancelled | Refunded),
+        ReadyToShip => matches!(to, Shipped | Cancelled | Refunded),
+        ManualRequired => matches!(to, AwaitingShipment | Shipped | Cancelled | Refunded),
+        Shipped => matches!(to, Delivered | Returned),
+        Delivered => matches!(to, Returned | Refunded),
+        Returned => matches!(to, Refunded),
+        Cancelled => matches!(to, Refunded),
+        Refunded => false,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentMethod {
+    Prepaid,
+    Cod,
+}
+
+/// One order line, as reserved and sold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub sku: String,
+    pub name: String,
+    pub quantity: u32,
+    pub unit_price_paise: i64,
+    /// Grams, to keep the snapshot free of floats; absent means "use the SKU's or the default".
+    pub weight_g: Option<u32>,
+}
+
+/// Everything the state machine knows about an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSnapshot {
+    pub order_id: String,
+    pub razorpay_order_id: Option<String>,
+    pub payment_method: PaymentMethod,
+    pub currency: String,
+    pub amount_paise: i64,
+    pub lines: Vec<OrderLine>,
+    pub state: OrderState,
+    pub reserved_until_ms: Option<i64>,
+    /// The payment that paid the order.
+    pub payment_id: Option<String>,
+    pub refunded_paise: i64,
+    /// Money was taken that must go back (paid after cancel, out of stock, paid twice).
+    pub refund_due: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Journal events so far; the next event's sequence number is `version + 1`.
+    pub version: u64,
+}
+
+/// A journal event: what happened to an order. Serialized into the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OrderEvent {
+    Created {
+        razorpay_order_id: Option<String>,
+        payment_method: PaymentMethod,
+        currency: String,
+        amount_paise: i64,
+        lines: Vec<OrderLine>,
+        reserved_until_ms: Option<i64>,
+    },
+    /// Payment confirmed; stock sold from the reservation, or allocated anew after expiry.
+    Paid {
+        payment_id: String,
+        reallocated: bool,
+    },
+    /// Payment confirmed after expiry with no stock left: money to refund.
+    PaidOutOfStock {
+        payment_id: String,
+    },
+    PaymentFailed {
+        payment_id: Option<String>,
+    },
+    /// A failed attempt recorded without a state change (already failed, or already paid).
+    PaymentFailureNoted {
+        payment_id: Option<String>,
+    },
+    ReservationExpired,
+    Cancelled,
+    /// A second, different payment for an order already paid or cancelled.
+    ExtraPayment {
+        payment_id: String,
+        amount_paise: i64,
+    },
+    RefundRecorded {
+        refund_id: String,
+        amount_paise: i64,
+        /// The payment's cumulative refunded amount after this refund.
+        payment_refunded_paise: i64,
+        full: bool,
+    },
+}
+
+impl OrderEvent {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Created { .. } => "created",
+            Self::Paid { .. } => "paid",
+            Self::PaidOutOfStock { .. } => "paid_out_of_stock",
+            Self::PaymentFailed { .. } => "payment_failed",
+            Self::PaymentFailureNoted { .. } => "payment_failure_noted",
+            Self::ReservationExpired => "reservation_expired",
+            Self::Cancelled => "cancelled",
+            Self::ExtraPayment { .. } => "extra_payment",
+            Self::RefundRecorded { .. } => "refund_recorded",
+        }
+    }
+
+    /// The state this event moves the order to, if it moves it.
+    pub fn target(&self, from: OrderState) -> Option<OrderState> {
+        match self {
+            Self::Created { .. } => Some(OrderState::PendingPayment),
+            Self::Paid { .. } => Some(OrderState::Paid),
+            Self::PaidOutOfStock { .. } => Some(OrderState::OutOfStock),
+            Self::PaymentFailed { .. } => Some(OrderState::PaymentFailed),
+            Self::ReservationExpired => Some(OrderState::Expired),
+            Self::Cancelled => Some(OrderState::Cancelled),
+            Self::RefundRecorded { full: true, .. } => Some(OrderState::Refunded),
+            Self::PaymentFailureNoted { .. }
+            | Self::ExtraPayment { .. }
+            | Self::RefundRecorded { full: false, .. } => None,
+        }
+        .filter(|to| *to != from || matches!(self, Self::Created { .. }))
+    }
+}
+
+/// The snapshot a `Created` event starts; `None` for any other event.
+pub fn genesis(order_id: &str, event: &OrderEvent, at_ms: i64) -> Option<OrderSnapshot> {
+    match event {
+        OrderEvent::Created {
+            razorpay_order_id,
+            payment_method,
+            currency,
+            amount_paise,
+            lines,
+            reserved_until_ms,
+        } => Some(OrderSnapshot {
+            order_id: order_id.to_owned(),
+            razorpay_order_id: razorpay_order_id.clone(),
+            payment_method: *payment_method,
+            currency: currency.clone(),
+            amount_paise: *amount_paise,
+            lines: lines.clone(),
+            state: OrderState::PendingPayment,
+            reserved_until_ms: *reserved_until_ms,
+            payment_id: None,
+            refunded_paise: 0,
+            refund_due: false,
+            created_at_ms: at_ms,
+            updated_at_ms: at_ms,
+            version: 1,
+        }),
+        _ => None,
+    }
+}
+
+/// Applies one journal event to a snapshot. The only code that changes one.
+pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
+    if let Some(to) = event.target(order.state) {
+        order.state = to;
+    }
+    match event {
+        OrderEvent::Created { .. } => {}
+        OrderEvent::Paid { payment_id, .. } => {
+            order.payment_id = Some(payment_id.clone());
+            order.reserved_until_ms = None;
+        }
+        OrderEvent::PaidOutOfStock { payment_id } => {
+            order.payment_id = Some(payment_id.clone());
+            order.reserved_until_ms = None;
+            order.refund_due = true;
+        }
+        OrderEvent::PaymentFailed { .. } | OrderEvent::PaymentFailureNoted { .. } => {}
+        OrderEvent::ReservationExpired => order.reserved_until_ms = None,
+        OrderEvent::Cancelled => {
+            order.reserved_until_ms = None;
+            if order.payment_id.is_some() && order.refunded_paise < order.amount_paise {
+                order.refund_due = true;
+            }
+        }
+        OrderEvent::ExtraPayment { .. } => order.refund_due = true,
+        OrderEvent::RefundRecorded {
+            payment_refunded_paise,
+            full,
+            ..
+        } => {
+            order.refunded_paise = *payment_refunded_paise;
+            if *full {
+                order.refund_due = false;
+            }
+        }
+    }
+    order.version += 1;
+    order.updated_at_ms = at_ms;
+}
+
+/// Rebuilds a snapshot from its journal (`(event, at_ms)` in sequence order).
+pub fn replay<'a>(
+    order_id: &str,
+    journal: impl IntoIterator<Item = (&'a OrderEvent, i64)>,
+) -> Option<OrderSnapshot> {
+    let mut events = journal.into_iter();
+    let (first, at) = events.next()?;
+    let mut order = genesis(order_id, first, at)?;
+    for (event, at) in events {
+        apply(&mut order, event, at);
+    }
+    Some(order)
+}
+
+/// What an order is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// A captured payment (webhook, checkout callback or reconciliation).
+    ConfirmPayment {
+        payment_id: String,
+        amount_paise: i64,
+        currency: String,
+        /// Only for an expired order: whether stock could be allocated again.
+        stock_reallocated: Option<bool>,
+    },
+    FailPayment {
+        payment_id: Option<String>,
+    },
+    /// The reservation timer fired at `now_ms`.
+    ExpireReservation {
+        now_ms: i64,
+    },
+    Cancel,
+    RecordRefund {
+        refund_id: String,
+        amount_paise: i64,
+        payment_id: String,
+        payment_amount_paise: i64,
+        payment_refunded_paise: i64,
+    },
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Record these events, in order.
+    Record(Vec<OrderEvent>),
+    /// The command's effect is already in the journal (a repeated payment or refund).
+    AlreadyDone,
+    /// Nothing to do now (a timer that fired early, an expiry after payment).
+    Ignored,
+    /// The payment's amount or currency differs from the order's: dead-letter it.
+    AmountMismatch,
+    /// An expired order got a payment: ask the stock supervisor, then decide again
+    /// with `stock_reallocated` set.
+    NeedsStock,
+    /// SPEC §6 does not allow it from the current state.
+    InvalidTransition { from: OrderState, to: OrderState },
+}
+
+fn record(from: OrderState, event: OrderEvent) -> Outcome {
+    match event.target(from) {
+        Some(to) if !transition_allowed(from, to) => Outcome::InvalidTransition { from, to },
+        _ => Outcome::Record(vec![event]),
+    }
+}
+
+/// Decides what `command` does to `order`. Pure; see the module docs.
+pub fn decide(order: &OrderSnapshot, command: &Command) -> Outcome {
+    use OrderState as S;
+    match command {
+        Command::ConfirmPayment {
+            payment_id,
+            amount_paise,
+            currency,
+            stock_reallocated,
+        } => {
+            if order.payment_id.as_deref() == Some(payment_id.as_str()) {
+                return Outcome::AlreadyDone;
+            }
+            if *amount_paise != order.amount_paise
+                || !currency.eq_ignore_ascii_case(&order.currency)
+            {
+                return Outcome::AmountMismatch;
+            }
+            match order.state {
+                S::PendingPayment | S::PaymentFailed => record(
+                    order.state,
+                    OrderEvent::Paid {
+                        payment_id: payment_id.clone(),
+                        reallocated: false,
+                    },
+                ),
+                S::Expired => match stock_reallocated {
+                    None => Outcome::NeedsStock,
+                    Some(true) => record(
+                        order.state,
+                        OrderEvent::Paid {
+                            payment_id: payment_id.clone(),
+                            reallocated: true,
+                        },
+                    ),
+                    Some(false) => record(
+                        order.state,
+                        OrderEvent::PaidOutOfStock {
+                            payment_id: payment_id.clone(),
+                        },
+                    ),
+                },
+                // Paid already by another payment, or cancelled before the money came.
+                _ => Outcome::Record(vec![OrderEvent::ExtraPayment {
+                    payment_id: payment_id.clone(),
+                    amount_paise: *amount_paise,
+                }]),
+            }
+        }
+        Command::FailPayment { payment_id } => match order.state {
+            S::PendingPayment => record(
+                order.state,
+                OrderEvent::PaymentFailed {
+                    payment_id: payment_id.clone(),
+                },
+            ),
+            _ => Outcome::Record(vec![OrderEvent::PaymentFailureNoted {
+                payment_id: payment_id.clone(),
+            }]),
+        },
+        Command::ExpireReservation { now_ms } => match (order.state, order.reserved_until_ms) {
+            (S::PendingPayment | S::PaymentFailed, Some(until)) if until <= *now_ms => {
+                record(order.state, OrderEvent::ReservationExpired)
+            }
+            _ => Outcome::Ignored,
+        },
+        Command::Cancel => record(order.state, OrderEvent::Cancelled),
+        Command::RecordRefund {
+            refund_id,
+            amount_paise,
+            payment_id,
+            payment_amount_paise,
+            payment_refunded_paise,
+        } => {
+            if *payment_refunded_paise <= order.refunded_paise {
+                return Outcome::AlreadyDone;
+            }
+            let full = *payment_refunded_paise >= *payment_amount_paise;
+            // A refund of a payment that is not the order's (an extra payment) is
+            // journaled but never moves the order.
+            let full = full && order.payment_id.as_deref() == Some(payment_id.as_str());
+            let event = OrderEvent::RefundRecorded {
+                refund_id: refund_id.clone(),
+                amount_paise: *amount_paise,
+                payment_refunded_paise: *payment_refunded_paise,
+                full,
+            };
+            match event.target(order.state) {
+                Some(to) if !transition_allowed(order.state, to) => Outcome::InvalidTransition {
+                    from: order.state,
+                    to,
+                },
+                _ => Outcome::Record(vec![event]),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn new_order(state: OrderState) -> OrderSnapshot {
+        let created = OrderEvent::Created {
+            razorpay_order_id: Some("order_1".into()),
+            payment_method: PaymentMethod::Prepaid,
+            currency: "INR".into(),
+            amount_paise: 149_800,
+            lines: vec![OrderLine {
+                sku: "TSHIRT-BLK-M".into(),
+                name: "Black tee M".into(),
+                quantity: 2,
+                unit_price_paise: 74_900,
+                weight_g: Some(250),
+            }],
+            reserved_until_ms: Some(1_000),
+        };
+        let mut order = genesis("XVC-1", &created, 0).unwrap();
+        order.state = state;
+        order
+    }
+
+    fn pay(id: &str) -> Command {
+        Command::ConfirmPayment {
+            payment_id: id.into(),
+            amount_paise: 149_800,
+            currency: "INR".into(),
+            stock_reallocated: None,
+        }
+    }
+
+    #[test]
+    fn the_table_matches_spec_section_6() {
+        use OrderState::*;
+        let allowed: Vec<(OrderState, OrderState)> = OrderState::ALL
+            .iter()
+            .flat_map(|from| OrderState::ALL.iter().map(move |to| (*from, *to)))
+            .filter(|(from, to)| transition_allowed(*from, *to))
+            .collect();
+        assert_eq!(allowed.len(), 37);
+        for (from, to) in [
+            (PendingPayment, Paid),
+            (Expired, OutOfStock),
+            (OutOfStock, Paid),
+            (ManualRequired, Shipped),
+            (Delivered, Refunded),
+            (Cancelled, Refunded),
+        ] {
+            assert!(transition_allowed(from, to), "{from} -> {to}");
+        }
+        for (from, to) in [
+            (Paid, PendingPayment),
+            (Shipped, Cancelled),
+            (Refunded, Paid),
+            (Returned, Delivered),
+        ] {
+            assert!(!transition_allowed(from, to), "{from} -> {to}");
+        }
+        assert!(OrderState::ALL.iter().all(|s| !transition_allowed(*s, *s)));
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for state in OrderState::ALL {
+            assert_eq!(OrderState::parse(state.as_str()), Some(state));
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+    }
+
+    #[test]
+    fn the_same_payment_pays_once() {
+        let mut order = new_order(OrderState::PendingPayment);
+        let Outcome::Record(events) = decide(&order, &pay("pay_1")) else {
+            panic!("first payment should record");
+        };
+        assert_eq!(
+            events,
+            vec![OrderEvent::Paid {
+                payment_id: "pay_1".into(),
+                reallocated: false
+            }]
+        );
+        apply(&mut order, &events[0], 5);
+        assert_eq!(order.state, OrderState::Paid);
+        assert_eq!(decide(&order, &pay("pay_1")), Outcome::AlreadyDone);
+        // A different payment for a paid order is money to give back, not a second sale.
+        let Outcome::Record(events) = decide(&order, &pay("pay_2")) else {
+            panic!("extra payment should be journaled");
+        };
+        apply(&mut order, &events[0], 6);
+        assert_eq!(order.state, OrderState::Paid);
+        assert!(order.refund_due);
+    }
+
+    #[test]
+    fn failed_then_captured_pays() {
+        let mut order = new_order(OrderState::PendingPayment);
+        let Outcome::Record(events) = decide(
+            &order,
+            &Command::FailPayment {
+                payment_id: Some("pay_f".into()),
+            },
+        ) else {
+            panic!()
+        };
+        apply(&mut order, &events[0], 1);
+        assert_eq!(order.state, OrderState::PaymentFailed);
+        let Outcome::Record(events) = decide(&order, &pay("pay_ok")) else {
+            panic!()
+        };
+        apply(&mut order, &events[0], 2);
+        assert_eq!(order.state, OrderState::Paid);
+        // A late failure after success changes nothing but the journal.
+        assert_eq!(
+            decide(
+                &order,
+                &Command::FailPayment {
+                    payment_id: Some("pay_f".into())
+                }
+            ),
+            Outcome::Record(vec![OrderEvent::PaymentFailureNoted {
+                payment_id: Some("pay_f".into())
+            }])
+        );
+    }
+
+    #[test]
+    fn wrong_amount_or_currency_is_a_mismatch() {
+        let order = new_order(OrderState::PendingPayment);
+        let mut command = pay("pay_1");
+        if let Command::ConfirmPayment { amount_paise, .. } = &mut command {
+            *amount_paise = 100;
+        }
+        assert_eq!(decide(&order, &command), Outcome::AmountMismatch);
+        let usd = Command::ConfirmPayment {
+            payment_id: "pay_1".into(),
+            amount_paise: 149_800,
+            currency: "USD".into(),
+            stock_reallocated: None,
+        };
+        assert_eq!(decide(&order, &usd), Outcome::AmountMismatch);
+    }
+
+    #[test]
+    fn expiry_only_after_the_deadline_and_late_payment_needs_stock() {
+        let mut order = new_order(OrderState::PendingPayment);
+        assert_eq!(
+            decide(&order, &Command::ExpireReservation { now_ms: 999 }),
+            Outcome::Ignored
+        );
+        let Outcome::Record(events) = decide(&order, &Command::ExpireReservation { now_ms: 1_000 })
+        else {
+            panic!()
+        };
+        apply(&mut order, &events[0], 1_000);
+        assert_eq!(order.state, OrderState::Expired);
+        assert_eq!(decide(&order, &pay("pay_late")), Outcome::NeedsStock);
+        let with_stock = Command::ConfirmPayment {
+            payment_id: "pay_late".into(),
+            amount_paise: 149_800,
+            currency: "INR".into(),
+            stock_reallocated: Some(false),
+        };
+        let Outcome::Record(events) = decide(&order, &with_stock) else {
+            panic!()
+        };
+        apply(&mut order, &events[0], 1_001);
+        assert_eq!(order.state, OrderState::OutOfStock);
+        assert!(order.refund_due);
+    }
+
+    #[test]
+    fn cancel_follows_the_table_and_flags_taken_money() {
+        let shipped = new_order(OrderState::Shipped);
+        assert_eq!(
+            decide(&shipped, &Command::Cancel),
+            Outcome::InvalidTransition {
+                from: OrderState::Shipped,
+                to: OrderState::Cancelled
+            }
+        );
+        let mut paid = new_order(OrderState::PendingPayment);
+        let Outcome::Record(events) = decide(&paid, &pay("pay_1")) else {
+            panic!()
+        };
+        apply(&mut paid, &events[0], 1);
+        let Outcome::Record(events) = decide(&paid, &Command::Cancel) else {
+            panic!()
+        };
+        apply(&mut paid, &events[0], 2);
+        assert_eq!(paid.state, OrderState::Cancelled);
+        assert!(paid.refund_due);
+    }
+
+    #[test]
+    fn partial_refunds_journal_and_a_full_one_refunds() {
+        let mut order = new_order(OrderState::PendingPayment);
+        let Outcome::Record(events) = decide(&order, &pay("pay_1")) else {
+            panic!()
+        };
+        apply(&mut order, &events[0], 1);
+        let refund = |id: &str, amount: i64, total: i64| Command::RecordRefund {
+            refund_id: id.into(),
+            amount_paise: amount,
+            payment_id: "pay_1".into(),
+            payment_amount_paise: 149_800,
+            payment_refunded_paise: total,
+        };
+        let Outcome::Record(events) = decide(&order, &refund("rfnd_1", 30_000, 30_000)) else {
+            panic!()
+        };
+        apply(&mut order, &events[0], 2);
+        assert_eq!(order.state, OrderState::Paid);
+        assert_eq!(
+            decide(&order, &refund("rfnd_1", 30_000, 30_000)),
+            Outcome::AlreadyDone
+        );
+        let Outcome::Record(events) = decide(&order, &refund("rfnd_2", 119_800, 149_800)) else {
+            panic!()
+        };
+        apply(&mut order, &events[0], 3);
+        assert_eq!(order.state, OrderState::Refunded);
+        assert_eq!(order.refunded_paise, 149_800);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Input {
+            /// The order's real payment, by webhook, `order.paid` or callback: all the same command.
+            Captured,
+            /// A second payment by the same customer.
+            OtherCaptured,
+            Failed,
+            Expire,
+            Cancel,
+        }
+
+        fn input() -> impl Strategy<Value = Input> {
+            prop_oneof![
+                4 => Just(Input::Captured),
+                1 => Just(Input::OtherCaptured),
+                3 => Just(Input::Failed),
+                1 => Just(Input::Expire),
+                1 => Just(Input::Cancel),
+            ]
+        }
+
+        proptest! {
+            /// Duplicated, reordered payment events and callbacks: at most one `paid`
+            /// transition, every transition allowed by the table, and the journal
+            /// replays to the snapshot.
+            #[test]
+            fn payments_in_any_order_pay_once(inputs in proptest::collection::vec(input(), 1..40), stock in any::<bool>()) {
+                let mut order = new_order(OrderState::PendingPayment);
+                order.version = 1;
+                let created = OrderEvent::Created {
+                    razorpay_order_id: order.razorpay_order_id.clone(),
+                    payment_method: order.payment_method,
+                    currency: order.currency.clone(),
+                    amount_paise: order.amount_paise,
+                    lines: order.lines.clone(),
+                    reserved_until_ms: order.reserved_until_ms,
+                };
+                let mut journal = vec![(created, 0i64)];
+                let mut paid_transitions = 0;
+                for (at, input) in inputs.iter().enumerate() {
+                    let at = at as i64 + 1;
+                    let payment = |id: &str, realloc: Option<bool>| Command::ConfirmPayment {
+                        payment_id: id.into(),
+                        amount_paise: 149_800,
+                        currency: "INR".into(),
+                        stock_reallocated: realloc,
+                    };
+                    let command = match input {
+                        Input::Captured => payment("pay_real", None),
+                        Input::OtherCaptured => payment("pay_other", None),
+                        Input::Failed => Command::FailPayment { payment_id: Some("pay_failed".into()) },
+                        Input::Expire => Command::ExpireReservation { now_ms: 10_000 },
+                        Input::Cancel => Command::Cancel,
+                    };
+                    let mut outcome = decide(&order, &command);
+                    if outcome == Outcome::NeedsStock {
+                        if let Command::ConfirmPayment { payment_id, .. } = &command {
+                            outcome = decide(&order, &payment(payment_id, Some(stock)));
+                        }
+                    }
+                    if let Outcome::Record(events) = outcome {
+                        for event in events {
+                            if let Some(to) = event.target(order.state) {
+                                prop_assert!(transition_allowed(order.state, to), "{} -> {}", order.state, to);
+                                if to == OrderState::Paid || to == OrderState::OutOfStock {
+                                    paid_transitions += 1;
+                                }
+                            }
+                            apply(&mut order, &event, at);
+                            journal.push((event, at));
+                        }
+                    }
+                }
+                prop_assert!(paid_transitions <= 1);
+                if inputs.iter().any(|i| matches!(i, Input::Captured | Input::OtherCaptured)) {
+                    prop_assert!(order.payment_id.is_some() || order.state == OrderState::Cancelled);
+                }
+                let rebuilt = replay("XVC-1", journal.iter().map(|(e, at)| (e, *at))).unwrap();
+                prop_assert_eq!(rebuilt, order);
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Stock arithmetic (SPEC §7): a SKU's `on_hand` and `reserved`, and the changes
+//! that move them. Every change either keeps `available = on_hand - reserved`
+//! at zero or above, with `reserved` never negative, or is refused; each
+//! accepted change reports its deltas, which become the ledger row committed
+//! with the level.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StockLevel {
+    pub on_hand: i64,
+    pub reserved: i64,
+}
+
+impl StockLevel {
+    pub fn available(self) -> i64 {
+        self.on_hand - self.reserved
+    }
+}
+
+/// A change to one SKU's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockChange {
+    /// Hold units for a checkout.
+    Reserve(i64),
+    /// Give held units back (expiry, cancellation before payment).
+    Release(i64),
+    /// A paid checkout: held units leave both `reserved` and `on_hand`.
+    SellReserved(i64),
+    /// A late payment after expiry: sell units that were not held.
+    SellUnreserved(i64),
+    /// Units come back (cancellation of an unshipped sale).
+    Restock(i64),
+    /// An operator's correction, by a signed amount.
+    Adjust(i64),
+    /// An operator's count: `on_hand` becomes this.
+    Set(i64),
+}
+
+/// The ledger view of a change: how much each figure moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StockDelta {
+    pub on_hand: i64,
+    pub reserved: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StockError {
+    #[error("only {available} available, {wanted} wanted")]
+    Insufficient { available: i64, wanted: i64 },
+    #[error("quantity must be positive, got {0}")]
+    NonPositive(i64),
+    #[error("only {reserved} reserved, cannot release or sell {wanted}")]
+    NotReserved { reserved: i64, wanted: i64 },
+    #[error("on_hand {on_hand} would fall below the {reserved} units reserved")]
+    BelowReserved { on_hand: i64, reserved: i64 },
+}
+
+/// The level after `change`, with its deltas, or why it is refused.
+pub fn apply(
+    level: StockLevel,
+    change: StockChange,
+) -> Result<(StockLevel, StockDelta), StockError> {
+    let positive = |q: i64| {
+        if q > 0 {
+            Ok(q)
+        } else {
+            Err(StockError::NonPositive(q))
+        }
+    };
+    let delta = match change {
+        StockChange::Reserve(q) => {
+            let q = positive(q)?;
+            if level.available() < q {
+                return Err(StockError::Insufficient {
+                    available: level.available(),
+                    wanted: q,
+                });
+            }
+            StockDelta {
+                on_hand: 0,
+                reserved: q,
+            }
+        }
+        StockChange::Release(q) | StockChange::SellReserved(q) => {
+            let q = positive(q)?;
+            if level.reserved < q {
+                return Err(StockError::NotReserved {
+                    reserved: level.reserved,
+                    wanted: q,
+                });
+            }
+            match change {
+                StockChange::Release(_) => StockDelta {
+                    on_hand: 0,
+                    reserved: -q,
+                },
+                _ => StockDelta {
+                    on_hand: -q,
+                    reserved: -q,
+                },
+            }
+        }
+        StockChange::SellUnreserved(q) => {
+            let q = positive(q)?;
+            if level.available() < q {
+                return Err(StockError::Insufficient {
+                    available: level.available(),
+                    wanted: q,
+                });
+            }
+            StockDelta {
+                on_hand: -q,
+                reserved: 0,
+            }
+        }
+        StockChange::Restock(q) => StockDelta {
+            on_hand: positive(q)?,
+            reserved: 0,
+        },
+        StockChange::Adjust(delta) => StockDelta {
+            on_hand: delta,
+            reserved: 0,
+        },
+        StockChange::Set(on_hand) => StockDelta {
+            on_hand: on_hand - level.on_hand,
+            reserved: 0,
+        },
+    };
+    let next = StockLevel {
+        on_hand: level.on_hand + delta.on_hand,
+        reserved: level.reserved + delta.reserved,
+    };
+    if next.available() < 0 {
+        return Err(StockError::BelowReserved {
+            on_hand: next.on_hand,
+            reserved: next.reserved,
+        });
+    }
+    Ok((next, delta))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn reserve_sell_release() {
+        let level = StockLevel {
+            on_hand: 5,
+            reserved: 0,
+        };
+        let (level, d) = apply(level, StockChange::Reserve(3)).unwrap();
+        assert_eq!(
+            (level.available(), d),
+            (
+                2,
+                StockDelta {
+                    on_hand: 0,
+                    reserved: 3
+                }
+            )
+        );
+        assert_eq!(
+            apply(level, StockChange::Reserve(3)),
+            Err(StockError::Insufficient {
+                available: 2,
+                wanted: 3
+            })
+        );
+        let (level, _) = apply(level, StockChange::SellReserved(2)).unwrap();
+        assert_eq!(
+            level,
+            StockLevel {
+                on_hand: 3,
+                reserved: 1
+            }
+        );
+        let (level, _) = apply(level, StockChange::Release(1)).unwrap();
+        assert_eq!(
+            level,
+            StockLevel {
+                on_hand: 3,
+                reserved: 0
+            }
+        );
+        assert!(apply(level, StockChange::Release(1)).is_err());
+        assert!(apply(level, StockChange::Reserve(0)).is_err());
+    }
+
+    #[test]
+    fn operators_cannot_count_below_what_is_reserved() {
+        let level = StockLevel {
+            on_hand: 5,
+            reserved: 4,
+        };
+        assert!(apply(level, StockChange::Set(3)).is_err());
+        assert!(apply(level, StockChange::Adjust(-2)).is_err());
+        let (level, d) = apply(level, StockChange::Set(10)).unwrap();
+        assert_eq!((level.on_hand, d.on_hand), (10, 5));
+    }
+
+    fn change() -> impl Strategy<Value = StockChange> {
+        prop_oneof![
+            (1i64..20).prop_map(StockChange::Reserve),
+            (1i64..20).prop_map(StockChange::Release),
+            (1i64..20).prop_map(StockChange::SellReserved),
+            (1i64..20).prop_map(StockChange::SellUnreserved),
+            (1i64..20).prop_map(StockChange::Restock),
+            (-20i64..20).prop_map(StockChange::Adjust),
+            (0i64..60).prop_map(StockChange::Set),
+        ]
+    }
+
+    proptest! {
+        /// Whatever operators and checkouts do, available never goes negative and
+        /// the levels always equal the sums of their ledger deltas.
+        #[test]
+        fn levels_stay_valid_and_equal_their_ledger(changes in proptest::collection::vec(change(), 0..200)) {
+            let mut level = StockLevel::default();
+            let mut ledger = StockDelta::default();
+            for change in changes {
+                if let Ok((next, delta)) = apply(level, change) {
+                    level = next;
+                    ledger.on_hand += delta.on_hand;
+                    ledger.reserved += delta.reserved;
+                }
+                prop_assert!(level.available() >= 0);
+                prop_assert!(level.reserved >= 0);
+                prop_assert_eq!(level.on_hand, ledger.on_hand);
+                prop_assert_eq!(level.reserved, ledger.reserved);
+            }
+        }
+    }
+}
