@@ -3,3 +3,4 @@
 //! [`crate::storage`], and reply. They contain no business rule of their own.
 
 pub mod ingest;
+pub mod stock;

@@ -47,6 +47,66 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     ",
+    // 2: orders and stock. A stock level changes only together with a ledger row
+    // (so on_hand is the sum of its ledger), and `stock_allocations` records,
+    // per order and SKU, whether its units are held, sold, released or returned:
+    // every stock step of an order is idempotent by that row.
+    "
+    CREATE TABLE stock_levels (
+        sku       TEXT PRIMARY KEY,
+        on_hand   INTEGER NOT NULL DEFAULT 0,
+        reserved  INTEGER NOT NULL DEFAULT 0,
+        name      TEXT,
+        weight_kg REAL,
+        dims_cm   TEXT,
+        hsn       TEXT
+    ) WITHOUT ROWID;
+
+    CREATE TABLE stock_ledger (
+        id             INTEGER PRIMARY KEY,
+        sku            TEXT NOT NULL,
+        on_hand_delta  INTEGER NOT NULL,
+        reserved_delta INTEGER NOT NULL,
+        reason         TEXT NOT NULL,
+        order_id       TEXT,
+        at_ms          INTEGER NOT NULL
+    );
+    CREATE INDEX stock_ledger_by_sku ON stock_ledger (sku);
+
+    CREATE TABLE stock_allocations (
+        order_id TEXT NOT NULL,
+        sku      TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        status   TEXT NOT NULL,              -- held | sold | released | returned
+        PRIMARY KEY (order_id, sku)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE orders (
+        id                INTEGER PRIMARY KEY,
+        order_id          TEXT NOT NULL UNIQUE,
+        razorpay_order_id TEXT UNIQUE,
+        state             TEXT NOT NULL,
+        snapshot          TEXT NOT NULL,     -- JSON of the state machine's snapshot
+        customer          TEXT NOT NULL,     -- JSON: customer and shipping address
+        fingerprint       TEXT NOT NULL,     -- of the checkout request, for idempotency
+        reserved_until_ms INTEGER,
+        created_at_ms     INTEGER NOT NULL,
+        updated_at_ms     INTEGER NOT NULL
+    );
+    CREATE INDEX orders_by_state ON orders (state, id);
+    CREATE INDEX orders_by_reservation_end ON orders (reserved_until_ms)
+        WHERE reserved_until_ms IS NOT NULL;
+
+    CREATE TABLE order_journal (
+        order_id TEXT NOT NULL,
+        seq      INTEGER NOT NULL,
+        at_ms    INTEGER NOT NULL,
+        kind     TEXT NOT NULL,
+        cause    TEXT NOT NULL,
+        data     TEXT NOT NULL,
+        PRIMARY KEY (order_id, seq)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// Brings the schema to the latest version. Refuses a database from a newer
@@ -85,7 +145,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 4);
+        assert_eq!(tables, 9);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 
 mod daemon_state;
 mod migrations;
+mod orders;
 mod readers;
+mod stock;
 mod webhooks;
 mod writer;
 
@@ -18,6 +20,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use orders::{JournalAppend, JournalRow, OrderDeadLetter, OrderWrite, StoredOrder};
+pub use stock::{
+    Allocation, AllocationStatus, AllocationStep, ProductFacts, StockItem, StockMismatch, StockStep,
+};
 pub use webhooks::{
     inbox_entries, receipt_disposition, DeadLetter, InboxEntry, IngestCounts, RecordOutcome,
     WebhookRecord,
@@ -45,6 +51,8 @@ pub enum StorageError {
     },
     #[error("cannot start the storage writer thread: {0}")]
     Thread(std::io::Error),
+    #[error("stored data does not decode: {0}")]
+    Encoding(String),
     #[error("a storage reader task failed: {0}")]
     Reader(String),
 }

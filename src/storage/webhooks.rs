@@ -200,18 +200,33 @@ pub fn inbox_entries(conn: &Connection) -> Result<Vec<InboxEntry>, StorageError>
         "SELECT id, dedup_key, event, razorpay_order_id, event_created_at, received_at_ms, body
          FROM inbox ORDER BY id",
     )?;
-    let rows = stmt.query_map([], |row| {
-        Ok(InboxEntry {
-            id: row.get(0)?,
-            dedup_key: row.get(1)?,
-            event: row.get(2)?,
-            razorpay_order_id: row.get(3)?,
-            event_created_at: row.get(4)?,
-            received_at_ms: row.get(5)?,
-            body: row.get(6)?,
-        })
-    })?;
+    let rows = stmt.query_map([], inbox_entry)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+pub(super) fn pending_inbox(
+    conn: &Connection,
+    after_id: i64,
+    limit: u32,
+) -> Result<Vec<InboxEntry>, StorageError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, dedup_key, event, razorpay_order_id, event_created_at, received_at_ms, body
+         FROM inbox WHERE processed_at_ms IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after_id, limit], inbox_entry)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn inbox_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<InboxEntry> {
+    Ok(InboxEntry {
+        id: row.get(0)?,
+        dedup_key: row.get(1)?,
+        event: row.get(2)?,
+        razorpay_order_id: row.get(3)?,
+        event_created_at: row.get(4)?,
+        received_at_ms: row.get(5)?,
+        body: row.get(6)?,
+    })
 }
 
 /// The disposition a dedup key was first stored with, if any.

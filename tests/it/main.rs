@@ -4,5 +4,6 @@ mod admin;
 mod cli;
 mod crash;
 mod helpers;
+mod stock;
 mod storage_failure;
 mod webhook;

@@ -1,0 +1,353 @@
+//! Orders: the snapshot row and the journal, always written together, and the
+//! inbox entries an order change completes.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::webhooks::InboxEntry;
+use super::{Storage, StorageError};
+use crate::domain::order::{OrderEvent, OrderSnapshot, OrderState};
+
+/// A journal entry to append: the event with its time and cause.
+#[derive(Debug, Clone)]
+pub struct JournalAppend {
+    pub event: OrderEvent,
+    pub at_ms: i64,
+    /// What made it happen: `webhook:<event id>`, `callback`, `timer`, `admin:<role>`, ...
+    pub cause: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JournalRow {
+    pub seq: u64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub cause: String,
+    pub data: serde_json::Value,
+}
+
+/// An order as stored.
+#[derive(Debug, Clone)]
+pub struct StoredOrder {
+    /// Row id: the listing cursor, newest first.
+    pub id: i64,
+    pub snapshot: OrderSnapshot,
+    /// Customer and address as the checkout sent them (JSON).
+    pub customer: serde_json::Value,
+    pub fingerprint: String,
+}
+
+/// A dead letter an order change files beside its effect (or instead of one).
+#[derive(Debug, Clone)]
+pub struct OrderDeadLetter {
+    pub reason: &'static str,
+    pub detail: String,
+    pub event_id: Option<String>,
+}
+
+/// An order change: the new snapshot and the journal entries that led to it,
+/// plus the inbox entry it completes. One transaction.
+#[derive(Debug, Clone)]
+pub struct OrderWrite {
+    pub snapshot: OrderSnapshot,
+    pub journal: Vec<JournalAppend>,
+    pub inbox_done: Option<i64>,
+    pub dead_letter: Option<OrderDeadLetter>,
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, StorageError> {
+    serde_json::to_string(value).map_err(|e| StorageError::Encoding(e.to_string()))
+}
+
+impl Storage {
+    /// Inserts a new order with its first journal entry. `Ok(false)` when an
+    /// order with that id exists already.
+    pub async fn insert_order(
+        &self,
+        snapshot: OrderSnapshot,
+        customer: serde_json::Value,
+        fingerprint: String,
+        created: JournalAppend,
+    ) -> Result<bool, StorageError> {
+        self.write(move |conn| {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO orders (order_id, razorpay_order_id, state, snapshot, customer, fingerprint,
+                                         reserved_until_ms, created_at_ms, updated_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+                     ON CONFLICT (order_id) DO NOTHING",
+                )?
+                .execute(params![
+                    snapshot.order_id,
+                    snapshot.razorpay_order_id,
+                    snapshot.state.as_str(),
+                    to_json(&snapshot)?,
+                    to_json(&customer)?,
+                    fingerprint,
+                    snapshot.reserved_until_ms,
+                    snapshot.created_at_ms,
+                ])?;
+            if inserted == 0 {
+                return Ok(false);
+            }
+            append_journal(conn, &snapshot.order_id, 1, &created)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Commits an order change: journal rows, the snapshot, the inbox entry.
+    pub async fn commit_order(&self, write: OrderWrite) -> Result<(), StorageError> {
+        self.write(move |conn| {
+            let OrderWrite {
+                snapshot,
+                journal,
+                inbox_done,
+                dead_letter,
+            } = &write;
+            let first_seq = snapshot.version + 1 - journal.len() as u64;
+            for (i, entry) in journal.iter().enumerate() {
+                append_journal(conn, &snapshot.order_id, first_seq + i as u64, entry)?;
+            }
+            if !journal.is_empty() {
+                conn.prepare_cached(
+                    "UPDATE orders SET state = ?2, snapshot = ?3, reserved_until_ms = ?4, updated_at_ms = ?5
+                     WHERE order_id = ?1",
+                )?
+                .execute(params![
+                    snapshot.order_id,
+                    snapshot.state.as_str(),
+                    to_json(snapshot)?,
+                    snapshot.reserved_until_ms,
+                    snapshot.updated_at_ms
+                ])?;
+            }
+            if let Some(letter) = dead_letter {
+                insert_dead_letter(conn, "order", letter, snapshot.updated_at_ms)?;
+            }
+            if let Some(inbox_id) = inbox_done {
+                mark_processed(conn, *inbox_id, snapshot.updated_at_ms)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Completes an inbox entry that changes no order, filing a dead letter if given.
+    pub async fn finish_inbox_entry(
+        &self,
+        inbox_id: i64,
+        dead_letter: Option<OrderDeadLetter>,
+        at_ms: i64,
+    ) -> Result<(), StorageError> {
+        self.write(move |conn| {
+            if let Some(letter) = &dead_letter {
+                insert_dead_letter(conn, "razorpay", letter, at_ms)?;
+            }
+            mark_processed(conn, inbox_id, at_ms)
+        })
+        .await
+    }
+
+    pub async fn load_order(&self, order_id: &str) -> Result<Option<StoredOrder>, StorageError> {
+        let order_id = order_id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, snapshot, customer, fingerprint FROM orders WHERE order_id = ?1",
+            )?
+            .query_row([&order_id], stored_order)
+            .optional()?
+            .transpose()
+        })
+        .await
+    }
+
+    pub async fn order_id_for_razorpay(
+        &self,
+        razorpay_order_id: &str,
+    ) -> Result<Option<String>, StorageError> {
+        let razorpay_order_id = razorpay_order_id.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT order_id FROM orders WHERE razorpay_order_id = ?1")?
+                .query_row([&razorpay_order_id], |row| row.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    pub async fn order_journal(&self, order_id: &str) -> Result<Vec<JournalRow>, StorageError> {
+        let order_id = order_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, at_ms, kind, cause, data FROM order_journal WHERE order_id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([&order_id], |row| {
+                let data: String = row.get(4)?;
+                Ok(JournalRow {
+                    seq: row.get::<_, i64>(0)? as u64,
+                    at_ms: row.get(1)?,
+                    kind: row.get(2)?,
+                    cause: row.get(3)?,
+                    data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Orders newest first, optionally in one state; `before` is the cursor.
+    pub async fn list_orders(
+        &self,
+        state: Option<OrderState>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredOrder>, StorageError> {
+        self.read(move |conn| {
+            let before = before.unwrap_or(i64::MAX);
+            let mut stmt = match state {
+                Some(_) => conn.prepare_cached(
+                    "SELECT id, snapshot, customer, fingerprint FROM orders
+                     WHERE state = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+                )?,
+                None => conn.prepare_cached(
+                    "SELECT id, snapshot, customer, fingerprint FROM orders
+                     WHERE ?1 IS NULL AND id < ?2 ORDER BY id DESC LIMIT ?3",
+                )?,
+            };
+            let rows = stmt.query_map(
+                params![state.map(OrderState::as_str), before, limit],
+                stored_order,
+            )?;
+            rows.map(|r| r.map_err(StorageError::from).and_then(|o| o))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+    }
+
+    /// How many orders are in each state (every state present, zeros too).
+    pub async fn order_counts(&self) -> Result<BTreeMap<OrderState, u64>, StorageError> {
+        self.read(|conn| {
+            let mut counts: BTreeMap<OrderState, u64> =
+                OrderState::ALL.iter().map(|s| (*s, 0)).collect();
+            let mut stmt =
+                conn.prepare_cached("SELECT state, count(*) FROM orders GROUP BY state")?;
+            let rows = stmt.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (state, n) = row?;
+                if let Some(state) = OrderState::parse(&state) {
+                    counts.insert(state, n as u64);
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    /// Orders whose reservation ended at or before `now_ms`.
+    pub async fn reservations_ended(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT order_id FROM orders WHERE reserved_until_ms <= ?1 ORDER BY reserved_until_ms LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now_ms, limit], |row| row.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Unprocessed inbox entries after `after_id`, oldest first.
+    pub async fn pending_inbox(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StorageError> {
+        self.read(move |conn| super::webhooks::pending_inbox(conn, after_id, limit))
+            .await
+    }
+
+    /// Orders whose stock allocations may lag their state after a crash: any
+    /// order with a `held` allocation that no longer holds, or a cancelled order
+    /// with an unshipped sale.
+    pub async fn orders_needing_stock_repair(&self) -> Result<Vec<String>, StorageError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT DISTINCT a.order_id FROM stock_allocations a
+                 LEFT JOIN orders o ON o.order_id = a.order_id
+                 WHERE (a.status = 'held' AND (o.state IS NULL OR o.state NOT IN ('pending_payment', 'payment_failed')))
+                    OR (a.status = 'sold' AND o.state = 'cancelled')
+                    OR (a.status = 'released' AND o.state IN ('paid'))",
+            )?;
+            let rows = stmt.query_map([], |row| row.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+fn stored_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredOrder, StorageError>> {
+    let id: i64 = row.get(0)?;
+    let snapshot: String = row.get(1)?;
+    let customer: String = row.get(2)?;
+    let fingerprint: String = row.get(3)?;
+    Ok((|| {
+        Ok(StoredOrder {
+            id,
+            snapshot: serde_json::from_str(&snapshot)
+                .map_err(|e| StorageError::Encoding(e.to_string()))?,
+            customer: serde_json::from_str(&customer)
+                .map_err(|e| StorageError::Encoding(e.to_string()))?,
+            fingerprint,
+        })
+    })())
+}
+
+fn append_journal(
+    conn: &Connection,
+    order_id: &str,
+    seq: u64,
+    entry: &JournalAppend,
+) -> Result<(), StorageError> {
+    conn.prepare_cached(
+        "INSERT INTO order_journal (order_id, seq, at_ms, kind, cause, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        order_id,
+        seq as i64,
+        entry.at_ms,
+        entry.event.kind(),
+        entry.cause,
+        to_json(&entry.event)?
+    ])?;
+    Ok(())
+}
+
+fn insert_dead_letter(
+    conn: &Connection,
+    source: &str,
+    letter: &OrderDeadLetter,
+    at_ms: i64,
+) -> Result<(), StorageError> {
+    conn.prepare_cached(
+        "INSERT INTO dead_letters (source, reason, detail, event_id, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![source, letter.reason, letter.detail, letter.event_id, at_ms])?;
+    Ok(())
+}
+
+fn mark_processed(conn: &Connection, inbox_id: i64, at_ms: i64) -> Result<(), StorageError> {
+    conn.prepare_cached(
+        "UPDATE inbox SET processed_at_ms = ?2 WHERE id = ?1 AND processed_at_ms IS NULL",
+    )?
+    .execute(params![inbox_id, at_ms])?;
+    Ok(())
+}
