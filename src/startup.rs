@@ -4,7 +4,7 @@
 //! serving starts.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,12 @@ use actix::Actor;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
+use crate::actors::dispatcher::Dispatcher;
 use crate::actors::ingest::{IngestDeps, WebhookIngest};
+use crate::actors::order::{OrderDeps, OrderMsg};
+use crate::actors::registry::{OrderRegistry, Route};
+use crate::actors::stock::StockSupervisor;
+use crate::actors::timers;
 use crate::config::Settings;
 use crate::domain::clock::{SharedClock, SystemClock};
 use crate::domain::signature::WebhookVerifier;
@@ -79,6 +84,41 @@ impl Application {
             .processing_paused
             .set(if paused { 1.0 } else { 0.0 });
 
+        let processing_paused = Arc::new(AtomicBool::new(paused));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let stock = StockSupervisor::start(
+            storage.clone(),
+            Arc::clone(&clock),
+            config.stock.shards as usize,
+        )
+        .await?;
+        let live_order_actors = Arc::new(AtomicU64::new(0));
+        let order_deps = Arc::new(OrderDeps {
+            storage: storage.clone(),
+            stock: stock.clone(),
+            clock: Arc::clone(&clock),
+            metrics: Arc::clone(&metrics),
+            reservation_ttl_ms: i64::try_from(config.api.reservation_ttl_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            idle: Duration::from_millis(config.processing.order_actor_idle_ms),
+            paused: Arc::clone(&processing_paused),
+        });
+        let orders = OrderRegistry::new(
+            order_deps,
+            config.processing.max_live_order_actors as usize,
+            Arc::clone(&live_order_actors),
+        )
+        .start();
+        let background = Background {
+            storage: storage.clone(),
+            orders: orders.clone(),
+            clock: Arc::clone(&clock),
+            paused: Arc::clone(&processing_paused),
+            wake: Arc::clone(&wake),
+            metrics: Arc::clone(&metrics),
+            expiry_every: Duration::from_millis(config.processing.expiry_check_ms),
+        };
+
         let ingest_actors = Arc::new(AtomicUsize::new(0));
         let ingest_deps = Arc::new(IngestDeps {
             verifier: WebhookVerifier::new(
@@ -94,12 +134,14 @@ impl Application {
             accept_window_secs: i64::try_from(config.razorpay.accept_window_secs)
                 .unwrap_or(i64::MAX),
             live: Arc::clone(&ingest_actors),
+            wake,
         });
         let admin_tokens = web::Data::new(AdminTokens::new(
             &settings.secrets.viewer_token,
             &settings.secrets.operator_token,
         ));
         let public_listen = config.server.listen.clone();
+        let max_body = usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX);
         let admin_listen = config.admin.listen.clone();
         let state = web::Data::new(AppState {
             settings,
@@ -108,7 +150,10 @@ impl Application {
             clock,
             started: Instant::now(),
             ingest_actors,
-            processing_paused: AtomicBool::new(paused),
+            processing_paused,
+            stock,
+            orders,
+            live_order_actors,
         });
 
         let public_state = state.clone();
@@ -118,6 +163,7 @@ impl Application {
             App::new()
                 .app_data(public_state.clone())
                 .app_data(web::Data::new(ingest))
+                .app_data(web::PayloadConfig::new(max_body))
                 .configure(http::public_routes)
                 .default_service(web::to(http::error::not_found))
         })
@@ -148,6 +194,7 @@ impl Application {
 
         let public = public.run();
         let admin = admin.run();
+        background.start();
         tracing::info!(public_addr = %public_addr, admin_addr = %admin_addr, paused, "listening");
         Ok(Self {
             public_addr,
@@ -191,6 +238,71 @@ impl Application {
         let (public, admin) = futures_util::future::join(self.public, self.admin).await;
         upkeep.abort();
         public.and(admin)
+    }
+}
+
+/// The work that runs beside the listeners: the inbox dispatcher, the timers,
+/// and the start-up repair of stock steps a crash interrupted.
+struct Background {
+    storage: Storage,
+    orders: actix::Addr<OrderRegistry>,
+    clock: SharedClock,
+    paused: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+    metrics: Arc<Metrics>,
+    expiry_every: Duration,
+}
+
+/// How often the ledger is checked against the levels.
+const STOCK_RECONCILE_EVERY: Duration = Duration::from_secs(3600);
+
+impl Background {
+    fn start(self) {
+        let repair_storage = self.storage.clone();
+        let repair_orders = self.orders.clone();
+        actix_web::rt::spawn(async move {
+            match repair_storage.orders_needing_stock_repair().await {
+                Ok(ids) => {
+                    if !ids.is_empty() {
+                        tracing::warn!(
+                            orders = ids.len(),
+                            "finishing stock steps interrupted by a crash"
+                        );
+                    }
+                    for order_id in ids {
+                        let _ = repair_orders
+                            .send(Route {
+                                order_id,
+                                msg: OrderMsg::RepairStock,
+                            })
+                            .await;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot look for interrupted stock steps"),
+            }
+        });
+        actix_web::rt::spawn(
+            Dispatcher {
+                storage: self.storage.clone(),
+                registry: self.orders.clone(),
+                clock: Arc::clone(&self.clock),
+                paused: Arc::clone(&self.paused),
+                wake: self.wake,
+            }
+            .run(),
+        );
+        actix_web::rt::spawn(timers::expire_reservations(
+            self.storage.clone(),
+            self.orders,
+            self.clock,
+            self.paused,
+            self.expiry_every,
+        ));
+        actix_web::rt::spawn(timers::reconcile_stock(
+            self.storage,
+            self.metrics,
+            STOCK_RECONCILE_EVERY,
+        ));
     }
 }
 

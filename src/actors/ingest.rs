@@ -60,6 +60,8 @@ pub struct IngestDeps {
     pub accept_window_secs: i64,
     /// How many ingest actors are running, for the status page.
     pub live: Arc<AtomicUsize>,
+    /// Nudges the inbox dispatcher after each accepted webhook.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 pub struct WebhookIngest {
@@ -126,6 +128,7 @@ impl Handler<IngestWebhook> for WebhookIngest {
     fn handle(&mut self, msg: IngestWebhook, _ctx: &mut Self::Context) -> Self::Result {
         let decision = self.decide(&msg);
         let storage = self.deps.storage.clone();
+        let wake = Arc::clone(&self.deps.wake);
         Box::pin(async move {
             let (key, record) = decision?;
             let quarantine_reason = match &record {
@@ -136,6 +139,7 @@ impl Handler<IngestWebhook> for WebhookIngest {
             let reply = match storage.record_webhook(record).await? {
                 RecordOutcome::Accepted { inbox_id } => {
                     tracing::info!(event_id = %event_id, inbox_id, "webhook accepted");
+                    wake.notify_one();
                     IngestReply::Accepted { event_id }
                 }
                 RecordOutcome::Quarantined { dead_letter_id } => {

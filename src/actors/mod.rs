@@ -2,5 +2,9 @@
 //! pure rules in [`crate::domain`] what to do, persist through
 //! [`crate::storage`], and reply. They contain no business rule of their own.
 
+pub mod dispatcher;
 pub mod ingest;
+pub mod order;
+pub mod registry;
 pub mod stock;
+pub mod timers;

@@ -226,10 +226,27 @@ impl Default for StockConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessingConfig {
     pub paused: bool,
+    /// Order actors alive at once; beyond this the least recently used passivate.
+    pub max_live_order_actors: u32,
+    /// An order actor idle this long passivates.
+    pub order_actor_idle_ms: u64,
+    /// How often ended reservations are looked for.
+    pub expiry_check_ms: u64,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        Self {
+            paused: false,
+            max_live_order_actors: 10_000,
+            order_actor_idle_ms: 30_000,
+            expiry_check_ms: 1000,
+        }
+    }
 }
 
 /// Every problem found while loading, one line each.

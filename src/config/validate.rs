@@ -175,6 +175,15 @@ pub(super) fn settle(mut config: Config, env: SecretEnv) -> Result<Settings, Con
             ));
         }
     }
+    if config.processing.max_live_order_actors == 0 {
+        problems.push("processing.max_live_order_actors: must be at least 1".into());
+    }
+    if config.processing.order_actor_idle_ms == 0 || config.processing.expiry_check_ms == 0 {
+        problems.push(
+            "processing.order_actor_idle_ms and processing.expiry_check_ms: must be at least 1"
+                .into(),
+        );
+    }
     if !(1..=1024).contains(&config.stock.shards) {
         problems.push("stock.shards: must be between 1 and 1024".into());
     }

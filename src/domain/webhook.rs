@@ -121,31 +121,25 @@ struct Wrapped<T> {
     entity: T,
 }
 
-/// The fields of a payment entity that later stages read.
+/// The fields of a payment entity that order processing reads.
 #[derive(Deserialize)]
 struct PaymentFields {
     id: String,
-    #[allow(dead_code)] // required to be present and an integer; read by order processing
     amount: i64,
-    #[allow(dead_code)]
     currency: String,
     order_id: Option<String>,
+    #[serde(default)]
+    amount_refunded: i64,
 }
 
 #[derive(Deserialize)]
 struct OrderFields {
     id: String,
-    #[allow(dead_code)]
-    amount: i64,
-    #[allow(dead_code)]
-    currency: String,
 }
 
 #[derive(Deserialize)]
 struct RefundFields {
-    #[allow(dead_code)]
     id: String,
-    #[allow(dead_code)]
     amount: i64,
     payment_id: String,
 }
@@ -165,6 +159,98 @@ struct OrderPaidPayload {
 struct RefundPayload {
     refund: Wrapped<RefundFields>,
     payment: Wrapped<PaymentFields>,
+}
+
+/// What an acted-on event says about a payment, for order processing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentFacts {
+    /// `payment.captured` or `order.paid`: money taken.
+    Captured {
+        payment_id: String,
+        razorpay_order_id: Option<String>,
+        amount_paise: i64,
+        currency: String,
+    },
+    Failed {
+        payment_id: String,
+        razorpay_order_id: Option<String>,
+    },
+    /// `refund.processed`, with the payment's cumulative refunded amount.
+    Refunded {
+        refund_id: String,
+        amount_paise: i64,
+        payment_id: String,
+        razorpay_order_id: Option<String>,
+        payment_amount_paise: i64,
+        payment_refunded_paise: i64,
+    },
+}
+
+impl PaymentFacts {
+    pub fn razorpay_order_id(&self) -> Option<&str> {
+        match self {
+            Self::Captured {
+                razorpay_order_id, ..
+            }
+            | Self::Failed {
+                razorpay_order_id, ..
+            }
+            | Self::Refunded {
+                razorpay_order_id, ..
+            } => razorpay_order_id.as_deref(),
+        }
+    }
+}
+
+fn acted_facts(acted: ActedEvent, payload: &str) -> Result<PaymentFacts, serde_json::Error> {
+    Ok(match acted {
+        ActedEvent::PaymentCaptured => {
+            let p: PaymentPayload = serde_json::from_str(payload)?;
+            let payment = p.payment.entity;
+            PaymentFacts::Captured {
+                payment_id: payment.id,
+                razorpay_order_id: payment.order_id,
+                amount_paise: payment.amount,
+                currency: payment.currency,
+            }
+        }
+        ActedEvent::OrderPaid => {
+            let p: OrderPaidPayload = serde_json::from_str(payload)?;
+            let payment = p.payment.entity;
+            PaymentFacts::Captured {
+                payment_id: payment.id,
+                razorpay_order_id: Some(p.order.entity.id),
+                amount_paise: payment.amount,
+                currency: payment.currency,
+            }
+        }
+        ActedEvent::PaymentFailed => {
+            let p: PaymentPayload = serde_json::from_str(payload)?;
+            PaymentFacts::Failed {
+                payment_id: p.payment.entity.id,
+                razorpay_order_id: p.payment.entity.order_id,
+            }
+        }
+        ActedEvent::RefundProcessed => {
+            let p: RefundPayload = serde_json::from_str(payload)?;
+            let payment = p.payment.entity;
+            PaymentFacts::Refunded {
+                refund_id: p.refund.entity.id,
+                amount_paise: p.refund.entity.amount,
+                payment_id: p.refund.entity.payment_id,
+                razorpay_order_id: payment.order_id,
+                payment_amount_paise: payment.amount,
+                payment_refunded_paise: payment.amount_refunded,
+            }
+        }
+    })
+}
+
+/// The payment facts of a stored, accepted body; `None` for events not acted on.
+pub fn payment_facts(body: &[u8]) -> Option<PaymentFacts> {
+    let envelope: Envelope<'_> = serde_json::from_slice(body).ok()?;
+    let acted = ActedEvent::from_name(envelope.event)?;
+    acted_facts(acted, envelope.payload.get()).ok()
 }
 
 fn quarantine(reason: QuarantineReason, detail: impl Into<String>) -> Quarantine {
@@ -215,23 +301,27 @@ pub fn classify(
     let acted = ActedEvent::from_name(envelope.event);
     let payload = envelope.payload.get();
     let (razorpay_order_id, razorpay_payment_id) = match acted {
-        Some(ActedEvent::PaymentCaptured | ActedEvent::PaymentFailed) => {
-            let p: PaymentPayload = serde_json::from_str(payload).map_err(shape_error)?;
-            (p.payment.entity.order_id, Some(p.payment.entity.id))
-        }
-        Some(ActedEvent::OrderPaid) => {
-            let p: OrderPaidPayload = serde_json::from_str(payload).map_err(shape_error)?;
-            (Some(p.order.entity.id), Some(p.payment.entity.id))
-        }
-        Some(ActedEvent::RefundProcessed) => {
-            let p: RefundPayload = serde_json::from_str(payload).map_err(shape_error)?;
-            if p.refund.entity.payment_id != p.payment.entity.id {
-                return Err(quarantine(
-                    QuarantineReason::UnknownShape,
-                    "refund.payment_id does not match payment.id",
-                ));
+        Some(acted) => {
+            let facts = acted_facts(acted, payload).map_err(shape_error)?;
+            if let PaymentFacts::Refunded { payment_id, .. } = &facts {
+                let refund_payment: RefundPayload =
+                    serde_json::from_str(payload).map_err(shape_error)?;
+                if refund_payment.payment.entity.id != *payment_id {
+                    return Err(quarantine(
+                        QuarantineReason::UnknownShape,
+                        "refund.payment_id does not match payment.id",
+                    ));
+                }
             }
-            (p.payment.entity.order_id, Some(p.payment.entity.id))
+            let payment_id = match &facts {
+                PaymentFacts::Captured { payment_id, .. }
+                | PaymentFacts::Failed { payment_id, .. }
+                | PaymentFacts::Refunded { payment_id, .. } => payment_id.clone(),
+            };
+            (
+                facts.razorpay_order_id().map(str::to_owned),
+                Some(payment_id),
+            )
         }
         None => {
             if !payload.trim_start().starts_with('{') {
@@ -335,6 +425,26 @@ mod tests {
         let event = classify(authorized.as_bytes(), NOW, WINDOW).unwrap();
         assert_eq!(event.acted, None);
         assert_eq!(event.name, "payment.authorized");
+    }
+
+    #[test]
+    fn payment_facts_read_what_orders_need() {
+        let facts = payment_facts(captured(NOW).as_bytes()).unwrap();
+        assert_eq!(
+            facts,
+            PaymentFacts::Captured {
+                payment_id: "pay_1".into(),
+                razorpay_order_id: Some("order_1".into()),
+                amount_paise: 129_900,
+                currency: "INR".into(),
+            }
+        );
+        assert_eq!(
+            payment_facts(
+                br#"{"entity":"event","event":"payment.authorized","payload":{},"created_at":1}"#
+            ),
+            None
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// More fields for the body (`fields` of a 422, `skus` of a stock refusal).
+    pub extra: Option<(&'static str, serde_json::Value)>,
 }
 
 impl ApiError {
@@ -19,7 +21,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            extra: None,
         }
+    }
+
+    /// Adds a field to the error body.
+    pub fn with(mut self, key: &'static str, value: serde_json::Value) -> Self {
+        self.extra = Some((key, value));
+        self
     }
 
     pub fn unauthorized() -> Self {
@@ -49,7 +58,11 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        response.json(json!({"error": self.code, "message": self.message}))
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let (Some((key, value)), Some(map)) = (&self.extra, body.as_object_mut()) {
+            map.insert((*key).to_owned(), value.clone());
+        }
+        response.json(body)
     }
 }
 

@@ -9,14 +9,18 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod storefront;
 pub mod webhook;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix::Addr;
 use actix_web::web;
 
+use crate::actors::registry::OrderRegistry;
+use crate::actors::stock::StockSupervisor;
 use crate::config::Settings;
 use crate::domain::clock::SharedClock;
 use crate::storage::Storage;
@@ -31,16 +35,26 @@ pub struct AppState {
     pub started: Instant,
     pub ingest_actors: Arc<AtomicUsize>,
     /// The kill switch (SPEC §9): persisted, and read by every stage that advances orders.
-    pub processing_paused: AtomicBool,
+    pub processing_paused: Arc<AtomicBool>,
+    pub stock: StockSupervisor,
+    pub orders: Addr<OrderRegistry>,
+    pub live_order_actors: Arc<AtomicU64>,
 }
 
 /// Routes of the public listener.
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/webhooks/razorpay", web::post().to(webhook::razorpay))
+        .configure(storefront::routes)
         .configure(health::routes);
 }
 
 /// Routes of the admin listener.
 pub fn admin_routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(admin::routes).configure(health::routes);
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC, the time format of every JSON answer.
+pub fn rfc3339(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
 }

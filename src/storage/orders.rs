@@ -151,6 +151,17 @@ impl Storage {
         .await
     }
 
+    /// Files a dead letter on its own (a problem with no inbox entry behind it).
+    pub async fn file_dead_letter(
+        &self,
+        source: &'static str,
+        letter: OrderDeadLetter,
+        at_ms: i64,
+    ) -> Result<(), StorageError> {
+        self.write(move |conn| insert_dead_letter(conn, source, &letter, at_ms))
+            .await
+    }
+
     pub async fn load_order(&self, order_id: &str) -> Result<Option<StoredOrder>, StorageError> {
         let order_id = order_id.to_owned();
         self.read(move |conn| {

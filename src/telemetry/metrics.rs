@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::domain::order::OrderState;
+
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
 };
@@ -20,6 +22,13 @@ pub const WEBHOOK_ACK_SECONDS: &str = "dropship_webhook_ack_seconds";
 pub const INBOX_PENDING: &str = "dropship_inbox_pending";
 pub const DLQ_ENTRIES: &str = "dropship_dlq_entries";
 pub const PROCESSING_PAUSED: &str = "dropship_processing_paused";
+pub const ORDER_CREATION_SECONDS: &str = "dropship_order_creation_seconds";
+pub const ORDER_TRANSITIONS_TOTAL: &str = "dropship_order_transitions_total";
+pub const ORDERS: &str = "dropship_orders";
+pub const REVENUE_PAISE_TOTAL: &str = "dropship_revenue_paise_total";
+pub const STOCK_RESERVATIONS_TOTAL: &str = "dropship_stock_reservations_total";
+pub const STOCK_RECONCILE_MISMATCHES: &str = "dropship_stock_reconcile_mismatches";
+pub const ACTORS_LIVE: &str = "dropship_actors_live";
 
 /// Latency buckets for every `_seconds` histogram: sub-millisecond acks up to
 /// the multi-second waits of a throttled Shiprocket.
@@ -71,6 +80,16 @@ pub struct Metrics {
     pub inbox_pending: Gauge,
     pub dlq_entries: Gauge,
     pub processing_paused: Gauge,
+    pub order_creation_seconds: Histogram,
+    order_transitions: Vec<Counter>,
+    orders: Vec<Gauge>,
+    revenue_paise: Counter,
+    stock_reservations: [Counter; 2],
+    pub stock_reconcile_mismatches: Gauge,
+    /// `dropship_actors_live{kind}` for order, stock_shard and webhook_ingest.
+    pub actors_live_orders: Gauge,
+    pub actors_live_stock_shards: Gauge,
+    pub actors_live_ingest: Gauge,
 }
 
 impl Metrics {
@@ -122,6 +141,46 @@ impl Metrics {
         let dlq_entries = recorder.register_gauge(&Key::from_name(DLQ_ENTRIES), &METADATA);
         let processing_paused =
             recorder.register_gauge(&Key::from_name(PROCESSING_PAUSED), &METADATA);
+        let by_state = |name: &'static str| -> Vec<Key> {
+            OrderState::ALL
+                .iter()
+                .map(|s| Key::from_parts(name, vec![Label::new("state", s.as_str())]))
+                .collect()
+        };
+        let order_transitions = OrderState::ALL
+            .iter()
+            .map(|s| {
+                recorder.register_counter(
+                    &Key::from_parts(ORDER_TRANSITIONS_TOTAL, vec![Label::new("to", s.as_str())]),
+                    &METADATA,
+                )
+            })
+            .collect();
+        let orders = by_state(ORDERS)
+            .iter()
+            .map(|k| recorder.register_gauge(k, &METADATA))
+            .collect();
+        let stock_reservations = ["ok", "insufficient"].map(|result| {
+            recorder.register_counter(
+                &Key::from_parts(STOCK_RESERVATIONS_TOTAL, vec![Label::new("result", result)]),
+                &METADATA,
+            )
+        });
+        let actor_gauge = |kind: &'static str| {
+            recorder.register_gauge(
+                &Key::from_parts(ACTORS_LIVE, vec![Label::new("kind", kind)]),
+                &METADATA,
+            )
+        };
+        let actors_live_orders = actor_gauge("order");
+        let actors_live_stock_shards = actor_gauge("stock_shard");
+        let actors_live_ingest = actor_gauge("webhook_ingest");
+        let order_creation_seconds =
+            recorder.register_histogram(&Key::from_name(ORDER_CREATION_SECONDS), &METADATA);
+        let revenue_paise =
+            recorder.register_counter(&Key::from_name(REVENUE_PAISE_TOTAL), &METADATA);
+        let stock_reconcile_mismatches =
+            recorder.register_gauge(&Key::from_name(STOCK_RECONCILE_MISMATCHES), &METADATA);
         Arc::new(Self {
             recorder,
             handle,
@@ -130,7 +189,37 @@ impl Metrics {
             inbox_pending,
             dlq_entries,
             processing_paused,
+            order_creation_seconds,
+            order_transitions,
+            orders,
+            revenue_paise,
+            stock_reservations,
+            stock_reconcile_mismatches,
+            actors_live_orders,
+            actors_live_stock_shards,
+            actors_live_ingest,
         })
+    }
+
+    pub fn order_transition(&self, to: OrderState) {
+        if let Some(counter) = self.order_transitions.get(to as usize) {
+            counter.increment(1);
+        }
+    }
+
+    /// Sets `dropship_orders{state}` from a count per state.
+    pub fn set_order_counts(&self, counts: &std::collections::BTreeMap<OrderState, u64>) {
+        for (state, gauge) in OrderState::ALL.iter().zip(&self.orders) {
+            gauge.set(counts.get(state).copied().unwrap_or(0) as f64);
+        }
+    }
+
+    pub fn revenue(&self, paise: i64) {
+        self.revenue_paise.increment(paise.max(0) as u64);
+    }
+
+    pub fn stock_reservation(&self, ok: bool) {
+        self.stock_reservations[usize::from(!ok)].increment(1);
     }
 
     pub fn webhook_request(&self, outcome: WebhookOutcome) {

@@ -55,7 +55,7 @@ async fn every_admin_route_wants_a_valid_token() {
 
 #[actix_web::test]
 async fn status_reports_what_exists() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|settings| settings.config.processing.paused = true).await;
     app.post_webhook(
         &payment_captured("pay_S1", "order_S1", now_secs()),
         Some("evt_S1"),
@@ -65,9 +65,18 @@ async fn status_reports_what_exists() {
     let status = app.status().await;
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert!(status["uptime_secs"].is_u64());
-    assert_eq!(status["processing_paused"], false);
+    assert_eq!(status["processing_paused"], true);
     assert_eq!(status["shipping_mode"], "auto");
     assert_eq!(status["inbox_pending"], 1);
+    let states = status["orders_by_state"]
+        .as_object()
+        .expect("orders_by_state");
+    assert_eq!(states.len(), 14);
+    assert!(states.values().all(|n| n == 0));
+    assert_eq!(
+        status["actors"]["stock_shards"].as_array().map(Vec::len),
+        Some(16)
+    );
     assert_eq!(status["dlq_entries"], 1);
     assert!(
         status["actors"]["webhook_ingest"]

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dropshipd::config::{Config, Secret, Secrets, Settings};
+use dropshipd::domain::clock::{ManualClock, SharedClock, SystemClock};
 use dropshipd::domain::signature::sign;
 use dropshipd::{Application, StopHandle};
 use tempfile::TempDir;
@@ -20,6 +21,8 @@ use tempfile::TempDir;
 pub const WEBHOOK_SECRET: &str = "whsec_integration_0123456789";
 pub const VIEWER_TOKEN: &str = "viewer-token-for-tests";
 pub const OPERATOR_TOKEN: &str = "operator-token-for-tests";
+pub const STOREFRONT_TOKEN: &str = "storefront-token-for-tests";
+pub const RAZORPAY_KEY_SECRET: &str = "rzp_key_secret_for_tests";
 
 pub fn now_secs() -> i64 {
     SystemTime::now()
@@ -40,9 +43,13 @@ pub fn test_settings(dir: &Path) -> Settings {
     config.server.listen = "127.0.0.1:0".into();
     config.admin.listen = "127.0.0.1:0".into();
     config.storage.path = dir.join("dropshipd.db");
+    let mut secrets = Secrets::for_webhooks(WEBHOOK_SECRET, VIEWER_TOKEN, OPERATOR_TOKEN);
+    secrets.storefront_token = Some(Secret::new(STOREFRONT_TOKEN));
+    secrets.razorpay_key_id = Some(Secret::new("rzp_test_key"));
+    secrets.razorpay_key_secret = Some(Secret::new(RAZORPAY_KEY_SECRET));
     Settings {
         config,
-        secrets: Secrets::for_webhooks(WEBHOOK_SECRET, VIEWER_TOKEN, OPERATOR_TOKEN),
+        secrets,
         warnings: Vec::new(),
     }
 }
@@ -70,9 +77,23 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// Starts a daemon on an existing folder: a restart keeps the database.
 pub async fn spawn_app_in(dir: Arc<TempDir>, customize: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_full(dir, Arc::new(SystemClock), customize).await
+}
+
+/// Starts a daemon whose clock moves only when the test moves it.
+pub async fn spawn_app_at(clock: ManualClock, customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    spawn_app_full(dir, Arc::new(clock), customize).await
+}
+
+async fn spawn_app_full(
+    dir: Arc<TempDir>,
+    clock: SharedClock,
+    customize: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = test_settings(dir.path());
     customize(&mut settings);
-    let app = Application::build(settings.clone())
+    let app = Application::build_with_clock(settings.clone(), clock)
         .await
         .expect("daemon builds");
     let public = format!("http://{}", app.public_addr());
@@ -174,6 +195,73 @@ impl TestApp {
             .expect("metrics request");
         assert_eq!(response.status(), 200);
         response.text().await.expect("metrics text")
+    }
+
+    pub async fn checkout(&self, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/orders", self.public))
+            .bearer_auth(STOREFRONT_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("checkout request")
+    }
+
+    pub async fn order_status(&self, order_id: &str) -> serde_json::Value {
+        let response = self
+            .client
+            .get(format!("{}/api/orders/{order_id}", self.public))
+            .bearer_auth(STOREFRONT_TOKEN)
+            .send()
+            .await
+            .expect("order request");
+        assert_eq!(response.status(), 200, "GET /api/orders/{order_id}");
+        response.json().await.expect("order JSON")
+    }
+
+    /// Polls the order's public status until it is `state` (events, not sleeps,
+    /// decide: the loop ends as soon as the order gets there).
+    pub async fn wait_for_state(&self, order_id: &str, state: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.order_status(order_id).await;
+            if status["state"] == state {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{order_id} never reached {state}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn admin_order(&self, order_id: &str, token: &str) -> serde_json::Value {
+        let response = self
+            .admin_get(&format!("/admin/orders/{order_id}"), Some(token))
+            .await;
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("order JSON")
+    }
+
+    pub async fn set_stock(&self, sku: &str, on_hand: i64) {
+        let response = self
+            .client
+            .put(format!("{}/admin/stock/{sku}", self.admin))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&serde_json::json!({"on_hand": on_hand}))
+            .send()
+            .await
+            .expect("stock request");
+        assert_eq!(response.status(), 200, "PUT /admin/stock/{sku}");
+    }
+
+    pub async fn stock(&self, sku: &str) -> serde_json::Value {
+        let response = self
+            .admin_get(&format!("/admin/stock/{sku}"), Some(VIEWER_TOKEN))
+            .await;
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("stock JSON")
     }
 
     /// The inbox as stored on disk.
@@ -300,4 +388,39 @@ impl Drop for Daemon {
 
 pub fn secret(value: &str) -> Secret {
     Secret::new(value)
+}
+
+/// A storefront checkout in SPEC §5's shape, for `quantity` units of `sku` at ₹749.
+pub fn checkout_body(
+    order_id: &str,
+    razorpay_order_id: &str,
+    sku: &str,
+    quantity: u32,
+) -> serde_json::Value {
+    serde_json::json!({
+      "order_id": order_id,
+      "razorpay_order_id": razorpay_order_id,
+      "payment_method": "prepaid",
+      "currency": "INR",
+      "amount_paise": 74900 * i64::from(quantity),
+      "customer": {"name": "Asha Rao", "email": "asha@example.com", "phone": "9876543210"},
+      "shipping_address": {"line1": "12 MG Road", "line2": "", "city": "Bengaluru",
+                           "state": "Karnataka", "pincode": "560001", "country": "India"},
+      "items": [{"sku": sku, "name": "Black tee M", "quantity": quantity,
+                 "unit_price_paise": 74900, "weight_kg": 0.25}]
+    })
+}
+
+/// A `payment.captured` body for `amount_paise`.
+pub fn captured_for(payment_id: &str, razorpay_order_id: &str, amount_paise: i64) -> String {
+    payment_captured(payment_id, razorpay_order_id, now_secs())
+        .replace("129900", &amount_paise.to_string())
+}
+
+/// An `order.paid` body: the same payment, seen through the order.
+pub fn order_paid(payment_id: &str, razorpay_order_id: &str, amount_paise: i64) -> String {
+    let now = now_secs();
+    format!(
+        r#"{{"entity":"event","account_id":"acc_X","event":"order.paid","contains":["payment","order"],"payload":{{"payment":{{"entity":{{"id":"{payment_id}","entity":"payment","amount":{amount_paise},"currency":"INR","status":"captured","order_id":"{razorpay_order_id}","captured":true,"notes":[]}}}},"order":{{"entity":{{"id":"{razorpay_order_id}","entity":"order","amount":{amount_paise},"amount_paid":{amount_paise},"amount_due":0,"currency":"INR","status":"paid"}}}}}},"created_at":{now}}}"#
+    )
 }

@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod crash;
 mod helpers;
+mod orders;
 mod stock;
 mod storage_failure;
 mod webhook;

@@ -12,7 +12,8 @@ async fn json(response: reqwest::Response) -> (u16, Value) {
 
 #[actix_web::test]
 async fn a_signed_event_is_accepted_once_and_then_duplicate() {
-    let app = spawn_app().await;
+    // Paused, so the entry stays pending in the inbox where the test can count it.
+    let app = spawn_app_with(|settings| settings.config.processing.paused = true).await;
     let body = payment_captured("pay_A1", "order_A1", now_secs());
 
     let (status, reply) = json(app.post_webhook(&body, Some("evt_A1")).await).await;

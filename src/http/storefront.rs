@@ -1,0 +1,282 @@
+//! The storefront API (SPEC §5): register a checkout, confirm its payment from
+//! the checkout callback, read an order's public status. Bearer-authenticated
+//! with `api.storefront_token`.
+
+use std::future::{ready, Ready};
+
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::{rfc3339, AppState};
+use crate::actors::order::{Cause, OrderError, OrderMsg, OrderReply};
+use crate::actors::registry::Route;
+use crate::domain::checkout;
+use crate::domain::order::{Command, OrderSnapshot};
+use crate::domain::signature;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/orders", web::post().to(create_order))
+        .route("/api/orders/{order_id}", web::get().to(get_order))
+        .route(
+            "/api/orders/{order_id}/payment",
+            web::post().to(confirm_payment),
+        );
+}
+
+/// A request bearing the storefront token.
+pub struct Storefront;
+
+impl FromRequest for Storefront {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let expected = req
+            .app_data::<web::Data<AppState>>()
+            .and_then(|state| state.settings.secrets.storefront_token.as_ref())
+            .map(|token| Sha256::digest(token.expose().as_bytes()));
+        let presented = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|token| Sha256::digest(token.trim().as_bytes()));
+        ready(match (expected, presented) {
+            (Some(expected), Some(presented)) if bool::from(expected.ct_eq(&presented)) => {
+                Ok(Storefront)
+            }
+            _ => Err(ApiError::unauthorized()),
+        })
+    }
+}
+
+/// The order as the storefront sees it after registering a checkout.
+pub fn order_json(order: &OrderSnapshot) -> Value {
+    json!({
+        "order_id": order.order_id,
+        "state": order.state,
+        "razorpay_order_id": order.razorpay_order_id,
+        "payment_method": order.payment_method,
+        "currency": order.currency,
+        "amount_paise": order.amount_paise,
+        "items": order.lines.iter().map(|l| json!({
+            "sku": l.sku, "name": l.name, "quantity": l.quantity, "unit_price_paise": l.unit_price_paise,
+        })).collect::<Vec<_>>(),
+        "reserved_until": order.reserved_until_ms.map(rfc3339),
+        "refund_due": order.refund_due,
+        "created_at": rfc3339(order.created_at_ms),
+        "updated_at": rfc3339(order.updated_at_ms),
+    })
+}
+
+/// SPEC §5's public status shape.
+fn public_status(order: &OrderSnapshot) -> Value {
+    json!({
+        "order_id": order.order_id,
+        "state": order.state,
+        "amount_paise": order.amount_paise,
+        "awb": Value::Null,
+        "courier": Value::Null,
+        "tracking_url": Value::Null,
+        "updated_at": rfc3339(order.updated_at_ms),
+    })
+}
+
+/// Maps an order actor's refusal to the storefront's answer.
+pub fn order_error(error: OrderError) -> ApiError {
+    match error {
+        OrderError::NotFound => {
+            ApiError::new(StatusCode::NOT_FOUND, "order_not_found", "no such order")
+        }
+        OrderError::Conflict => ApiError::new(
+            StatusCode::CONFLICT,
+            "order_conflict",
+            "an order with this order_id exists with a different checkout",
+        ),
+        OrderError::InsufficientStock(skus) => ApiError::new(
+            StatusCode::CONFLICT,
+            "insufficient_stock",
+            "not enough stock for some lines; nothing was reserved",
+        )
+        .with("skus", json!(skus)),
+        OrderError::AmountMismatch => ApiError::new(
+            StatusCode::CONFLICT,
+            "amount_mismatch",
+            "the payment's amount or currency differs from the order's",
+        ),
+        OrderError::InvalidTransition { from, to } => ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_transition",
+            format!("an order in {from} cannot move to {to}"),
+        ),
+        OrderError::Paused => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "processing_paused",
+            "order processing is paused by an operator; retry later",
+        ),
+        OrderError::Storage(e) => ApiError::storage_unavailable(e),
+        OrderError::Stock(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stock_unavailable",
+            e.to_string(),
+        ),
+        OrderError::Mailbox(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "orders_unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+async fn route(state: &AppState, order_id: String, msg: OrderMsg) -> Result<OrderReply, ApiError> {
+    state
+        .orders
+        .send(Route { order_id, msg })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "orders_unavailable",
+                e.to_string(),
+            )
+        })?
+        .map_err(order_error)
+}
+
+async fn create_order(
+    _: Storefront,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let checkout = checkout::validate(&value).map_err(|errors| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("{} field(s) are invalid", errors.0.len()),
+        )
+        .with("fields", json!(errors.0))
+    })?;
+    let fingerprint = checkout.fingerprint();
+    let order_id = checkout.order_id.clone();
+    let msg = OrderMsg::Create {
+        checkout: Box::new(checkout),
+        fingerprint,
+    };
+    match route(&state, order_id, msg).await? {
+        OrderReply::Created(order) => Ok(HttpResponse::Created().json(order_json(&order))),
+        OrderReply::Existing(order) | OrderReply::Order(order) => {
+            Ok(HttpResponse::Ok().json(order_json(&order)))
+        }
+        OrderReply::Passivated => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "orders_unavailable",
+            "retry",
+        )),
+    }
+}
+
+async fn get_order(
+    _: Storefront,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let order = state
+        .storage
+        .load_order(&path)
+        .await
+        .map_err(ApiError::storage_unavailable)?
+        .ok_or_else(|| order_error(OrderError::NotFound))?;
+    Ok(HttpResponse::Ok().json(public_status(&order.snapshot)))
+}
+
+#[derive(Deserialize)]
+struct CheckoutCallback {
+    razorpay_payment_id: String,
+    razorpay_order_id: String,
+    razorpay_signature: String,
+}
+
+async fn confirm_payment(
+    _: Storefront,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let callback: CheckoutCallback = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("expected razorpay_payment_id, razorpay_order_id and razorpay_signature: {e}"),
+        )
+    })?;
+    let Some(key_secret) = state.settings.secrets.razorpay_key_secret.as_ref() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "checkout_verification_unavailable",
+            "razorpay.key_secret is not configured, so checkout signatures cannot be verified",
+        ));
+    };
+    let order = state
+        .storage
+        .load_order(&path)
+        .await
+        .map_err(ApiError::storage_unavailable)?
+        .ok_or_else(|| order_error(OrderError::NotFound))?
+        .snapshot;
+    if order.razorpay_order_id.as_deref() != Some(callback.razorpay_order_id.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "order_mismatch",
+            "razorpay_order_id is not this order's Razorpay order",
+        ));
+    }
+    if !signature::verify_checkout(
+        key_secret.expose().as_bytes(),
+        &callback.razorpay_order_id,
+        &callback.razorpay_payment_id,
+        &callback.razorpay_signature,
+    ) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_signature",
+            "razorpay_signature is not the HMAC-SHA256 of razorpay_order_id|razorpay_payment_id under the key secret",
+        ));
+    }
+    // Razorpay's checkout only completes for the order's own amount.
+    let command = Command::ConfirmPayment {
+        payment_id: callback.razorpay_payment_id,
+        amount_paise: order.amount_paise,
+        currency: order.currency.clone(),
+        stock_reallocated: None,
+    };
+    let cause = Cause::named("checkout_callback");
+    match route(
+        &state,
+        order.order_id.clone(),
+        OrderMsg::Command { command, cause },
+    )
+    .await?
+    {
+        OrderReply::Order(order) | OrderReply::Created(order) | OrderReply::Existing(order) => {
+            Ok(HttpResponse::Ok().json(order_json(&order)))
+        }
+        OrderReply::Passivated => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "orders_unavailable",
+            "retry",
+        )),
+    }
+}

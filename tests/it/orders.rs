@@ -1,0 +1,444 @@
+//! Orders end to end over real HTTP: checkout, payment by webhook and by
+//! callback, duplicates, mismatches, COD, expiry, cancellation, admin views.
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use dropshipd::domain::clock::ManualClock;
+use dropshipd::domain::signature::sign;
+
+async fn body(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+fn paid_events(detail: &Value) -> usize {
+    detail["journal"]
+        .as_array()
+        .map(|j| j.iter().filter(|e| e["kind"] == "paid").count())
+        .unwrap_or(0)
+}
+
+#[actix_web::test]
+async fn checkout_is_validated_idempotent_and_reserves_stock() {
+    let app = spawn_app().await;
+    app.set_stock("TEE", 10).await;
+    let checkout = checkout_body("XVC-1", "order_R1", "TEE", 2);
+
+    let unauthenticated = app
+        .client
+        .post(format!("{}/api/orders", app.public))
+        .json(&checkout)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(unauthenticated.status(), 401);
+
+    let (status, created) = body(app.checkout(&checkout).await).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["state"], "pending_payment");
+    assert!(created["reserved_until"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    let stock = app.stock("TEE").await;
+    assert_eq!(
+        (
+            stock["on_hand"].as_i64(),
+            stock["reserved"].as_i64(),
+            stock["available"].as_i64()
+        ),
+        (Some(10), Some(2), Some(8))
+    );
+
+    let (status, again) = body(app.checkout(&checkout).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["order_id"], "XVC-1");
+    assert_eq!(
+        app.stock("TEE").await["reserved"],
+        2,
+        "a repeat reserves nothing more"
+    );
+
+    let mut changed = checkout.clone();
+    changed["customer"]["name"] = json!("Someone Else");
+    let (status, conflict) = body(app.checkout(&changed).await).await;
+    assert_eq!(
+        (status, conflict["error"].as_str()),
+        (409, Some("order_conflict"))
+    );
+
+    let mut invalid = checkout_body("XVC-2", "order_R2", "TEE", 1);
+    invalid["amount_paise"] = json!(1);
+    invalid["shipping_address"]["pincode"] = json!("12");
+    invalid["currency"] = json!("EUR");
+    let (status, refused) = body(app.checkout(&invalid).await).await;
+    assert_eq!(status, 422);
+    assert_eq!(refused["error"], "validation_failed");
+    for field in ["shipping_address.pincode", "currency"] {
+        assert!(
+            refused["fields"][field].is_array(),
+            "{field} missing in {refused}"
+        );
+    }
+
+    let (status, short) = body(
+        app.checkout(&checkout_body("XVC-3", "order_R3", "TEE", 9))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, short["error"].as_str()),
+        (409, Some("insufficient_stock"))
+    );
+    assert_eq!(short["skus"], json!(["TEE"]));
+    assert_eq!(app.stock("TEE").await["reserved"], 2);
+}
+
+#[actix_web::test]
+async fn captured_order_paid_and_callback_pay_an_order_once() {
+    let app = spawn_app().await;
+    app.set_stock("TEE", 5).await;
+    app.checkout(&checkout_body("XVC-10", "order_P10", "TEE", 2))
+        .await;
+    let amount = 149_800;
+
+    // Callback first, then both webhooks, each delivered twice.
+    let signature = sign(RAZORPAY_KEY_SECRET.as_bytes(), b"order_P10|pay_P10");
+    let callback = json!({"razorpay_payment_id": "pay_P10", "razorpay_order_id": "order_P10", "razorpay_signature": signature});
+    let response = app
+        .client
+        .post(format!("{}/api/orders/XVC-10/payment", app.public))
+        .bearer_auth(STOREFRONT_TOKEN)
+        .json(&callback)
+        .send()
+        .await
+        .expect("callback");
+    let (status, order) = body(response).await;
+    assert_eq!((status, order["state"].as_str()), (200, Some("paid")));
+    for (event_id, webhook) in [
+        ("evt_P10a", captured_for("pay_P10", "order_P10", amount)),
+        ("evt_P10b", order_paid("pay_P10", "order_P10", amount)),
+        ("evt_P10a", captured_for("pay_P10", "order_P10", amount)),
+    ] {
+        assert_eq!(
+            app.post_webhook(&webhook, Some(event_id)).await.status(),
+            200
+        );
+    }
+    // A bad callback signature changes nothing.
+    let forged = json!({"razorpay_payment_id": "pay_X", "razorpay_order_id": "order_P10", "razorpay_signature": "00"});
+    let response = app
+        .client
+        .post(format!("{}/api/orders/XVC-10/payment", app.public))
+        .bearer_auth(STOREFRONT_TOKEN)
+        .json(&forged)
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(response.status(), 400);
+
+    wait_until_inbox_drained(&app).await;
+    let detail = app.admin_order("XVC-10", OPERATOR_TOKEN).await;
+    assert_eq!(detail["order"]["state"], "paid");
+    assert_eq!(paid_events(&detail), 1, "{detail}");
+    let stock = app.stock("TEE").await;
+    assert_eq!(
+        (stock["on_hand"].as_i64(), stock["reserved"].as_i64()),
+        (Some(3), Some(0))
+    );
+    let status = app.order_status("XVC-10").await;
+    assert_eq!(status["awb"], Value::Null);
+    assert_eq!(status["amount_paise"], amount);
+}
+
+async fn wait_until_inbox_drained(app: &TestApp) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app.status().await["inbox_pending"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "inbox never drained");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn failed_then_captured_pays_and_mismatches_and_strangers_go_to_the_dlq() {
+    let app = spawn_app().await;
+    app.set_stock("TEE", 5).await;
+    app.checkout(&checkout_body("XVC-20", "order_F20", "TEE", 1))
+        .await;
+    let failed = captured_for("pay_F1", "order_F20", 74_900)
+        .replace("payment.captured", "payment.failed")
+        .replace(r#""status":"captured""#, r#""status":"failed""#);
+    app.post_webhook(&failed, Some("evt_F1")).await;
+    app.wait_for_state("XVC-20", "payment_failed").await;
+    app.post_webhook(&captured_for("pay_F2", "order_F20", 74_900), Some("evt_F2"))
+        .await;
+    app.wait_for_state("XVC-20", "paid").await;
+
+    app.checkout(&checkout_body("XVC-21", "order_F21", "TEE", 1))
+        .await;
+    app.post_webhook(&captured_for("pay_F3", "order_F21", 100), Some("evt_F3"))
+        .await;
+    app.post_webhook(
+        &captured_for("pay_F4", "order_NOBODY", 74_900),
+        Some("evt_F4"),
+    )
+    .await;
+    wait_until_inbox_drained(&app).await;
+    assert_eq!(app.order_status("XVC-21").await["state"], "pending_payment");
+    let reasons: Vec<(String, String)> = app
+        .dead_letters()
+        .await
+        .iter()
+        .map(|l| {
+            (
+                l["reason"].as_str().unwrap_or("").to_owned(),
+                l["event_id"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        reasons.contains(&("amount_mismatch".into(), "evt_F3".into())),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&("unknown_order".into(), "evt_F4".into())),
+        "{reasons:?}"
+    );
+}
+
+#[actix_web::test]
+async fn cod_orders_are_confirmed_at_once() {
+    let app = spawn_app().await;
+    app.set_stock("TEE", 5).await;
+    let mut cod = checkout_body("XVC-30", "order_unused", "TEE", 1);
+    cod["payment_method"] = json!("cod");
+    cod.as_object_mut().map(|o| o.remove("razorpay_order_id"));
+    let (status, order) = body(app.checkout(&cod).await).await;
+    assert_eq!(
+        (status, order["state"].as_str()),
+        (201, Some("paid")),
+        "{order}"
+    );
+    assert_eq!(app.stock("TEE").await["on_hand"], 4);
+}
+
+#[actix_web::test]
+async fn reservations_expire_on_the_clock_and_late_payments_reallocate_or_fail() {
+    let start_ms = now_secs() * 1000;
+    let clock = ManualClock::at_ms(start_ms);
+    let app = spawn_app_at(clock.clone(), |settings| {
+        settings.config.api.reservation_ttl_secs = 900;
+        settings.config.processing.expiry_check_ms = 20;
+    })
+    .await;
+    app.set_stock("TEE", 2).await;
+    app.checkout(&checkout_body("XVC-40", "order_E40", "TEE", 1))
+        .await;
+    app.checkout(&checkout_body("XVC-41", "order_E41", "TEE", 1))
+        .await;
+    assert_eq!(app.stock("TEE").await["available"], 0);
+
+    clock.advance_ms(899_000);
+    assert_eq!(app.order_status("XVC-40").await["state"], "pending_payment");
+    clock.advance_ms(1_000);
+    app.wait_for_state("XVC-40", "expired").await;
+    app.wait_for_state("XVC-41", "expired").await;
+    assert_eq!(app.stock("TEE").await["available"], 2);
+
+    // One unit goes to a new checkout; the late payments then find one unit.
+    app.checkout(&checkout_body("XVC-42", "order_E42", "TEE", 1))
+        .await;
+    app.post_webhook(
+        &captured_for("pay_E40", "order_E40", 74_900),
+        Some("evt_E40"),
+    )
+    .await;
+    app.wait_for_state("XVC-40", "paid").await;
+    app.post_webhook(
+        &captured_for("pay_E41", "order_E41", 74_900),
+        Some("evt_E41"),
+    )
+    .await;
+    app.wait_for_state("XVC-41", "out_of_stock").await;
+    let stock = app.stock("TEE").await;
+    assert_eq!(
+        (
+            stock["on_hand"].as_i64(),
+            stock["reserved"].as_i64(),
+            stock["available"].as_i64()
+        ),
+        (Some(1), Some(1), Some(0))
+    );
+    let reconcile: Value = app
+        .admin_get("/admin/stock/reconcile", Some(VIEWER_TOKEN))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(reconcile["mismatches"], json!([]));
+}
+
+#[actix_web::test]
+async fn operators_cancel_where_the_lifecycle_allows() {
+    let app = spawn_app().await;
+    app.set_stock("TEE", 3).await;
+    app.checkout(&checkout_body("XVC-50", "order_C50", "TEE", 2))
+        .await;
+    assert_eq!(
+        app.admin_post("/admin/orders/XVC-50/cancel", Some(VIEWER_TOKEN))
+            .await
+            .status(),
+        403
+    );
+    let (status, _) = body(
+        app.admin_post("/admin/orders/XVC-50/cancel", Some(OPERATOR_TOKEN))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(app.order_status("XVC-50").await["state"], "cancelled");
+    assert_eq!(app.stock("TEE").await["reserved"], 0);
+    let (status, again) = body(
+        app.admin_post("/admin/orders/XVC-50/cancel", Some(OPERATOR_TOKEN))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, again["error"].as_str()),
+        (409, Some("invalid_transition"))
+    );
+    assert_eq!(
+        app.admin_post("/admin/orders/NOPE/cancel", Some(OPERATOR_TOKEN))
+            .await
+            .status(),
+        404
+    );
+}
+
+#[actix_web::test]
+async fn admin_lists_orders_and_shows_journals_with_pii_masked_for_viewers() {
+    let app = spawn_app().await;
+    app.set_stock("TEE", 10).await;
+    for i in 0..5 {
+        app.checkout(&checkout_body(
+            &format!("XVC-6{i}"),
+            &format!("order_L6{i}"),
+            "TEE",
+            1,
+        ))
+        .await;
+    }
+    app.post_webhook(
+        &captured_for("pay_L60", "order_L60", 74_900),
+        Some("evt_L60"),
+    )
+    .await;
+    app.wait_for_state("XVC-60", "paid").await;
+
+    let page: Value = app
+        .admin_get(
+            "/admin/orders?state=pending_payment&limit=3",
+            Some(VIEWER_TOKEN),
+        )
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let ids: Vec<_> = page["orders"]
+        .as_array()
+        .expect("orders")
+        .iter()
+        .map(|o| o["order_id"].clone())
+        .collect();
+    assert_eq!(ids, vec!["XVC-64", "XVC-63", "XVC-62"]);
+    let next = page["next"].as_i64().expect("cursor");
+    let rest: Value = app
+        .admin_get(
+            &format!("/admin/orders?state=pending_payment&limit=3&after={next}"),
+            Some(VIEWER_TOKEN),
+        )
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(rest["orders"].as_array().map(Vec::len), Some(1));
+    assert!(rest["next"].is_null());
+    assert_eq!(
+        app.admin_get("/admin/orders?state=bogus", Some(VIEWER_TOKEN))
+            .await
+            .status(),
+        422
+    );
+
+    let viewer = app.admin_order("XVC-60", VIEWER_TOKEN).await;
+    assert_eq!(viewer["order"]["customer"]["customer"]["email"], "a***");
+    let operator = app.admin_order("XVC-60", OPERATOR_TOKEN).await;
+    assert_eq!(
+        operator["order"]["customer"]["customer"]["email"],
+        "asha@example.com"
+    );
+    let kinds: Vec<_> = operator["journal"]
+        .as_array()
+        .expect("journal")
+        .iter()
+        .map(|e| e["kind"].clone())
+        .collect();
+    assert_eq!(kinds, vec!["created", "paid"]);
+    assert_eq!(operator["journal"][1]["cause"], "webhook:evt_L60");
+    assert_eq!(operator["journal"][1]["seq"], 2);
+
+    let scrape = app.metrics().await;
+    assert_eq!(
+        metric_value(&scrape, "dropship_orders{state=\"pending_payment\"}"),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric_value(&scrape, "dropship_order_transitions_total{to=\"paid\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&scrape, "dropship_revenue_paise_total"),
+        Some(74_900.0)
+    );
+    assert_eq!(
+        metric_value(&scrape, "dropship_stock_reservations_total{result=\"ok\"}"),
+        Some(5.0)
+    );
+    assert_eq!(
+        metric_value(&scrape, "dropship_order_creation_seconds_count"),
+        Some(1.0)
+    );
+}
+
+#[actix_web::test]
+async fn a_hot_sku_over_http_sells_exactly_its_stock() {
+    let app = spawn_app().await;
+    app.set_stock("HOT", 300).await;
+    let bodies: Vec<Value> = (0..1000)
+        .map(|i| checkout_body(&format!("HOT-{i}"), &format!("order_H{i}"), "HOT", 1))
+        .collect();
+    let responses = futures_util::future::join_all(bodies.iter().map(|b| app.checkout(b))).await;
+    let mut created = 0;
+    let mut refused = 0;
+    for response in responses {
+        match response.status().as_u16() {
+            201 => created += 1,
+            409 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((created, refused), (300, 700));
+    let stock = app.stock("HOT").await;
+    assert_eq!(
+        (stock["available"].as_i64(), stock["reserved"].as_i64()),
+        (Some(0), Some(300))
+    );
+    let scrape = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "dropship_stock_reservations_total{result=\"insufficient\"}"
+        ),
+        Some(700.0)
+    );
+}
