@@ -160,3 +160,194 @@ async fn sigkill_mid_load_loses_and_doubles_nothing_acknowledged() {
     assert_eq!(after.len(), EVENTS);
     assert_eq!(after.iter().collect::<BTreeSet<_>>().len(), EVENTS);
 }
+
+const ORDERS: usize = 1000;
+const KILL_AFTER_PAYMENTS: usize = 350;
+const SKUS: usize = 10;
+const UNITS_PER_SKU: i64 = 200;
+
+async fn admin_json(client: &reqwest::Client, daemon: &Daemon, path: &str) -> serde_json::Value {
+    client
+        .get(format!("{}{path}", daemon.admin))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .expect("admin request")
+        .json()
+        .await
+        .expect("admin JSON")
+}
+
+async fn drain(client: &reqwest::Client, daemon: &Daemon) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = admin_json(client, daemon, "/admin/status").await;
+        if status["inbox_pending"] == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "inbox never drained: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn paid_events(client: &reqwest::Client, daemon: &Daemon, order_id: &str) -> (String, usize) {
+    let detail = admin_json(client, daemon, &format!("/admin/orders/{order_id}")).await;
+    let paid = detail["journal"]
+        .as_array()
+        .map(|j| j.iter().filter(|e| e["kind"] == "paid").count())
+        .unwrap_or(0);
+    (
+        detail["order"]["state"].as_str().unwrap_or("").to_owned(),
+        paid,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_orders_are_paid_pays_each_acknowledged_order_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_daemon_config(dir.path());
+    let mut daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+
+    for s in 0..SKUS {
+        let response = client
+            .put(format!("{}/admin/stock/SKU-{s}", daemon.admin))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&serde_json::json!({"on_hand": UNITS_PER_SKU}))
+            .send()
+            .await
+            .expect("stock");
+        assert_eq!(response.status(), 200);
+    }
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut tasks = Vec::new();
+    for i in 0..ORDERS {
+        let permit = Arc::clone(&permits)
+            .acquire_owned()
+            .await
+            .expect("semaphore");
+        let (client, base) = (client.clone(), daemon.public.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = checkout_body(
+                &format!("K-{i}"),
+                &format!("order_K{i}"),
+                &format!("SKU-{}", i % SKUS),
+                1,
+            );
+            let response = client
+                .post(format!("{base}/api/orders"))
+                .bearer_auth(STOREFRONT_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .expect("checkout");
+            assert_eq!(response.status(), 201);
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await.expect("checkout task");
+    }
+
+    // Pay all of them; SIGKILL once 350 payments are acknowledged.
+    let payments: Vec<(String, String)> = (0..ORDERS)
+        .map(|i| {
+            (
+                format!("evt_KP{i}"),
+                captured_for(&format!("pay_K{i}"), &format!("order_K{i}"), 74_900),
+            )
+        })
+        .collect();
+    let daemon_cell = Arc::new(Mutex::new(Some(daemon)));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (i, (event_id, body)) in payments.iter().cloned().enumerate() {
+        let permit = Arc::clone(&permits)
+            .acquire_owned()
+            .await
+            .expect("semaphore");
+        let base = daemon_cell
+            .lock()
+            .ok()
+            .and_then(|d| d.as_ref().map(|d| d.public.clone()));
+        let Some(base) = base else { break };
+        let (client, cell, accepted) = (
+            client.clone(),
+            Arc::clone(&daemon_cell),
+            Arc::clone(&accepted),
+        );
+        tasks.push(tokio::spawn(async move {
+            if deliver(&client, &base, &event_id, &body).await == Delivery::Accepted {
+                let count = accepted
+                    .lock()
+                    .map(|mut a| {
+                        a.push(i);
+                        a.len()
+                    })
+                    .unwrap_or(0);
+                if count == KILL_AFTER_PAYMENTS {
+                    if let Ok(mut cell) = cell.lock() {
+                        if let Some(mut d) = cell.take() {
+                            d.kill();
+                        }
+                    }
+                }
+            }
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await.expect("payment task");
+    }
+    let acknowledged: Vec<usize> = accepted.lock().map(|a| a.clone()).expect("accepted");
+    assert!(
+        acknowledged.len() >= KILL_AFTER_PAYMENTS && acknowledged.len() < ORDERS,
+        "{}",
+        acknowledged.len()
+    );
+    eprintln!(
+        "orders crash: {} payments acknowledged before the kill",
+        acknowledged.len()
+    );
+
+    daemon = Daemon::start(&config);
+    drain(&client, &daemon).await;
+    for i in &acknowledged {
+        let (state, paid) = paid_events(&client, &daemon, &format!("K-{i}")).await;
+        assert_eq!((state.as_str(), paid), ("paid", 1), "order K-{i}");
+    }
+    let reconcile = admin_json(&client, &daemon, "/admin/stock/reconcile").await;
+    assert_eq!(
+        reconcile["mismatches"],
+        serde_json::json!([]),
+        "{reconcile}"
+    );
+
+    // Razorpay retries everything: every order ends paid exactly once.
+    for (event_id, body) in &payments {
+        let outcome = deliver(&client, &daemon.public, event_id, body).await;
+        assert!(
+            matches!(outcome, Delivery::Accepted | Delivery::Other(_)),
+            "{event_id}: {outcome:?}"
+        );
+    }
+    drain(&client, &daemon).await;
+    let mut sold = 0;
+    for i in 0..ORDERS {
+        let (state, paid) = paid_events(&client, &daemon, &format!("K-{i}")).await;
+        assert_eq!((state.as_str(), paid), ("paid", 1), "order K-{i}");
+        sold += 1;
+    }
+    let mut on_hand = 0;
+    for s in 0..SKUS {
+        let level = admin_json(&client, &daemon, &format!("/admin/stock/SKU-{s}")).await;
+        assert_eq!(level["reserved"], 0);
+        on_hand += level["on_hand"].as_i64().unwrap_or(-1);
+    }
+    assert_eq!(on_hand, SKUS as i64 * UNITS_PER_SKU - sold);
+    let reconcile = admin_json(&client, &daemon, "/admin/stock/reconcile").await;
+    assert_eq!(reconcile["mismatches"], serde_json::json!([]));
+}

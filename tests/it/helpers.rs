@@ -317,6 +317,9 @@ pub fn daemon_command(config: &Path) -> Command {
         .env("RAZORPAY_WEBHOOK_SECRET", WEBHOOK_SECRET)
         .env("DROPSHIPD_VIEWER_TOKEN", VIEWER_TOKEN)
         .env("DROPSHIPD_OPERATOR_TOKEN", OPERATOR_TOKEN)
+        .env("DROPSHIPD_STOREFRONT_TOKEN", STOREFRONT_TOKEN)
+        .env("RAZORPAY_KEY_ID", "rzp_test_key")
+        .env("RAZORPAY_KEY_SECRET", RAZORPAY_KEY_SECRET)
         .env("RUST_LOG", "info")
         .arg("--config")
         .arg(config);
