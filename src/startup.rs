@@ -4,7 +4,7 @@
 //! serving starts.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use actix_web::{web, App, HttpServer};
 use crate::actors::dispatcher::Dispatcher;
 use crate::actors::ingest::{IngestDeps, WebhookIngest};
 use crate::actors::order::{OrderDeps, OrderMsg};
-use crate::actors::registry::{OrderRegistry, Route};
+use crate::actors::registry::{OrderRegistry, RegistryStats, Route};
 use crate::actors::stock::StockSupervisor;
 use crate::actors::timers;
 use crate::config::Settings;
@@ -92,7 +92,7 @@ impl Application {
             config.stock.shards as usize,
         )
         .await?;
-        let live_order_actors = Arc::new(AtomicU64::new(0));
+        let order_actor_stats = Arc::new(RegistryStats::default());
         let order_deps = Arc::new(OrderDeps {
             storage: storage.clone(),
             stock: stock.clone(),
@@ -106,7 +106,7 @@ impl Application {
         let orders = OrderRegistry::new(
             order_deps,
             config.processing.max_live_order_actors as usize,
-            Arc::clone(&live_order_actors),
+            Arc::clone(&order_actor_stats),
         )
         .start();
         let background = Background {
@@ -153,7 +153,7 @@ impl Application {
             processing_paused,
             stock,
             orders,
-            live_order_actors,
+            order_actors: order_actor_stats,
         });
 
         let public_state = state.clone();

@@ -1,17 +1,20 @@
 //! `OrderRegistry`: finds or starts the actor of an order and forwards to it.
 //!
-//! It keeps at most `cap` actors alive. Over the cap it asks the least recently
-//! used ones to passivate; each stops only after the messages already in its
-//! mailbox are handled, and is forgotten when it reports that it stopped. A
-//! message that reaches an actor which has just stopped is re-sent to a fresh
-//! one, which loads the order from storage: no message is lost to passivation,
-//! and an order never has two live actors.
+//! At most `cap` order actors exist at any moment, counting those asked to stop
+//! that have not stopped yet. Over the cap the registry asks the least recently
+//! used tenth to passivate; each stops after the messages already in its
+//! mailbox are handled. A message for an order without an actor waits in the
+//! registry until one of those stops, so the cap holds strictly and nothing is
+//! dropped. A message that reaches an actor which has just stopped on its own
+//! (idle) is re-sent to a fresh one, which loads the order from storage: an
+//! order never has two live actors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 
 use super::order::{OrderActor, OrderDeps, OrderError, OrderMsg, OrderReply, Stopped};
 
@@ -23,10 +26,7 @@ pub struct Route {
     pub msg: OrderMsg,
 }
 
-/// How many order actors are alive.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct LiveCount;
+type Reply = oneshot::Sender<Result<OrderReply, OrderError>>;
 
 struct Entry {
     addr: Addr<OrderActor>,
@@ -34,39 +34,63 @@ struct Entry {
     last_used: u64,
 }
 
+/// Live-actor figures the status page and metrics read.
+#[derive(Debug, Default)]
+pub struct RegistryStats {
+    /// Order actors that exist now (running or stopping).
+    pub live: AtomicU64,
+    /// The most that ever existed at once.
+    pub live_high_water: AtomicU64,
+    pub started_total: AtomicU64,
+}
+
 pub struct OrderRegistry {
     deps: Arc<OrderDeps>,
     cap: usize,
     live: HashMap<String, Entry>,
+    /// Asked to passivate, not stopped yet: `(order id, incarnation)`.
+    evicting: HashSet<(String, u64)>,
+    /// Messages waiting for room under the cap.
+    parked: VecDeque<(Route, Reply)>,
     next_incarnation: u64,
     clock: u64,
-    /// Shared with the status page and metrics.
-    live_gauge: Arc<AtomicU64>,
+    stats: Arc<RegistryStats>,
 }
 
 impl OrderRegistry {
-    pub fn new(deps: Arc<OrderDeps>, cap: usize, live_gauge: Arc<AtomicU64>) -> Self {
+    pub fn new(deps: Arc<OrderDeps>, cap: usize, stats: Arc<RegistryStats>) -> Self {
         Self {
             deps,
             cap: cap.max(1),
             live: HashMap::new(),
+            evicting: HashSet::new(),
+            parked: VecDeque::new(),
             next_incarnation: 0,
             clock: 0,
-            live_gauge,
+            stats,
         }
     }
 
-    fn actor_for(&mut self, order_id: &str, ctx: &mut Context<Self>) -> Addr<OrderActor> {
+    fn existing(&mut self, order_id: &str) -> Option<Addr<OrderActor>> {
         self.clock += 1;
-        if let Some(entry) = self.live.get_mut(order_id) {
-            if entry.addr.connected() {
-                entry.last_used = self.clock;
-                return entry.addr.clone();
-            }
-        }
-        if self.live.len() >= self.cap {
-            self.passivate_least_recent();
-        }
+        let entry = self.live.get_mut(order_id)?;
+        entry.last_used = self.clock;
+        Some(entry.addr.clone())
+    }
+
+    fn occupancy(&self) -> usize {
+        self.live.len() + self.evicting.len()
+    }
+
+    fn publish(&self) {
+        let live = self.occupancy() as u64;
+        self.stats.live.store(live, Ordering::Relaxed);
+        self.stats
+            .live_high_water
+            .fetch_max(live, Ordering::Relaxed);
+    }
+
+    fn start_actor(&mut self, order_id: &str, ctx: &mut Context<Self>) -> Addr<OrderActor> {
         self.next_incarnation += 1;
         let addr = OrderActor::new(
             order_id.to_owned(),
@@ -83,13 +107,13 @@ impl OrderRegistry {
                 last_used: self.clock,
             },
         );
-        self.live_gauge
-            .store(self.live.len() as u64, Ordering::Relaxed);
+        self.stats.started_total.fetch_add(1, Ordering::Relaxed);
+        self.publish();
         addr
     }
 
     /// Asks the least recently used tenth of the actors (at least one) to stop.
-    fn passivate_least_recent(&mut self) {
+    fn evict_least_recent(&mut self) {
         let mut by_age: Vec<(&String, u64)> =
             self.live.iter().map(|(id, e)| (id, e.last_used)).collect();
         by_age.sort_by_key(|(_, used)| *used);
@@ -102,10 +126,49 @@ impl OrderRegistry {
         for id in victims {
             if let Some(entry) = self.live.remove(&id) {
                 entry.addr.do_send(OrderMsg::Passivate);
+                self.evicting.insert((id, entry.incarnation));
             }
         }
-        self.live_gauge
-            .store(self.live.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Delivers `route` now if its actor exists or there is room; else parks it.
+    fn dispatch(&mut self, route: Route, reply: Reply, ctx: &mut Context<Self>) {
+        let addr = match self.existing(&route.order_id) {
+            Some(addr) => addr,
+            None if self.occupancy() < self.cap => self.start_actor(&route.order_id, ctx),
+            None => {
+                if self.evicting.is_empty() {
+                    self.evict_least_recent();
+                }
+                self.parked.push_back((route, reply));
+                return;
+            }
+        };
+        let registry = ctx.address();
+        actix::spawn(async move {
+            let result = match addr.send(route.msg.clone()).await {
+                // The actor stopped between lookup and delivery: a fresh one takes it.
+                Err(MailboxError::Closed) => {
+                    registry.send(route).await.unwrap_or_else(|e| Err(e.into()))
+                }
+                other => other.unwrap_or_else(|e| Err(e.into())),
+            };
+            let _ = reply.send(result);
+        });
+    }
+
+    fn unpark(&mut self, ctx: &mut Context<Self>) {
+        while let Some((route, reply)) = self.parked.pop_front() {
+            let fits = self.live.contains_key(&route.order_id) || self.occupancy() < self.cap;
+            if !fits {
+                self.parked.push_front((route, reply));
+                if self.evicting.is_empty() {
+                    self.evict_least_recent();
+                }
+                break;
+            }
+            self.dispatch(route, reply, ctx);
+        }
     }
 }
 
@@ -121,14 +184,18 @@ impl Handler<Route> for OrderRegistry {
     type Result = ResponseFuture<Result<OrderReply, OrderError>>;
 
     fn handle(&mut self, route: Route, ctx: &mut Self::Context) -> Self::Result {
-        let addr = self.actor_for(&route.order_id, ctx);
-        let registry = ctx.address();
+        let (reply, answer) = oneshot::channel();
+        if self.parked.is_empty() {
+            self.dispatch(route, reply, ctx);
+        } else {
+            // Keep arrival order behind messages already waiting.
+            self.parked.push_back((route, reply));
+            self.unpark(ctx);
+        }
         Box::pin(async move {
-            match addr.send(route.msg.clone()).await {
-                // The actor stopped between lookup and delivery: a fresh one takes it.
-                Err(MailboxError::Closed) => registry.send(route).await?,
-                other => other?,
-            }
+            answer
+                .await
+                .unwrap_or(Err(OrderError::Mailbox(MailboxError::Closed)))
         })
     }
 }
@@ -136,23 +203,18 @@ impl Handler<Route> for OrderRegistry {
 impl Handler<Stopped> for OrderRegistry {
     type Result = ();
 
-    fn handle(&mut self, stopped: Stopped, _: &mut Self::Context) {
-        let current = self
-            .live
-            .get(&stopped.order_id)
-            .is_some_and(|e| e.incarnation == stopped.incarnation);
-        if current {
-            self.live.remove(&stopped.order_id);
-            self.live_gauge
-                .store(self.live.len() as u64, Ordering::Relaxed);
+    fn handle(&mut self, stopped: Stopped, ctx: &mut Self::Context) {
+        let key = (stopped.order_id, stopped.incarnation);
+        if !self.evicting.remove(&key) {
+            let current = self
+                .live
+                .get(&key.0)
+                .is_some_and(|e| e.incarnation == key.1);
+            if current {
+                self.live.remove(&key.0);
+            }
         }
-    }
-}
-
-impl Handler<LiveCount> for OrderRegistry {
-    type Result = usize;
-
-    fn handle(&mut self, _: LiveCount, _: &mut Self::Context) -> usize {
-        self.live.len()
+        self.publish();
+        self.unpark(ctx);
     }
 }

@@ -63,7 +63,9 @@ async fn status(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, A
         "dlq_entries": counts.dlq_entries,
         "orders_by_state": orders_by_state,
         "actors": {
-            "orders_live": state.live_order_actors.load(Ordering::Relaxed),
+            "orders_live": state.order_actors.live.load(Ordering::Relaxed),
+            "orders_live_high_water": state.order_actors.live_high_water.load(Ordering::Relaxed),
+            "orders_started_total": state.order_actors.started_total.load(Ordering::Relaxed),
             "stock_shards": state.stock.status(),
             "gateways": [],
             "webhook_ingest": state.ingest_actors.load(Ordering::Relaxed),
@@ -155,7 +157,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     }
     let m = &state.metrics;
     m.actors_live_orders
-        .set(state.live_order_actors.load(Ordering::Relaxed) as f64);
+        .set(state.order_actors.live.load(Ordering::Relaxed) as f64);
     m.actors_live_stock_shards
         .set(state.stock.status().len() as f64);
     m.actors_live_ingest

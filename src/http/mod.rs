@@ -12,14 +12,14 @@ pub mod health;
 pub mod storefront;
 pub mod webhook;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Addr;
 use actix_web::web;
 
-use crate::actors::registry::OrderRegistry;
+use crate::actors::registry::{OrderRegistry, RegistryStats};
 use crate::actors::stock::StockSupervisor;
 use crate::config::Settings;
 use crate::domain::clock::SharedClock;
@@ -38,7 +38,7 @@ pub struct AppState {
     pub processing_paused: Arc<AtomicBool>,
     pub stock: StockSupervisor,
     pub orders: Addr<OrderRegistry>,
-    pub live_order_actors: Arc<AtomicU64>,
+    pub order_actors: Arc<RegistryStats>,
 }
 
 /// Routes of the public listener.

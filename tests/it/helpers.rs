@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dropshipd::actors::registry::{OrderRegistry, RegistryStats};
 use dropshipd::config::{Config, Secret, Secrets, Settings};
 use dropshipd::domain::clock::{ManualClock, SharedClock, SystemClock};
 use dropshipd::domain::signature::sign;
@@ -62,6 +63,9 @@ pub struct TestApp {
     pub db_path: PathBuf,
     pub settings: Settings,
     stop: StopHandle,
+    /// The order registry, for tests of the actor system itself.
+    pub orders: actix::Addr<OrderRegistry>,
+    pub order_actors: Arc<RegistryStats>,
     // Dropped last: the database lives here.
     pub dir: Arc<TempDir>,
 }
@@ -99,6 +103,8 @@ async fn spawn_app_full(
     let public = format!("http://{}", app.public_addr());
     let admin = format!("http://{}", app.admin_addr());
     let stop = app.stop_handle();
+    let orders = app.state().orders.clone();
+    let order_actors = Arc::clone(&app.state().order_actors);
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         public,
@@ -107,6 +113,8 @@ async fn spawn_app_full(
         db_path: settings.config.storage.path.clone(),
         settings,
         stop,
+        orders,
+        order_actors,
         dir,
     }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod helpers;
 mod orders;
+mod passivation;
 mod stock;
 mod storage_failure;
 mod webhook;
