@@ -16,6 +16,7 @@
 //! Data flows one way: `http` → `actors` → `domain` (decide) → `storage` (persist).
 
 pub mod actors;
+pub mod clients;
 pub mod config;
 pub mod domain;
 pub mod http;

@@ -18,6 +18,7 @@ use crate::actors::order::{OrderDeps, OrderMsg};
 use crate::actors::registry::{OrderRegistry, RegistryStats, Route};
 use crate::actors::stock::StockSupervisor;
 use crate::actors::timers;
+use crate::clients::razorpay::RazorpayClient;
 use crate::config::Settings;
 use crate::domain::clock::{SharedClock, SystemClock};
 use crate::domain::signature::WebhookVerifier;
@@ -29,6 +30,8 @@ use crate::telemetry::Metrics;
 pub enum StartupError {
     #[error("cannot open storage: {0}")]
     Storage(#[from] StorageError),
+    #[error("cannot build an HTTP client: {0}")]
+    Client(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -117,6 +120,26 @@ impl Application {
             wake: Arc::clone(&wake),
             metrics: Arc::clone(&metrics),
             expiry_every: Duration::from_millis(config.processing.expiry_check_ms),
+            razorpay: match (
+                &settings.secrets.razorpay_key_id,
+                &settings.secrets.razorpay_key_secret,
+            ) {
+                (Some(id), Some(secret)) => Some(
+                    RazorpayClient::new(
+                        &config.razorpay.api_base_url,
+                        id.clone(),
+                        secret.clone(),
+                        Duration::from_secs(10),
+                    )
+                    .map_err(|e| StartupError::Client(e.to_string()))?,
+                ),
+                _ => None,
+            },
+            reconcile_after_ms: i64::try_from(
+                config.razorpay.reconcile_after_secs.saturating_mul(1000),
+            )
+            .unwrap_or(i64::MAX),
+            reconcile_every: Duration::from_secs(config.razorpay.reconcile_interval_secs),
         };
 
         let ingest_actors = Arc::new(AtomicUsize::new(0));
@@ -251,6 +274,9 @@ struct Background {
     wake: Arc<tokio::sync::Notify>,
     metrics: Arc<Metrics>,
     expiry_every: Duration,
+    razorpay: Option<RazorpayClient>,
+    reconcile_after_ms: i64,
+    reconcile_every: Duration,
 }
 
 /// How often the ledger is checked against the levels.
@@ -291,6 +317,20 @@ impl Background {
             }
             .run(),
         );
+        if let Some(razorpay) = self.razorpay {
+            actix_web::rt::spawn(
+                timers::PaymentReconciler {
+                    storage: self.storage.clone(),
+                    registry: self.orders.clone(),
+                    clock: Arc::clone(&self.clock),
+                    paused: Arc::clone(&self.paused),
+                    razorpay,
+                    after_ms: self.reconcile_after_ms,
+                    every: self.reconcile_every,
+                }
+                .run(),
+            );
+        }
         actix_web::rt::spawn(timers::expire_reservations(
             self.storage.clone(),
             self.orders,

@@ -9,6 +9,7 @@ use actix::Addr;
 
 use super::order::{Cause, OrderMsg};
 use super::registry::{OrderRegistry, Route};
+use crate::clients::razorpay::RazorpayClient;
 use crate::domain::clock::SharedClock;
 use crate::domain::order::Command;
 use crate::storage::Storage;
@@ -54,6 +55,78 @@ pub async fn expire_reservations(
                 tracing::debug!(error = %e, "reservation expiry not applied");
             }
         }
+    }
+}
+
+/// Orders checked against Razorpay per round at most.
+const RECONCILE_BATCH: u32 = 200;
+
+/// What payment reconciliation needs (SPEC §6).
+pub struct PaymentReconciler {
+    pub storage: Storage,
+    pub registry: Addr<OrderRegistry>,
+    pub clock: SharedClock,
+    pub paused: Arc<AtomicBool>,
+    pub razorpay: RazorpayClient,
+    /// Orders unpaid for this long are checked.
+    pub after_ms: i64,
+    pub every: Duration,
+}
+
+impl PaymentReconciler {
+    /// Asks Razorpay about orders left unpaid, and confirms those it has captured
+    /// payments for, as a webhook would. Recovers webhooks that never arrived.
+    pub async fn run(self) {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.paused.load(Ordering::SeqCst) {
+                continue;
+            }
+            if let Err(e) = self.round().await {
+                tracing::warn!(error = %e, "payment reconciliation round failed");
+            }
+        }
+    }
+
+    async fn round(&self) -> Result<(), crate::storage::StorageError> {
+        let cutoff = self.clock.now_ms() - self.after_ms;
+        for (order_id, razorpay_order_id) in
+            self.storage.unpaid_orders(cutoff, RECONCILE_BATCH).await?
+        {
+            let payments = match self.razorpay.order_payments(&razorpay_order_id).await {
+                Ok(payments) => payments,
+                Err(e) => {
+                    tracing::warn!(order_id = %order_id, error = %e, "cannot fetch payments from Razorpay");
+                    continue;
+                }
+            };
+            let Some(captured) = payments.into_iter().find(|p| p.is_captured()) else {
+                continue;
+            };
+            tracing::warn!(order_id = %order_id, payment_id = %captured.id, "captured payment found by reconciliation: its webhook never arrived");
+            let command = Command::ConfirmPayment {
+                payment_id: captured.id,
+                amount_paise: captured.amount,
+                currency: captured.currency,
+                stock_reallocated: None,
+            };
+            let routed = self
+                .registry
+                .send(Route {
+                    order_id: order_id.clone(),
+                    msg: OrderMsg::Command {
+                        command,
+                        cause: Cause::named("reconciliation"),
+                    },
+                })
+                .await;
+            if let Ok(Err(e)) = routed {
+                tracing::warn!(order_id = %order_id, error = %e, "reconciled payment not applied");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -276,6 +276,26 @@ impl Storage {
         .await
     }
 
+    /// Unpaid orders registered at or before `created_before_ms`, with their
+    /// Razorpay order ids, for payment reconciliation.
+    pub async fn unpaid_orders(
+        &self,
+        created_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT order_id, razorpay_order_id FROM orders
+                 WHERE state IN ('pending_payment', 'payment_failed') AND razorpay_order_id IS NOT NULL
+                   AND created_at_ms <= ?1
+                 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![created_before_ms, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     /// Unprocessed inbox entries after `after_id`, oldest first.
     pub async fn pending_inbox(
         &self,

@@ -44,6 +44,8 @@ pub fn test_settings(dir: &Path) -> Settings {
     config.server.listen = "127.0.0.1:0".into();
     config.admin.listen = "127.0.0.1:0".into();
     config.storage.path = dir.join("dropshipd.db");
+    // Nothing listens on port 1: no test ever reaches the real Razorpay.
+    config.razorpay.api_base_url = "http://127.0.0.1:1".into();
     let mut secrets = Secrets::for_webhooks(WEBHOOK_SECRET, VIEWER_TOKEN, OPERATOR_TOKEN);
     secrets.storefront_token = Some(Secret::new(STOREFRONT_TOKEN));
     secrets.razorpay_key_id = Some(Secret::new("rzp_test_key"));
@@ -313,6 +315,9 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 [storage]
 path = "data/dropshipd.db"
+[razorpay]
+# Nothing listens on port 1: no test ever reaches the real Razorpay.
+api_base_url = "http://127.0.0.1:1"
 "#;
     std::fs::write(&path, text).expect("write config");
     path

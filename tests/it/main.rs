@@ -6,6 +6,7 @@ mod crash;
 mod helpers;
 mod orders;
 mod passivation;
+mod reconciliation;
 mod stock;
 mod storage_failure;
 mod webhook;
