@@ -5,15 +5,16 @@
 //! effect. Entries are sent in order and the registry keeps that order per
 //! order, so one order sees its events in arrival order while different orders
 //! proceed in parallel. An entry whose routing failed (storage trouble) stays
-//! unprocessed and is tried again from the start of the next pass. On start-up
-//! everything left unprocessed by a crash is simply the first pass.
+//! unprocessed and the reading resumes from it. On start-up everything a crash
+//! left unprocessed is simply the first thing read.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::Addr;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use super::order::{Cause, OrderError, OrderMsg};
 use super::registry::{OrderRegistry, Route};
@@ -22,13 +23,16 @@ use crate::domain::order::Command;
 use crate::domain::webhook::{payment_facts, PaymentFacts};
 use crate::storage::{InboxEntry, OrderDeadLetter, Storage, StorageError};
 
-/// Entries read per pass.
-const BATCH: u32 = 512;
+/// Entries read per query.
+const BATCH: u32 = 256;
+/// Entries being routed at once; beyond this the dispatcher waits for replies.
+const IN_FLIGHT: usize = 1024;
 /// How long an idle dispatcher waits before looking again without a nudge.
 const IDLE_POLL: Duration = Duration::from_millis(500);
-/// Back-off after a pass that could not finish.
+/// Back-off after a failed read.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 
+#[derive(Clone)]
 pub struct Dispatcher {
     pub storage: Storage,
     pub registry: Addr<OrderRegistry>,
@@ -38,50 +42,69 @@ pub struct Dispatcher {
     pub wake: Arc<Notify>,
 }
 
+/// Entries handed out and not yet finished, and where to resume after a failure.
+#[derive(Default)]
+struct Progress {
+    in_flight: HashSet<i64>,
+    /// The smallest id whose routing failed since the last read.
+    retry_from: Option<i64>,
+}
+
 impl Dispatcher {
-    /// Runs until the system stops.
+    /// Runs until the system stops. Entries stream through: each is routed as
+    /// soon as it is read, up to `IN_FLIGHT` at once, so one slow order never
+    /// holds up the others.
     pub async fn run(self) {
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+        let mut cursor = 0i64;
         loop {
             if self.paused.load(Ordering::SeqCst) {
                 let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
                 continue;
             }
-            match self.pass().await {
-                Ok(0) => {
-                    let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
-                }
-                Ok(_) => {}
+            if let Some(failed) = progress.lock().ok().and_then(|mut p| p.retry_from.take()) {
+                cursor = cursor.min(failed - 1);
+            }
+            let entries = match self.storage.pending_inbox(cursor, BATCH).await {
+                Ok(entries) => entries,
                 Err(e) => {
-                    tracing::warn!(error = %e, "inbox dispatch pass failed; retrying");
+                    tracing::warn!(error = %e, "cannot read the inbox; retrying");
                     tokio::time::sleep(RETRY_AFTER).await;
+                    continue;
                 }
+            };
+            if entries.is_empty() {
+                // Entries that failed are retried after a pause, not in a tight loop.
+                let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
+                continue;
             }
-        }
-    }
-
-    /// One pass over the oldest unprocessed entries; returns how many it finished.
-    pub async fn pass(&self) -> Result<usize, StorageError> {
-        let entries = self.storage.pending_inbox(0, BATCH).await?;
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        // Each send is queued at once, in inbox order; the replies are awaited together.
-        let results =
-            futures_util::future::join_all(entries.into_iter().map(|entry| self.dispatch(entry)))
-                .await;
-        let mut done = 0;
-        let mut first_error = None;
-        for result in results {
-            match result {
-                Ok(()) => done += 1,
-                Err(e) => {
-                    first_error.get_or_insert(e);
+            for entry in entries {
+                cursor = cursor.max(entry.id);
+                let fresh = progress
+                    .lock()
+                    .map(|mut p| p.in_flight.insert(entry.id))
+                    .unwrap_or(false);
+                if !fresh {
+                    continue;
                 }
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    return;
+                };
+                let (dispatcher, progress) = (self.clone(), Arc::clone(&progress));
+                actix::spawn(async move {
+                    let id = entry.id;
+                    let result = dispatcher.dispatch(entry).await;
+                    if let Ok(mut p) = progress.lock() {
+                        p.in_flight.remove(&id);
+                        if let Err(e) = &result {
+                            tracing::warn!(inbox_id = id, error = %e, "inbox entry not dispatched; will retry");
+                            p.retry_from = Some(p.retry_from.map_or(id, |r| r.min(id)));
+                        }
+                    }
+                    drop(permit);
+                });
             }
-        }
-        match first_error {
-            Some(e) if done == 0 => Err(e),
-            _ => Ok(done),
         }
     }
 
