@@ -202,7 +202,7 @@ fn main() {
                 .map(|v| v.trim().to_owned())
                 .unwrap_or_default()
         };
-        println!("orders end to end: {orders} orders, concurrency {concurrency}, release binary, 2 wrk-less client threads");
+        println!("orders end to end: {orders} orders, concurrency {concurrency}, release binary, load from a 2-thread reqwest client");
         println!("  requests sent in        {:.1} s", sent.as_secs_f64());
         println!("  all paid after          {:.1} s  -> {:.0} orders/s", all_paid.as_secs_f64(), orders as f64 / all_paid.as_secs_f64());
         println!("  order creation p50      {:.1} ms (payment accepted -> paid committed)", p50 * 1000.0);

@@ -210,6 +210,29 @@ impl Storage {
         .await
     }
 
+    /// An order's stored snapshot and its journal as events, oldest first: what
+    /// a replay check compares (`domain::order::replay` over the events must
+    /// give the snapshot).
+    pub async fn order_history(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<(OrderSnapshot, Vec<(OrderEvent, i64)>)>, StorageError> {
+        let Some(stored) = self.load_order(order_id).await? else {
+            return Ok(None);
+        };
+        let events = self
+            .order_journal(order_id)
+            .await?
+            .into_iter()
+            .map(|row| {
+                serde_json::from_value::<OrderEvent>(row.data)
+                    .map(|event| (event, row.at_ms))
+                    .map_err(|e| StorageError::Encoding(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((stored.snapshot, events)))
+    }
+
     /// Orders newest first, optionally in one state; `before` is the cursor.
     pub async fn list_orders(
         &self,

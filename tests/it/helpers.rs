@@ -68,6 +68,7 @@ pub struct TestApp {
     /// The order registry, for tests of the actor system itself.
     pub orders: actix::Addr<OrderRegistry>,
     pub order_actors: Arc<RegistryStats>,
+    pub storage: dropshipd::storage::Storage,
     // Dropped last: the database lives here.
     pub dir: Arc<TempDir>,
 }
@@ -107,6 +108,7 @@ async fn spawn_app_full(
     let stop = app.stop_handle();
     let orders = app.state().orders.clone();
     let order_actors = Arc::clone(&app.state().order_actors);
+    let storage = app.state().storage.clone();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         public,
@@ -117,6 +119,7 @@ async fn spawn_app_full(
         stop,
         orders,
         order_actors,
+        storage,
         dir,
     }
 }
@@ -272,6 +275,23 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), 200);
         response.json().await.expect("stock JSON")
+    }
+
+    /// Replays the order's stored journal and checks it rebuilds the stored snapshot.
+    pub async fn assert_journal_replays(&self, order_id: &str) {
+        let (snapshot, events) = self
+            .storage
+            .order_history(order_id)
+            .await
+            .expect("read history")
+            .expect("order exists");
+        let rebuilt =
+            dropshipd::domain::order::replay(order_id, events.iter().map(|(e, at)| (e, *at)));
+        assert_eq!(
+            rebuilt.as_ref(),
+            Some(&snapshot),
+            "journal of {order_id} does not replay to its snapshot"
+        );
     }
 
     /// The inbox as stored on disk.
