@@ -10,10 +10,9 @@ use actix_web::http::StatusCode;
 
 use super::auth::{Operator, Role, Viewer};
 use super::error::ApiError;
-use super::storefront::{order_error, order_json};
+use super::storefront::{load_order, order_json, replied_order, route};
 use super::{rfc3339, AppState};
-use crate::actors::order::{Cause, OrderError, OrderMsg, OrderReply};
-use crate::actors::registry::Route;
+use crate::actors::order::{Cause, OrderMsg};
 use crate::actors::stock::{ApplyStock, StockFailure};
 use crate::domain::order::{Command, OrderState};
 use crate::domain::stock::{StockChange, StockLevel};
@@ -208,12 +207,7 @@ async fn get_order(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let stored = state
-        .storage
-        .load_order(&path)
-        .await
-        .map_err(ApiError::storage_unavailable)?
-        .ok_or_else(|| order_error(OrderError::NotFound))?;
+    let stored = load_order(&state, &path).await?;
     let journal = state
         .storage
         .order_journal(&path)
@@ -258,44 +252,15 @@ async fn cancel_order(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let exists = state
-        .storage
-        .load_order(&path)
-        .await
-        .map_err(ApiError::storage_unavailable)?;
-    if exists.is_none() {
-        return Err(order_error(OrderError::NotFound));
-    }
+    load_order(&state, &path).await?;
     let cause = Cause::named(format!("admin:{}", role_name(caller.role)));
     tracing::warn!(order_id = %path, peer = caller.peer.as_deref().unwrap_or(""), user_agent = caller.user_agent.as_deref().unwrap_or(""), "operator cancels an order");
-    let reply = state
-        .orders
-        .send(Route {
-            order_id: path.into_inner(),
-            msg: OrderMsg::Command {
-                command: Command::Cancel,
-                cause,
-            },
-        })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "orders_unavailable",
-                e.to_string(),
-            )
-        })?
-        .map_err(order_error)?;
-    match reply {
-        OrderReply::Order(order) | OrderReply::Created(order) | OrderReply::Existing(order) => {
-            Ok(HttpResponse::Ok().json(json!({"order": order_json(&order)})))
-        }
-        OrderReply::Passivated => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "orders_unavailable",
-            "retry",
-        )),
-    }
+    let msg = OrderMsg::Command {
+        command: Command::Cancel,
+        cause,
+    };
+    let order = replied_order(route(&state, path.into_inner(), msg).await?)?;
+    Ok(HttpResponse::Ok().json(json!({"order": order_json(&order)})))
 }
 
 fn role_name(role: Role) -> &'static str {

@@ -19,6 +19,7 @@ use crate::actors::registry::Route;
 use crate::domain::checkout;
 use crate::domain::order::{Command, OrderSnapshot};
 use crate::domain::signature;
+use crate::storage::StoredOrder;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/orders", web::post().to(create_order))
@@ -134,18 +135,41 @@ pub fn order_error(error: OrderError) -> ApiError {
     }
 }
 
-async fn route(state: &AppState, order_id: String, msg: OrderMsg) -> Result<OrderReply, ApiError> {
+/// An order from storage, or 404.
+pub async fn load_order(state: &AppState, order_id: &str) -> Result<StoredOrder, ApiError> {
+    state
+        .storage
+        .load_order(order_id)
+        .await
+        .map_err(ApiError::storage_unavailable)?
+        .ok_or_else(|| order_error(OrderError::NotFound))
+}
+
+/// The order an actor's reply carries.
+pub fn replied_order(reply: OrderReply) -> Result<OrderSnapshot, ApiError> {
+    match reply {
+        OrderReply::Created(order) | OrderReply::Existing(order) | OrderReply::Order(order) => {
+            Ok(order)
+        }
+        OrderReply::Passivated => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "orders_unavailable",
+            "the order's actor stopped; retry",
+        )),
+    }
+}
+
+/// Sends a message to an order's actor and maps its refusal to an answer.
+pub async fn route(
+    state: &AppState,
+    order_id: String,
+    msg: OrderMsg,
+) -> Result<OrderReply, ApiError> {
     state
         .orders
         .send(Route { order_id, msg })
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "orders_unavailable",
-                e.to_string(),
-            )
-        })?
+        .map_err(|e| order_error(OrderError::Mailbox(e)))?
         .map_err(order_error)
 }
 
@@ -177,14 +201,7 @@ async fn create_order(
     };
     match route(&state, order_id, msg).await? {
         OrderReply::Created(order) => Ok(HttpResponse::Created().json(order_json(&order))),
-        OrderReply::Existing(order) | OrderReply::Order(order) => {
-            Ok(HttpResponse::Ok().json(order_json(&order)))
-        }
-        OrderReply::Passivated => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "orders_unavailable",
-            "retry",
-        )),
+        other => Ok(HttpResponse::Ok().json(order_json(&replied_order(other)?))),
     }
 }
 
@@ -193,12 +210,7 @@ async fn get_order(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let order = state
-        .storage
-        .load_order(&path)
-        .await
-        .map_err(ApiError::storage_unavailable)?
-        .ok_or_else(|| order_error(OrderError::NotFound))?;
+    let order = load_order(&state, &path).await?;
     Ok(HttpResponse::Ok().json(public_status(&order.snapshot)))
 }
 
@@ -229,13 +241,7 @@ async fn confirm_payment(
             "razorpay.key_secret is not configured, so checkout signatures cannot be verified",
         ));
     };
-    let order = state
-        .storage
-        .load_order(&path)
-        .await
-        .map_err(ApiError::storage_unavailable)?
-        .ok_or_else(|| order_error(OrderError::NotFound))?
-        .snapshot;
+    let order = load_order(&state, &path).await?.snapshot;
     if order.razorpay_order_id.as_deref() != Some(callback.razorpay_order_id.as_str()) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -263,20 +269,11 @@ async fn confirm_payment(
         stock_reallocated: None,
     };
     let cause = Cause::named("checkout_callback");
-    match route(
+    let reply = route(
         &state,
         order.order_id.clone(),
         OrderMsg::Command { command, cause },
     )
-    .await?
-    {
-        OrderReply::Order(order) | OrderReply::Created(order) | OrderReply::Existing(order) => {
-            Ok(HttpResponse::Ok().json(order_json(&order)))
-        }
-        OrderReply::Passivated => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "orders_unavailable",
-            "retry",
-        )),
-    }
+    .await?;
+    Ok(HttpResponse::Ok().json(order_json(&replied_order(reply)?)))
 }
