@@ -74,6 +74,12 @@ impl OrderRegistry {
     fn existing(&mut self, order_id: &str) -> Option<Addr<OrderActor>> {
         self.clock += 1;
         let entry = self.live.get_mut(order_id)?;
+        if !entry.addr.connected() {
+            // Stopped on its own (idle) and its `Stopped` is still on the way.
+            self.live.remove(order_id);
+            self.publish();
+            return None;
+        }
         entry.last_used = self.clock;
         Some(entry.addr.clone())
     }

@@ -122,3 +122,24 @@ async fn fifty_thousand_orders_never_exceed_the_live_actor_cap() {
         .expect("JSON");
     assert_eq!(reconcile["mismatches"], serde_json::json!([]));
 }
+
+#[actix_web::test]
+async fn an_idle_order_actor_passivates_and_its_order_carries_on() {
+    let app = spawn_app_with(|settings| settings.config.processing.order_actor_idle_ms = 50).await;
+    app.set_stock("IDLE", 3).await;
+    app.checkout(&checkout_body("I-1", "order_I1", "IDLE", 1))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.order_actors.live.load(Ordering::Relaxed) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle actor never passivated"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    app.post_webhook(&captured_for("pay_I1", "order_I1", 74_900), Some("evt_I1"))
+        .await;
+    app.wait_for_state("I-1", "paid").await;
+    assert!(app.order_actors.started_total.load(Ordering::Relaxed) >= 2);
+    app.assert_journal_replays("I-1").await;
+}
