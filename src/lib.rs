@@ -5,15 +5,17 @@
 //!
 //! | module | box |
 //! | --- | --- |
-//! | [`http`] | the actix-web front: webhook, health, admin API, `/metrics` |
-//! | [`actors`] | the actor system: webhook ingest (order, stock and shipping actors follow) |
-//! | [`domain`] | pure rules: webhook signature, webhook classification, clock |
-//! | [`storage`] | SQLite: the group-commit writer, migrations, inbox, dead letters |
+//! | [`http`] | the actix-web front: webhook, storefront API, health, admin API, `/metrics` |
+//! | [`actors`] | the actor system: webhook ingest, inbox dispatcher, order registry and order actors, stock supervisor and shards, timers |
+//! | [`domain`] | pure rules: webhook signature and classification, order state machine, stock arithmetic, checkout validation, clock |
+//! | [`storage`] | SQLite: the group-commit writer, migrations, inbox, dead letters, orders and journal, stock and ledger |
+//! | [`clients`] | outside APIs' wire formats: Razorpay's payments API |
 //! | [`config`] | `config.toml`, environment overrides, secret references, validation |
 //! | [`telemetry`] | metric names and handles, structured logging |
 //! | [`startup`] | assembling the above into a running daemon |
 //!
-//! Data flows one way: `http` → `actors` → `domain` (decide) → `storage` (persist).
+//! Data flows one way: `http` → `actors` → `domain` (decide) → `storage`
+//! (persist) and `clients` (effects).
 
 pub mod actors;
 pub mod clients;

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod orders;
 pub mod storefront;
 pub mod webhook;
 

@@ -13,13 +13,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use super::{rfc3339, AppState};
-use crate::actors::order::{Cause, OrderError, OrderMsg, OrderReply};
-use crate::actors::registry::Route;
+use super::orders::{load_order, order_json, public_status, replied_order, route};
+use super::AppState;
+use crate::actors::order::{Cause, OrderMsg, OrderReply};
 use crate::domain::checkout;
-use crate::domain::order::{Command, OrderSnapshot};
+use crate::domain::order::Command;
 use crate::domain::signature;
-use crate::storage::StoredOrder;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/orders", web::post().to(create_order))
@@ -55,122 +54,6 @@ impl FromRequest for Storefront {
             _ => Err(ApiError::unauthorized()),
         })
     }
-}
-
-/// The order as the storefront sees it after registering a checkout.
-pub fn order_json(order: &OrderSnapshot) -> Value {
-    json!({
-        "order_id": order.order_id,
-        "state": order.state,
-        "razorpay_order_id": order.razorpay_order_id,
-        "payment_method": order.payment_method,
-        "currency": order.currency,
-        "amount_paise": order.amount_paise,
-        "items": order.lines.iter().map(|l| json!({
-            "sku": l.sku, "name": l.name, "quantity": l.quantity, "unit_price_paise": l.unit_price_paise,
-        })).collect::<Vec<_>>(),
-        "reserved_until": order.reserved_until_ms.map(rfc3339),
-        "refund_due": order.refund_due,
-        "created_at": rfc3339(order.created_at_ms),
-        "updated_at": rfc3339(order.updated_at_ms),
-    })
-}
-
-/// SPEC §5's public status shape.
-fn public_status(order: &OrderSnapshot) -> Value {
-    json!({
-        "order_id": order.order_id,
-        "state": order.state,
-        "amount_paise": order.amount_paise,
-        "awb": Value::Null,
-        "courier": Value::Null,
-        "tracking_url": Value::Null,
-        "updated_at": rfc3339(order.updated_at_ms),
-    })
-}
-
-/// Maps an order actor's refusal to the storefront's answer.
-pub fn order_error(error: OrderError) -> ApiError {
-    match error {
-        OrderError::NotFound => {
-            ApiError::new(StatusCode::NOT_FOUND, "order_not_found", "no such order")
-        }
-        OrderError::Conflict => ApiError::new(
-            StatusCode::CONFLICT,
-            "order_conflict",
-            "an order with this order_id exists with a different checkout",
-        ),
-        OrderError::InsufficientStock(skus) => ApiError::new(
-            StatusCode::CONFLICT,
-            "insufficient_stock",
-            "not enough stock for some lines; nothing was reserved",
-        )
-        .with("skus", json!(skus)),
-        OrderError::AmountMismatch => ApiError::new(
-            StatusCode::CONFLICT,
-            "amount_mismatch",
-            "the payment's amount or currency differs from the order's",
-        ),
-        OrderError::InvalidTransition { from, to } => ApiError::new(
-            StatusCode::CONFLICT,
-            "invalid_transition",
-            format!("an order in {from} cannot move to {to}"),
-        ),
-        OrderError::Paused => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "processing_paused",
-            "order processing is paused by an operator; retry later",
-        ),
-        OrderError::Storage(e) => ApiError::storage_unavailable(e),
-        OrderError::Stock(e) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stock_unavailable",
-            e.to_string(),
-        ),
-        OrderError::Mailbox(e) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "orders_unavailable",
-            e.to_string(),
-        ),
-    }
-}
-
-/// An order from storage, or 404.
-pub async fn load_order(state: &AppState, order_id: &str) -> Result<StoredOrder, ApiError> {
-    state
-        .storage
-        .load_order(order_id)
-        .await
-        .map_err(ApiError::storage_unavailable)?
-        .ok_or_else(|| order_error(OrderError::NotFound))
-}
-
-/// The order an actor's reply carries.
-pub fn replied_order(reply: OrderReply) -> Result<OrderSnapshot, ApiError> {
-    match reply {
-        OrderReply::Created(order) | OrderReply::Existing(order) | OrderReply::Order(order) => {
-            Ok(order)
-        }
-        OrderReply::Passivated => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "orders_unavailable",
-            "the order's actor stopped; retry",
-        )),
-    }
-}
-
-/// Sends a message to an order's actor and maps its refusal to an answer.
-pub async fn route(
-    state: &AppState,
-    order_id: String,
-    msg: OrderMsg,
-) -> Result<OrderReply, ApiError> {
-    state
-        .orders
-        .send(Route { order_id, msg })
-        .await
-        .map_err(|e| order_error(OrderError::Mailbox(e)))?
-        .map_err(order_error)
 }
 
 async fn create_order(

@@ -1,0 +1,181 @@
+//! The admin API (SPEC §9) and `/metrics`, on the admin listener only: status,
+//! dead letters and the kill switch here; orders and stock in their own files.
+
+mod orders;
+mod stock;
+
+use std::sync::atomic::Ordering;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{Operator, Role, Viewer};
+use super::error::ApiError;
+use super::{rfc3339, AppState};
+use crate::storage::DeadLetter;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/admin/status", web::get().to(status))
+        .route("/admin/dlq", web::get().to(dead_letters))
+        .route("/admin/orders", web::get().to(orders::list))
+        .route("/admin/orders/{order_id}", web::get().to(orders::detail))
+        .route(
+            "/admin/orders/{order_id}/cancel",
+            web::post().to(orders::cancel),
+        )
+        .route("/admin/stock/reconcile", web::get().to(stock::reconcile))
+        .route("/admin/stock/{sku}", web::get().to(stock::get))
+        .route("/admin/stock/{sku}", web::put().to(stock::put))
+        .route("/admin/stock/{sku}/adjust", web::post().to(stock::adjust))
+        .route("/admin/processing/pause", web::post().to(pause))
+        .route("/admin/processing/resume", web::post().to(resume))
+        .route("/metrics", web::get().to(metrics));
+}
+
+async fn status(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let counts = state
+        .storage
+        .ingest_counts()
+        .await
+        .map_err(ApiError::storage_unavailable)?;
+    let by_state = state
+        .storage
+        .order_counts()
+        .await
+        .map_err(ApiError::storage_unavailable)?;
+    let orders_by_state: serde_json::Map<String, serde_json::Value> = by_state
+        .iter()
+        .map(|(s, n)| (s.as_str().to_owned(), json!(n)))
+        .collect();
+    let config = &state.settings.config;
+    Ok(HttpResponse::Ok().json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "processing_paused": state.processing_paused.load(Ordering::SeqCst),
+        "shipping_mode": config.shipping.mode.as_str(),
+        "inbox_pending": counts.inbox_pending,
+        "dlq_entries": counts.dlq_entries,
+        "orders_by_state": orders_by_state,
+        "actors": {
+            "orders_live": state.order_actors.live.load(Ordering::Relaxed),
+            "orders_live_high_water": state.order_actors.live_high_water.load(Ordering::Relaxed),
+            "orders_started_total": state.order_actors.started_total.load(Ordering::Relaxed),
+            "stock_shards": state.stock.status(),
+            "gateways": [],
+            "webhook_ingest": state.ingest_actors.load(Ordering::Relaxed),
+        },
+        "storage": state.storage.writer_stats(),
+    })))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+pub(super) const DEFAULT_PAGE: u32 = 100;
+pub(super) const MAX_PAGE: u32 = 1000;
+
+async fn dead_letters(
+    _: Viewer,
+    state: web::Data<AppState>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let letters = state
+        .storage
+        .dead_letters(page.after, limit)
+        .await
+        .map_err(ApiError::storage_unavailable)?;
+    let next = (letters.len() == limit as usize)
+        .then(|| letters.last().map(|l| l.id))
+        .flatten();
+    let entries: Vec<_> = letters.iter().map(dead_letter_json).collect();
+    Ok(HttpResponse::Ok().json(json!({"entries": entries, "next": next})))
+}
+
+fn dead_letter_json(letter: &DeadLetter) -> serde_json::Value {
+    json!({
+        "id": letter.id,
+        "source": letter.source,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "event_id": letter.event_id,
+        "received_at": rfc3339(letter.received_at_ms),
+    })
+}
+
+async fn pause(caller: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    set_paused(caller, state, true).await
+}
+
+async fn resume(caller: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    set_paused(caller, state, false).await
+}
+
+async fn set_paused(
+    Operator(caller): Operator,
+    state: web::Data<AppState>,
+    paused: bool,
+) -> Result<HttpResponse, ApiError> {
+    state
+        .storage
+        .set_processing_paused(paused)
+        .await
+        .map_err(ApiError::storage_unavailable)?;
+    state.processing_paused.store(paused, Ordering::SeqCst);
+    state
+        .metrics
+        .processing_paused
+        .set(if paused { 1.0 } else { 0.0 });
+    tracing::warn!(
+        paused,
+        role = ?caller.role,
+        peer = caller.peer.as_deref().unwrap_or(""),
+        user_agent = caller.user_agent.as_deref().unwrap_or(""),
+        "kill switch changed by an operator"
+    );
+    Ok(HttpResponse::Ok().json(json!({"processing_paused": paused})))
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    // Gauges of stored state are read at scrape time, so they can never drift
+    // from the database they describe.
+    if let Ok(counts) = state.storage.ingest_counts().await {
+        state.metrics.inbox_pending.set(counts.inbox_pending as f64);
+        state.metrics.dlq_entries.set(counts.dlq_entries as f64);
+    }
+    if let Ok(by_state) = state.storage.order_counts().await {
+        state.metrics.set_order_counts(&by_state);
+    }
+    let m = &state.metrics;
+    m.actors_live_orders
+        .set(state.order_actors.live.load(Ordering::Relaxed) as f64);
+    m.actors_live_stock_shards
+        .set(state.stock.status().len() as f64);
+    m.actors_live_ingest
+        .set(state.ingest_actors.load(Ordering::Relaxed) as f64);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+pub(super) fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Viewer => "viewer",
+        Role::Operator => "operator",
+    }
+}
+
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            e.to_string(),
+        )
+    })
+}
