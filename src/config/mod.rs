@@ -3,11 +3,11 @@
 //!
 //! Loading is a pipeline of plain functions so each step is testable without a
 //! process environment: read the TOML file, apply `DROPSHIPD__SECTION__KEY` and
-//! `SHIPPING_MODE` overrides ([`overrides`]), deserialize into [`Config`]
+//! `SHIPPING_MODE` overrides (`overrides`), deserialize into [`Config`]
 //! (unknown keys are errors, so a typo never silently becomes a default), make
 //! relative paths relative to the config file's folder, then validate every key
 //! and resolve every secret, collecting *all* problems instead of stopping at
-//! the first ([`validate`]).
+//! the first (`validate`).
 
 mod overrides;
 pub mod secret;

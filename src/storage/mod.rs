@@ -1,8 +1,8 @@
 //! Durable state in SQLite: the one module that knows SQL and table names.
 //!
-//! Layout: one write connection owned by the group-commit [`writer`] thread, a
-//! small pool of read-only connections for queries ([`readers`]), versioned
-//! [`migrations`] run at open, and one file per kind of record (webhooks for
+//! Layout: one write connection owned by the group-commit `writer` thread, a
+//! small pool of read-only connections for queries (`readers`), versioned
+//! `migrations` run at open, and one file per kind of record (webhooks for
 //! now). WAL mode lets readers run beside the writer; `synchronous=FULL` makes
 //! every commit durable before anyone is told it happened.
 

@@ -93,7 +93,7 @@ pub struct WriterStats {
     pub largest_batch: AtomicU64,
 }
 
-/// A point-in-time copy of [`WriterStats`] plus the queue depth.
+/// A point-in-time copy of the writer's counters plus the queue depth.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct WriterStatsSnapshot {
     pub commits: u64,
