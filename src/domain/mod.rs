@@ -2,6 +2,8 @@
 //! plain function or type with unit tests; actors call into it to decide, then
 //! persist and act.
 
+pub mod backoff;
+pub mod breaker;
 pub mod checkout;
 pub mod clock;
 pub mod order;
