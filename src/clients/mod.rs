@@ -2,3 +2,4 @@
 //! that knows its paths, field names and quirks.
 
 pub mod razorpay;
+pub mod shiprocket;
