@@ -22,6 +22,7 @@ pub mod clients;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod sandbox;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dropshipd::config::{self, ConfigSource, Settings};
+use dropshipd::sandbox::{DuplicatePolicy, Faults, SandboxServer};
 use dropshipd::telemetry::logging;
 use dropshipd::Application;
 
@@ -29,10 +30,67 @@ enum Command {
     Serve,
     /// Load the config and every referenced secret; print a masked summary
     CheckConfig,
+    /// Run the Shiprocket sandbox: a local Shiprocket API with fault injection
+    ShiprocketSandbox(SandboxArgs),
+}
+
+#[derive(clap::Args)]
+struct SandboxArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: String,
+    /// Share of calls answered 500
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Share of successful calls answered 502 after the work was done
+    #[arg(long, default_value_t = 0.0)]
+    error_after_work_rate: f64,
+    /// Share of calls answered 429
+    #[arg(long, default_value_t = 0.0)]
+    throttle_rate: f64,
+    /// Retry-After seconds sent with 429s
+    #[arg(long)]
+    retry_after_secs: Option<u64>,
+    /// Share of calls that hang for --hang-ms
+    #[arg(long, default_value_t = 0.0)]
+    hang_rate: f64,
+    #[arg(long, default_value_t = 60_000)]
+    hang_ms: u64,
+    /// Latency added to every answer, in milliseconds
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Token lifetime in seconds (Shiprocket: 240 hours)
+    #[arg(long, default_value_t = 864_000)]
+    token_ttl_secs: u64,
+    /// A create for an existing channel order id: echo, reject or create
+    #[arg(long, default_value = "echo")]
+    duplicate: String,
+    /// Calls per second above which the sandbox answers 429
+    #[arg(long)]
+    rate_limit_per_sec: Option<f64>,
+    /// Share of AWB assignments failing inside an HTTP 200
+    #[arg(long, default_value_t = 0.0)]
+    awb_failure_rate: f64,
+    /// The pickup location nickname that exists
+    #[arg(long, default_value = "Primary")]
+    pickup_location: String,
+    /// Seed of the fault dice
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::ShiprocketSandbox(args)) = &cli.command {
+        // The sandbox stands for Shiprocket, not for dropshipd: it needs no config.
+        return match run_sandbox(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dropshipd shiprocket-sandbox: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let source = match cli.config {
         Some(path) => ConfigSource {
             path,
@@ -70,6 +128,7 @@ fn main() -> ExitCode {
             println!("config ok: {}", source.path.display());
             ExitCode::SUCCESS
         }
+        Command::ShiprocketSandbox(_) => ExitCode::SUCCESS,
         Command::Serve => match serve(settings) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -98,6 +157,43 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         });
         app.run_until_stopped().await?;
         tracing::info!("dropshipd stopped");
+        Ok(())
+    })
+}
+
+fn run_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
+    if let Err(e) = logging::init() {
+        eprintln!("dropshipd: logging not initialised: {e}");
+    }
+    let duplicate = match args.duplicate.as_str() {
+        "echo" => DuplicatePolicy::Echo,
+        "reject" => DuplicatePolicy::Reject,
+        "create" => DuplicatePolicy::Create,
+        other => anyhow::bail!("--duplicate takes echo, reject or create, not {other:?}"),
+    };
+    let faults = Faults {
+        error_rate: args.error_rate,
+        error_after_work_rate: args.error_after_work_rate,
+        throttle_rate: args.throttle_rate,
+        retry_after_secs: args.retry_after_secs,
+        hang_rate: args.hang_rate,
+        hang_ms: args.hang_ms,
+        latency_ms: args.latency_ms,
+        token_ttl_secs: args.token_ttl_secs,
+        duplicate,
+        rate_limit_per_sec: args.rate_limit_per_sec,
+        awb_failure_rate: args.awb_failure_rate,
+        pickup_location: args.pickup_location.clone(),
+    };
+    actix_web::rt::System::new().block_on(async move {
+        let server = SandboxServer::bind(&args.listen, faults, args.seed, 2)?;
+        tracing::info!(addr = %server.addr, "shiprocket sandbox listening");
+        let handle = server.handle();
+        actix_web::rt::spawn(async move {
+            shutdown_signal().await;
+            handle.stop(true).await;
+        });
+        server.run().await?;
         Ok(())
     })
 }

@@ -115,3 +115,41 @@ async fn serve_logs_json_with_the_event_id_and_never_a_secret_or_a_body() {
         }
     }
 }
+
+#[tokio::test]
+async fn shiprocket_sandbox_runs_as_its_own_server_without_a_config() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dropshipd"))
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .args([
+            "shiprocket-sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--throttle-rate",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the sandbox");
+    let stdout = child.stdout.take().expect("stdout");
+    let addr = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let json: serde_json::Value = serde_json::from_str(&line).ok()?;
+            json["addr"].as_str().map(str::to_owned)
+        })
+        .expect("the sandbox logs its address");
+    let client = dropshipd::clients::shiprocket::ShiprocketClient::new(
+        &format!("http://{addr}"),
+        std::time::Duration::from_secs(5),
+    )
+    .expect("client");
+    let token = client.login("api@example.com", "secret").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(token.is_ok_and(|t| !t.is_empty()));
+}

@@ -7,6 +7,7 @@ mod helpers;
 mod orders;
 mod passivation;
 mod reconciliation;
+mod shiprocket;
 mod stock;
 mod storage_failure;
 mod webhook;
