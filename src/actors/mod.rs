@@ -6,5 +6,6 @@ pub mod dispatcher;
 pub mod ingest;
 pub mod order;
 pub mod registry;
+pub mod shipping;
 pub mod stock;
 pub mod timers;

@@ -107,6 +107,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (order_id, seq)
     ) WITHOUT ROWID;
     ",
+    // 3: Shiprocket tokens, reused across restarts (a login per start would burn
+    // the account's rate and its 10-day tokens).
+    "
+    CREATE TABLE shiprocket_tokens (
+        account      TEXT PRIMARY KEY,
+        token        TEXT NOT NULL,
+        issued_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// Brings the schema to the latest version. Refuses a database from a newer
@@ -145,7 +154,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 9);
+        assert_eq!(tables, 10);
     }
 
     #[test]

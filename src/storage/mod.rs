@@ -10,6 +10,7 @@ mod daemon_state;
 mod migrations;
 mod orders;
 mod readers;
+mod shipping;
 mod stock;
 mod webhooks;
 mod writer;

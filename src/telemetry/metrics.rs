@@ -29,6 +29,9 @@ pub const REVENUE_PAISE_TOTAL: &str = "dropship_revenue_paise_total";
 pub const STOCK_RESERVATIONS_TOTAL: &str = "dropship_stock_reservations_total";
 pub const STOCK_RECONCILE_MISMATCHES: &str = "dropship_stock_reconcile_mismatches";
 pub const ACTORS_LIVE: &str = "dropship_actors_live";
+pub const SHIPROCKET_REQUESTS_TOTAL: &str = "dropship_shiprocket_requests_total";
+pub const SHIPROCKET_REQUEST_SECONDS: &str = "dropship_shiprocket_request_seconds";
+pub const SHIPROCKET_CIRCUIT_STATE: &str = "dropship_shiprocket_circuit_state";
 
 /// Latency buckets for every `_seconds` histogram: sub-millisecond acks up to
 /// the multi-second waits of a throttled Shiprocket.
@@ -216,6 +219,47 @@ impl Metrics {
 
     pub fn revenue(&self, paise: i64) {
         self.revenue_paise.increment(paise.max(0) as u64);
+    }
+
+    /// One Shiprocket call. `account` comes from the config, so labels stay bounded.
+    pub fn shiprocket_request(
+        &self,
+        account: &str,
+        call: &'static str,
+        outcome: &'static str,
+        seconds: Option<f64>,
+    ) {
+        let labels = vec![
+            Label::new("account", account.to_owned()),
+            Label::new("call", call),
+            Label::new("outcome", outcome),
+        ];
+        self.recorder
+            .register_counter(
+                &Key::from_parts(SHIPROCKET_REQUESTS_TOTAL, labels),
+                &METADATA,
+            )
+            .increment(1);
+        if let Some(seconds) = seconds {
+            self.recorder
+                .register_histogram(
+                    &Key::from_parts(SHIPROCKET_REQUEST_SECONDS, vec![Label::new("call", call)]),
+                    &METADATA,
+                )
+                .record(seconds);
+        }
+    }
+
+    pub fn shiprocket_circuit(&self, account: &str, value: f64) {
+        self.recorder
+            .register_gauge(
+                &Key::from_parts(
+                    SHIPROCKET_CIRCUIT_STATE,
+                    vec![Label::new("account", account.to_owned())],
+                ),
+                &METADATA,
+            )
+            .set(value);
     }
 
     pub fn stock_reservation(&self, ok: bool) {

@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod crash;
+mod gateway;
 mod helpers;
 mod orders;
 mod passivation;

@@ -1,0 +1,255 @@
+//! The Shiprocket gateway and router against the sandbox: token caching and
+//! single-flight re-login, the circuit breaker on an injected clock, 429s, and
+//! failover between accounts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use dropshipd::actors::shipping::{
+    Call, CallOutput, GatewayError, GatewayHandle, GatewaySettings, ShippingRouter, ShiprocketCall,
+    ShiprocketGateway,
+};
+use dropshipd::clients::shiprocket::{ShiprocketClient, ShiprocketError};
+use dropshipd::config::Secret;
+use dropshipd::domain::clock::ManualClock;
+use dropshipd::sandbox::{Faults, Sandbox, SandboxServer};
+use dropshipd::storage::{Storage, StorageOptions};
+use dropshipd::telemetry::Metrics;
+
+use crate::helpers::metric_value;
+
+struct Rig {
+    storage: Storage,
+    clock: ManualClock,
+    metrics: Arc<Metrics>,
+    _dir: tempfile::TempDir,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let storage = Storage::open(&StorageOptions::new(
+        dir.path().join("gw.db"),
+        Duration::from_secs(5),
+    ))
+    .expect("storage");
+    Rig {
+        storage,
+        clock: ManualClock::at_ms(1_764_000_000_000),
+        metrics: Metrics::new(),
+        _dir: dir,
+    }
+}
+
+fn sandbox() -> (Arc<Sandbox>, String) {
+    let server = SandboxServer::bind("127.0.0.1:0", Faults::default(), 3, 1).expect("sandbox");
+    let (sandbox, url) = (Arc::clone(&server.sandbox), server.base_url());
+    actix_web::rt::spawn(server.run());
+    (sandbox, url)
+}
+
+fn settings(account: &str, threshold: u32) -> GatewaySettings {
+    GatewaySettings {
+        account: account.into(),
+        email: format!("{account}@example.com"),
+        password: Secret::new("api-password"),
+        requests_per_hour: 360_000,
+        burst: 100,
+        token_refresh_after: Duration::from_secs(216 * 3600),
+        breaker_threshold: threshold,
+        breaker_open: Duration::from_secs(30),
+    }
+}
+
+fn gateway(
+    rig: &Rig,
+    url: &str,
+    settings: GatewaySettings,
+) -> (Addr<ShiprocketGateway>, GatewayHandle) {
+    let client = ShiprocketClient::new(url, Duration::from_secs(2)).expect("client");
+    let (account, per_hour, burst) = (
+        settings.account.clone(),
+        settings.requests_per_hour,
+        settings.burst,
+    );
+    let actor = ShiprocketGateway::new(
+        settings,
+        client,
+        rig.storage.clone(),
+        Arc::new(rig.clock.clone()),
+        Arc::clone(&rig.metrics),
+    );
+    let stats = actor.stats();
+    let addr = actor.start();
+    let handle = GatewayHandle {
+        account,
+        addr: addr.clone(),
+        stats,
+        requests_per_hour: per_hour,
+        burst,
+    };
+    (addr, handle)
+}
+
+async fn search(addr: &Addr<ShiprocketGateway>) -> Result<CallOutput, GatewayError> {
+    addr.send(Call(ShiprocketCall::Search("XVC-1".into())))
+        .await
+        .expect("mailbox")
+}
+
+fn logins(sandbox: &Sandbox) -> u64 {
+    sandbox.calls().get("login:200").copied().unwrap_or(0)
+}
+
+#[actix_web::test]
+async fn the_token_is_cached_reused_after_a_restart_and_refreshed_once() {
+    let rig = rig();
+    let (sandbox, url) = sandbox();
+    let (first, _) = gateway(&rig, &url, settings("primary", 5));
+    for _ in 0..3 {
+        assert!(search(&first).await.is_ok());
+    }
+    assert_eq!(logins(&sandbox), 1);
+
+    // A new gateway (a restarted daemon) finds the token in storage.
+    let (second, _) = gateway(&rig, &url, settings("primary", 5));
+    assert!(search(&second).await.is_ok());
+    assert_eq!(logins(&sandbox), 1);
+
+    // Revoked: ten concurrent calls see 401 and cause one login between them.
+    sandbox.expire_tokens();
+    let calls = futures_util::future::join_all((0..10).map(|_| search(&second))).await;
+    assert!(calls.iter().all(Result::is_ok), "{calls:?}");
+    assert_eq!(logins(&sandbox), 2);
+
+    // Old enough: refreshed before use.
+    rig.clock.advance_ms(217 * 3600 * 1000);
+    assert!(search(&second).await.is_ok());
+    assert_eq!(logins(&sandbox), 3);
+}
+
+#[actix_web::test]
+async fn a_5xx_storm_opens_the_circuit_and_a_probe_closes_it() {
+    let rig = rig();
+    let (sandbox, url) = sandbox();
+    let (addr, handle) = gateway(&rig, &url, settings("primary", 3));
+    let router = ShippingRouter::new(vec![handle], Arc::new(rig.clock.clone()));
+    assert!(search(&addr).await.is_ok());
+
+    sandbox.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    for _ in 0..3 {
+        assert!(matches!(
+            search(&addr).await,
+            Err(GatewayError::Shiprocket(ShiprocketError::Transient(_)))
+        ));
+    }
+    let before = sandbox.calls().get("search:500").copied();
+    assert!(matches!(
+        search(&addr).await,
+        Err(GatewayError::CircuitOpen { .. })
+    ));
+    assert_eq!(
+        sandbox.calls().get("search:500").copied(),
+        before,
+        "an open circuit makes no call"
+    );
+    assert_eq!(router.status()[0].circuit, "open");
+    assert!(
+        router.pick().is_err(),
+        "with every circuit open nothing is picked"
+    );
+
+    sandbox.set_faults(Faults::default());
+    rig.clock.advance_ms(30_000);
+    assert_eq!(router.status()[0].circuit, "half_open");
+    assert!(
+        search(&addr).await.is_ok(),
+        "the probe goes through and succeeds"
+    );
+    assert_eq!(router.status()[0].circuit, "closed");
+
+    let scrape = rig.metrics.render();
+    assert_eq!(
+        metric_value(&scrape, "dropship_shiprocket_requests_total{account=\"primary\",call=\"search\",outcome=\"transient\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric_value(&scrape, "dropship_shiprocket_requests_total{account=\"primary\",call=\"search\",outcome=\"circuit_open\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "dropship_shiprocket_circuit_state{account=\"primary\"}"
+        ),
+        Some(0.0)
+    );
+}
+
+#[actix_web::test]
+async fn throttling_and_validation_never_open_the_circuit() {
+    let rig = rig();
+    let (sandbox, url) = sandbox();
+    let (addr, _) = gateway(&rig, &url, settings("primary", 1));
+    assert!(search(&addr).await.is_ok());
+    sandbox.set_faults(Faults {
+        throttle_rate: 1.0,
+        retry_after_secs: Some(0),
+        ..Faults::default()
+    });
+    for _ in 0..3 {
+        assert!(matches!(
+            search(&addr).await,
+            Err(GatewayError::Shiprocket(
+                ShiprocketError::RateLimited { .. }
+            ))
+        ));
+    }
+    sandbox.set_faults(Faults::default());
+    let refused = addr
+        .send(Call(ShiprocketCall::AssignAwb(12345)))
+        .await
+        .expect("mailbox");
+    assert!(matches!(
+        refused,
+        Err(GatewayError::Shiprocket(ShiprocketError::Permanent(_)))
+    ));
+    assert!(search(&addr).await.is_ok(), "the circuit stayed closed");
+}
+
+#[actix_web::test]
+async fn new_shipments_go_to_an_account_whose_circuit_is_closed() {
+    let rig = rig();
+    let (sandbox_a, url_a) = sandbox();
+    let (_sandbox_b, url_b) = sandbox();
+    let (addr_a, handle_a) = gateway(&rig, &url_a, settings("acct-a", 1));
+    let (_, handle_b) = gateway(&rig, &url_b, settings("acct-b", 1));
+    let router = ShippingRouter::new(vec![handle_a, handle_b], Arc::new(rig.clock.clone()));
+    assert!(router.pick().is_ok());
+
+    sandbox_a.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    assert!(search(&addr_a).await.is_err());
+    for _ in 0..5 {
+        let picked = router.pick().expect("one account is healthy");
+        assert_eq!(picked.account, "acct-b");
+        assert!(router
+            .call_on(&picked.account, ShiprocketCall::Search("XVC-9".into()))
+            .await
+            .is_ok());
+    }
+    let status = router.status();
+    assert_eq!((status[0].circuit, status[1].circuit), ("open", "closed"));
+    assert!(status[1].token_expires_at.is_some());
+    assert!(matches!(
+        router
+            .call_on("nobody", ShiprocketCall::Search("x".into()))
+            .await,
+        Err(GatewayError::UnknownAccount(_))
+    ));
+}
