@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod checkout;
 pub mod clock;
 pub mod order;
+pub mod shipping;
 pub mod signature;
 pub mod stock;
 pub mod webhook;

@@ -168,6 +168,32 @@ pub struct OrderSnapshot {
     pub updated_at_ms: i64,
     /// Journal events so far; the next event's sequence number is `version + 1`.
     pub version: u64,
+    /// Where the order is on its way to Shiprocket.
+    #[serde(default)]
+    pub shipping: Shipping,
+}
+
+/// The shipping side of an order (SPEC §6, §8).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shipping {
+    /// Calls made toward Shiprocket for this order (creates and AWB assignments).
+    pub attempts: u32,
+    /// When the shipping timer should try again; none while nothing is due.
+    pub next_attempt_at_ms: Option<i64>,
+    /// The Shiprocket account that holds (or may hold) the order.
+    pub account: Option<String>,
+    pub sr_order_id: Option<i64>,
+    pub shipment_id: Option<i64>,
+    pub awb: Option<String>,
+    pub courier: Option<String>,
+    pub last_error: Option<String>,
+    /// A call was journaled whose outcome is not known (timeout, 5xx, crash):
+    /// search Shiprocket before calling again.
+    pub in_doubt: bool,
+    /// When the order became paid, for `dropship_shipping_creation_seconds`.
+    pub paid_at_ms: Option<i64>,
+    /// The newest tracking update applied: (Shiprocket timestamp, status id).
+    pub last_tracking: Option<(String, i64)>,
 }
 
 /// A journal event: what happened to an order. Serialized into the journal.
@@ -212,6 +238,53 @@ pub enum OrderEvent {
         payment_refunded_paise: i64,
         full: bool,
     },
+    /// Paid and handed to shipping.
+    ShippingQueued,
+    /// A Shiprocket call is about to be made (recorded before the call).
+    ShippingAttempt {
+        account: String,
+        call: String,
+        attempt: u32,
+    },
+    /// Shiprocket holds the order (created now, or found by search and adopted).
+    ShipmentCreated {
+        account: String,
+        sr_order_id: i64,
+        shipment_id: i64,
+        adopted: bool,
+    },
+    AwbAssigned {
+        awb: String,
+        courier: String,
+    },
+    /// A call failed or could not be made; try again at `next_attempt_at_ms`.
+    ShippingDeferred {
+        error: String,
+        next_attempt_at_ms: i64,
+        /// The call was never made (every circuit open): it does not count.
+        not_attempted: bool,
+        /// The call's outcome is unknown: search before the next one.
+        in_doubt: bool,
+    },
+    /// Automatic shipping stopped: an operator decides.
+    ShippingManual {
+        reason: String,
+    },
+    /// An operator sent the order back to automatic shipping.
+    ShippingRetried,
+    /// Handed to the courier, by tracking or by an operator.
+    Shipped {
+        awb: Option<String>,
+        courier: Option<String>,
+        by: String,
+    },
+    /// A Shiprocket tracking update; `to` is the state it moves the order to, if any.
+    Tracking {
+        awb: String,
+        status_id: i64,
+        timestamp: String,
+        to: Option<OrderState>,
+    },
 }
 
 impl OrderEvent {
@@ -226,6 +299,15 @@ impl OrderEvent {
             Self::Cancelled => "cancelled",
             Self::ExtraPayment { .. } => "extra_payment",
             Self::RefundRecorded { .. } => "refund_recorded",
+            Self::ShippingQueued => "shipping_queued",
+            Self::ShippingAttempt { .. } => "shipping_attempt",
+            Self::ShipmentCreated { .. } => "shipment_created",
+            Self::AwbAssigned { .. } => "awb_assigned",
+            Self::ShippingDeferred { .. } => "shipping_deferred",
+            Self::ShippingManual { .. } => "manual_required",
+            Self::ShippingRetried => "shipping_retried",
+            Self::Shipped { .. } => "shipped",
+            Self::Tracking { .. } => "tracking",
         }
     }
 
@@ -240,9 +322,17 @@ impl OrderEvent {
             Self::ReservationExpired => Some(OrderState::Expired),
             Self::Cancelled => Some(OrderState::Cancelled),
             Self::RefundRecorded { full: true, .. } => Some(OrderState::Refunded),
+            Self::ShippingQueued | Self::ShippingRetried => Some(OrderState::AwaitingShipment),
+            Self::ShipmentCreated { .. } => Some(OrderState::ShipmentCreated),
+            Self::AwbAssigned { .. } => Some(OrderState::ReadyToShip),
+            Self::ShippingManual { .. } => Some(OrderState::ManualRequired),
+            Self::Shipped { .. } => Some(OrderState::Shipped),
+            Self::Tracking { to, .. } => *to,
             Self::PaymentFailureNoted { .. }
             | Self::ExtraPayment { .. }
-            | Self::RefundRecorded { full: false, .. } => None,
+            | Self::RefundRecorded { full: false, .. }
+            | Self::ShippingAttempt { .. }
+            | Self::ShippingDeferred { .. } => None,
         }
     }
 }
@@ -272,6 +362,7 @@ pub fn genesis(order_id: &str, event: &OrderEvent, at_ms: i64) -> Option<OrderSn
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
             version: 1,
+            shipping: Shipping::default(),
         }),
         _ => None,
     }
@@ -287,6 +378,7 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
         OrderEvent::Paid { payment_id, .. } => {
             order.payment_id = Some(payment_id.clone());
             order.reserved_until_ms = None;
+            order.shipping.paid_at_ms = Some(at_ms);
         }
         OrderEvent::PaidOutOfStock { payment_id } => {
             order.payment_id = Some(payment_id.clone());
@@ -297,6 +389,7 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
         OrderEvent::ReservationExpired => order.reserved_until_ms = None,
         OrderEvent::Cancelled => {
             order.reserved_until_ms = None;
+            order.shipping.next_attempt_at_ms = None;
             if order.payment_id.is_some() && order.refunded_paise < order.amount_paise {
                 order.refund_due = true;
             }
@@ -310,7 +403,78 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
             order.refunded_paise = *payment_refunded_paise;
             if *full {
                 order.refund_due = false;
+                order.shipping.next_attempt_at_ms = None;
             }
+        }
+        OrderEvent::ShippingQueued | OrderEvent::ShippingRetried => {
+            let shipping = &mut order.shipping;
+            if matches!(event, OrderEvent::ShippingRetried) {
+                shipping.attempts = 0;
+            }
+            shipping.next_attempt_at_ms = Some(at_ms);
+            shipping.last_error = None;
+        }
+        OrderEvent::ShippingAttempt { account, .. } => {
+            let shipping = &mut order.shipping;
+            shipping.attempts += 1;
+            shipping.account = Some(account.clone());
+            shipping.in_doubt = true;
+        }
+        OrderEvent::ShipmentCreated {
+            account,
+            sr_order_id,
+            shipment_id,
+            ..
+        } => {
+            let shipping = &mut order.shipping;
+            shipping.account = Some(account.clone());
+            shipping.sr_order_id = Some(*sr_order_id);
+            shipping.shipment_id = Some(*shipment_id);
+            shipping.in_doubt = false;
+            shipping.next_attempt_at_ms = Some(at_ms);
+        }
+        OrderEvent::AwbAssigned { awb, courier } => {
+            let shipping = &mut order.shipping;
+            shipping.awb = Some(awb.clone());
+            shipping.courier = Some(courier.clone());
+            shipping.in_doubt = false;
+            shipping.next_attempt_at_ms = None;
+            shipping.last_error = None;
+        }
+        OrderEvent::ShippingDeferred {
+            error,
+            next_attempt_at_ms,
+            not_attempted,
+            in_doubt,
+        } => {
+            let shipping = &mut order.shipping;
+            if *not_attempted {
+                shipping.attempts = shipping.attempts.saturating_sub(1);
+            }
+            shipping.in_doubt = *in_doubt;
+            shipping.last_error = Some(error.clone());
+            shipping.next_attempt_at_ms = Some(*next_attempt_at_ms);
+        }
+        OrderEvent::ShippingManual { reason } => {
+            order.shipping.last_error = Some(reason.clone());
+            order.shipping.next_attempt_at_ms = None;
+        }
+        OrderEvent::Shipped { awb, courier, .. } => {
+            let shipping = &mut order.shipping;
+            if awb.is_some() {
+                shipping.awb = awb.clone();
+            }
+            if courier.is_some() {
+                shipping.courier = courier.clone();
+            }
+            shipping.next_attempt_at_ms = None;
+        }
+        OrderEvent::Tracking {
+            status_id,
+            timestamp,
+            ..
+        } => {
+            order.shipping.last_tracking = Some((timestamp.clone(), *status_id));
         }
     }
     order.version += 1;
