@@ -14,13 +14,19 @@ use actix_web::{web, App, HttpServer};
 
 use crate::actors::dispatcher::Dispatcher;
 use crate::actors::ingest::{IngestDeps, WebhookIngest};
-use crate::actors::order::{OrderDeps, OrderMsg};
+use crate::actors::order::ShippingDeps;
+use crate::actors::order::{Cause, OrderDeps, OrderMsg};
 use crate::actors::registry::{OrderRegistry, RegistryStats, Route};
+use crate::actors::shipping::{GatewayHandle, GatewaySettings, ShippingRouter, ShiprocketGateway};
 use crate::actors::stock::StockSupervisor;
 use crate::actors::timers;
 use crate::clients::razorpay::RazorpayClient;
+use crate::clients::shiprocket::ShiprocketClient;
 use crate::config::Settings;
+use crate::config::ShippingMode;
+use crate::domain::backoff::Backoff;
 use crate::domain::clock::{SharedClock, SystemClock};
+use crate::domain::order::{Command, OrderState};
 use crate::domain::signature::WebhookVerifier;
 use crate::http::{self, auth::AdminTokens, AppState};
 use crate::storage::{Storage, StorageError, StorageOptions};
@@ -96,6 +102,26 @@ impl Application {
         )
         .await?;
         let order_actor_stats = Arc::new(RegistryStats::default());
+        let shipping_manual = Arc::new(AtomicBool::new(
+            config.shipping.mode == ShippingMode::Manual
+                || storage.shipping_manual().await?.unwrap_or(false),
+        ));
+        let router = start_gateways(&settings, &storage, &clock, &metrics)?;
+        let shipping = ShippingDeps {
+            router: router.clone(),
+            backoff: Backoff {
+                base: Duration::from_millis(config.shipping.retry_base_ms),
+                max: Duration::from_millis(config.shipping.retry_max_ms),
+                max_attempts: config.shipping.max_attempts,
+            },
+            pickup_location: config.shipping.pickup_location.clone(),
+            default_weight_kg: config.shipping.default_weight_kg,
+            default_dims_cm: match config.shipping.default_dims_cm.as_slice() {
+                [l, b, h] => [*l, *b, *h],
+                _ => [20.0, 15.0, 10.0],
+            },
+            manual: Arc::clone(&shipping_manual),
+        };
         let order_deps = Arc::new(OrderDeps {
             storage: storage.clone(),
             stock: stock.clone(),
@@ -105,6 +131,7 @@ impl Application {
                 .unwrap_or(i64::MAX),
             idle: Duration::from_millis(config.processing.order_actor_idle_ms),
             paused: Arc::clone(&processing_paused),
+            shipping: Some(shipping),
         });
         let orders = OrderRegistry::new(
             order_deps,
@@ -135,6 +162,7 @@ impl Application {
                 ),
                 _ => None,
             },
+            ship_paid_orders: !router.is_empty(),
             reconcile_after_ms: i64::try_from(
                 config.razorpay.reconcile_after_secs.saturating_mul(1000),
             )
@@ -177,6 +205,8 @@ impl Application {
             stock,
             orders,
             order_actors: order_actor_stats,
+            router,
+            shipping_manual,
         });
 
         let public_state = state.clone();
@@ -275,9 +305,14 @@ struct Background {
     metrics: Arc<Metrics>,
     expiry_every: Duration,
     razorpay: Option<RazorpayClient>,
+    /// Shiprocket is configured: paid orders found at start go to shipping.
+    ship_paid_orders: bool,
     reconcile_after_ms: i64,
     reconcile_every: Duration,
 }
+
+/// How often orders with a Shiprocket call due are looked for.
+const SHIPPING_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the ledger is checked against the levels.
 const STOCK_RECONCILE_EVERY: Duration = Duration::from_secs(3600);
@@ -286,7 +321,23 @@ impl Background {
     fn start(self) {
         let repair_storage = self.storage.clone();
         let repair_orders = self.orders.clone();
+        let queue_paid = self.ship_paid_orders;
         actix_web::rt::spawn(async move {
+            if queue_paid {
+                // Paid while no Shiprocket account was configured (or just before a crash).
+                if let Ok(paid) = repair_storage
+                    .order_ids_in_state(OrderState::Paid, u32::MAX)
+                    .await
+                {
+                    for order_id in paid {
+                        let msg = OrderMsg::Command {
+                            command: Command::QueueShipping { manual: None },
+                            cause: Cause::named("startup:shipping"),
+                        };
+                        let _ = repair_orders.send(Route { order_id, msg }).await;
+                    }
+                }
+            }
             match repair_storage.orders_needing_stock_repair().await {
                 Ok(ids) => {
                     if !ids.is_empty() {
@@ -331,6 +382,13 @@ impl Background {
                 .run(),
             );
         }
+        actix_web::rt::spawn(timers::ship_due(
+            self.storage.clone(),
+            self.orders.clone(),
+            Arc::clone(&self.clock),
+            Arc::clone(&self.paused),
+            SHIPPING_CHECK_EVERY,
+        ));
         actix_web::rt::spawn(timers::expire_reservations(
             self.storage.clone(),
             self.orders,
@@ -344,6 +402,60 @@ impl Background {
             STOCK_RECONCILE_EVERY,
         ));
     }
+}
+
+/// One gateway actor per `[[shiprocket.accounts]]` with a password, and the router.
+fn start_gateways(
+    settings: &Settings,
+    storage: &Storage,
+    clock: &SharedClock,
+    metrics: &Arc<Metrics>,
+) -> Result<ShippingRouter, StartupError> {
+    let sr = &settings.config.shiprocket;
+    let mut handles = Vec::new();
+    for (i, account) in sr.accounts.iter().enumerate() {
+        let Some(password) = settings
+            .secrets
+            .shiprocket_passwords
+            .get(i)
+            .cloned()
+            .flatten()
+        else {
+            tracing::warn!(account = %account.name, "Shiprocket account has no password; it is not used");
+            continue;
+        };
+        let client =
+            ShiprocketClient::new(&sr.base_url, Duration::from_millis(sr.request_timeout_ms))
+                .map_err(|e| StartupError::Client(e.to_string()))?;
+        let gateway_settings = GatewaySettings {
+            account: account.name.clone(),
+            email: account.email.clone(),
+            password,
+            requests_per_hour: sr.requests_per_hour,
+            burst: sr.burst,
+            token_refresh_after: Duration::from_secs(
+                sr.token_refresh_after_hours.saturating_mul(3600),
+            ),
+            breaker_threshold: sr.breaker_failure_threshold,
+            breaker_open: Duration::from_secs(sr.breaker_open_secs),
+        };
+        let gateway = ShiprocketGateway::new(
+            gateway_settings,
+            client,
+            storage.clone(),
+            Arc::clone(clock),
+            Arc::clone(metrics),
+        );
+        let stats = gateway.stats();
+        handles.push(GatewayHandle {
+            account: account.name.clone(),
+            addr: gateway.start(),
+            stats,
+            requests_per_hour: sr.requests_per_hour,
+            burst: sr.burst,
+        });
+    }
+    Ok(ShippingRouter::new(handles, Arc::clone(clock)))
 }
 
 fn first_addr(addrs: &[SocketAddr], listen: &str) -> Result<SocketAddr, StartupError> {

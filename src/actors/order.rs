@@ -19,12 +19,16 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use super::shipping::{CallOutput, GatewayError, ShippingRouter, ShiprocketCall};
 use super::stock::{ReserveError, StockFailure, StockSupervisor};
+use crate::clients::shiprocket::{FoundOrder, ShipmentItem, ShipmentRequest, ShiprocketError};
+use crate::domain::backoff::Backoff;
 use crate::domain::checkout::ValidCheckout;
 use crate::domain::clock::SharedClock;
 use crate::domain::order::{
     self, Command, OrderEvent, OrderSnapshot, OrderState, Outcome, PaymentMethod,
 };
+use crate::domain::shipping::{after_failure, CallFailure};
 use crate::storage::{JournalAppend, OrderDeadLetter, OrderWrite, Storage, StorageError};
 use crate::telemetry::Metrics;
 
@@ -39,6 +43,19 @@ pub struct OrderDeps {
     pub idle: Duration,
     /// The kill switch: while set, nothing advances an order.
     pub paused: Arc<AtomicBool>,
+    /// Shiprocket, when configured.
+    pub shipping: Option<ShippingDeps>,
+}
+
+/// What the shipping steps need.
+pub struct ShippingDeps {
+    pub router: ShippingRouter,
+    pub backoff: Backoff,
+    pub pickup_location: String,
+    pub default_weight_kg: f64,
+    pub default_dims_cm: [f64; 3],
+    /// `shipping.mode = manual` (or the admin switch): paid orders wait for an operator.
+    pub manual: Arc<AtomicBool>,
 }
 
 /// Where a command came from, for the journal's `cause`.
@@ -74,6 +91,8 @@ pub enum OrderMsg {
     },
     /// Align stock allocations with the order's state after a crash.
     RepairStock,
+    /// Take the next shipping step that is due (timer, or right after payment).
+    Ship,
     /// Stop now (the registry is over its cap).
     Passivate,
 }
@@ -274,6 +293,16 @@ async fn handle_message(
             repair_stock(deps, order).await?;
             Ok(OrderReply::Order(order.clone()))
         }
+        OrderMsg::Ship => {
+            if deps.paused.load(Ordering::SeqCst) {
+                return Err(OrderError::Paused);
+            }
+            let Some(order) = loaded.order.as_mut() else {
+                return Err(OrderError::NotFound);
+            };
+            ship(deps, order).await?;
+            Ok(OrderReply::Order(order.clone()))
+        }
         OrderMsg::Passivate => Ok(OrderReply::Passivated),
     }
 }
@@ -394,41 +423,7 @@ async fn run_command(
     let now = deps.clock.now_ms();
     match outcome {
         Outcome::Record(events) => {
-            let before = order.state;
-            let mut next = order.clone();
-            for event in &events {
-                order::apply(&mut next, event, now);
-            }
-            let journal = events
-                .into_iter()
-                .map(|event| JournalAppend {
-                    event,
-                    at_ms: now,
-                    cause: cause.label.clone(),
-                })
-                .collect();
-            deps.storage
-                .commit_order(OrderWrite {
-                    snapshot: next.clone(),
-                    journal,
-                    inbox_done: cause.inbox_id,
-                    dead_letter: None,
-                })
-                .await?;
-            *order = next;
-            if order.state != before {
-                deps.metrics.order_transition(order.state);
-                tracing::info!(order_id = %order.order_id, from = %before, to = %order.state, cause = %cause.label, "order transition");
-                if order.state == OrderState::Paid {
-                    deps.metrics.revenue(order.amount_paise);
-                    if let Some(received) = cause.received_at_ms {
-                        deps.metrics
-                            .order_creation_seconds
-                            .record((now - received).max(0) as f64 / 1000.0);
-                    }
-                }
-            }
-            stock_step(deps, order, before).await?;
+            commit_events(deps, order, events, &cause, now).await?;
             Ok(OrderReply::Order(order.clone()))
         }
         Outcome::AlreadyDone | Outcome::Ignored | Outcome::NeedsStock => {
@@ -455,6 +450,99 @@ async fn run_command(
     }
 }
 
+/// Commits `events` (with the cause's inbox entry), then performs what the new
+/// state implies: metrics, the stock step, and handing a paid order to shipping.
+async fn commit_events(
+    deps: &OrderDeps,
+    order: &mut OrderSnapshot,
+    events: Vec<OrderEvent>,
+    cause: &Cause,
+    now: i64,
+) -> Result<(), OrderError> {
+    let before = order.state;
+    let mut next = order.clone();
+    let mut entered = Vec::new();
+    for event in &events {
+        let from = next.state;
+        order::apply(&mut next, event, now);
+        if next.state != from {
+            entered.push(next.state);
+        }
+    }
+    let journal = events
+        .into_iter()
+        .map(|event| JournalAppend {
+            event,
+            at_ms: now,
+            cause: cause.label.clone(),
+        })
+        .collect();
+    deps.storage
+        .commit_order(OrderWrite {
+            snapshot: next.clone(),
+            journal,
+            inbox_done: cause.inbox_id,
+            dead_letter: None,
+        })
+        .await?;
+    *order = next;
+    for state in entered {
+        deps.metrics.order_transition(state);
+        tracing::info!(order_id = %order.order_id, to = %state, cause = %cause.label, "order transition");
+        match state {
+            OrderState::Paid => {
+                deps.metrics.revenue(order.amount_paise);
+                if let Some(received) = cause.received_at_ms {
+                    deps.metrics
+                        .order_creation_seconds
+                        .record((now - received).max(0) as f64 / 1000.0);
+                }
+            }
+            OrderState::ReadyToShip => {
+                if let Some(paid) = order.shipping.paid_at_ms {
+                    deps.metrics
+                        .shipping_creation_seconds
+                        .record((now - paid).max(0) as f64 / 1000.0);
+                }
+            }
+            _ => {}
+        }
+    }
+    stock_step(deps, order, before).await?;
+    if order.state == OrderState::Paid && shipping_configured(deps) {
+        let manual = shipping_blocked(deps);
+        let queue = Command::QueueShipping { manual };
+        if let Outcome::Record(events) = order::decide(order, &queue) {
+            Box::pin(commit_events(
+                deps,
+                order,
+                events,
+                &Cause::named("shipping"),
+                now,
+            ))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether any Shiprocket account is configured. Without one, paid orders
+/// stay `paid` (a store that ships by other means); a start with accounts
+/// queues them.
+fn shipping_configured(deps: &OrderDeps) -> bool {
+    deps.shipping.as_ref().is_some_and(|s| !s.router.is_empty())
+}
+
+/// Why paid orders cannot go to Shiprocket automatically right now, if so.
+fn shipping_blocked(deps: &OrderDeps) -> Option<String> {
+    match &deps.shipping {
+        None => Some("no Shiprocket account is configured".into()),
+        Some(s) if s.router.is_empty() => Some("no Shiprocket account is configured".into()),
+        Some(s) if s.manual.load(Ordering::SeqCst) => Some("shipping mode is manual".into()),
+        Some(_) => None,
+    }
+}
+
 async fn finish_inbox(
     deps: &OrderDeps,
     cause: &Cause,
@@ -468,6 +556,318 @@ async fn finish_inbox(
             None => Ok(()),
         },
     }
+}
+
+fn failure_of(error: &GatewayError) -> CallFailure {
+    match error {
+        GatewayError::CircuitOpen { retry_at_ms } => CallFailure::NotAttempted {
+            error: error.to_string(),
+            retry_at_ms: *retry_at_ms,
+        },
+        GatewayError::Shiprocket(ShiprocketError::RateLimited { retry_after }) => {
+            CallFailure::Throttled {
+                error: error.to_string(),
+                retry_after_ms: retry_after
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            }
+        }
+        GatewayError::Shiprocket(ShiprocketError::Permanent(message)) => {
+            CallFailure::Refused(message.clone())
+        }
+        GatewayError::UnknownAccount(_) => CallFailure::Refused(error.to_string()),
+        GatewayError::Shiprocket(ShiprocketError::Transient(_) | ShiprocketError::Unauthorized)
+        | GatewayError::Unavailable(_) => CallFailure::Unknown(error.to_string()),
+    }
+}
+
+/// Records what a failed call means for the order.
+async fn record_failure(
+    deps: &OrderDeps,
+    shipping: &ShippingDeps,
+    order: &mut OrderSnapshot,
+    error: &GatewayError,
+) -> Result<(), OrderError> {
+    let now = deps.clock.now_ms();
+    let unit = jitter(&order.order_id, order.shipping.attempts);
+    let event = after_failure(order, &failure_of(error), now, &shipping.backoff, unit);
+    tracing::warn!(order_id = %order.order_id, error = %error, "Shiprocket call failed");
+    commit_events(deps, order, vec![event], &Cause::named("shipping"), now).await
+}
+
+/// A jitter draw that differs between orders and attempts, without a global RNG.
+fn jitter(order_id: &str, attempt: u32) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (order_id, attempt, std::time::SystemTime::now()).hash(&mut hasher);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Takes the shipping steps that are due: create (or adopt) the Shiprocket
+/// order, then assign its AWB. Every call is journaled before it is made, so a
+/// crash or timeout leaves `in_doubt` set and the next try searches first.
+async fn ship(deps: &OrderDeps, order: &mut OrderSnapshot) -> Result<(), OrderError> {
+    let due = order
+        .shipping
+        .next_attempt_at_ms
+        .is_some_and(|at| at <= deps.clock.now_ms());
+    if !due {
+        return Ok(());
+    }
+    if let Some(reason) = shipping_blocked(deps) {
+        if order.state == OrderState::AwaitingShipment {
+            let event = OrderEvent::ShippingManual { reason };
+            commit_events(
+                deps,
+                order,
+                vec![event],
+                &Cause::named("shipping"),
+                deps.clock.now_ms(),
+            )
+            .await?;
+        }
+        return Ok(());
+    }
+    let Some(shipping) = deps.shipping.as_ref() else {
+        return Ok(());
+    };
+    for _ in 0..2 {
+        let now = deps.clock.now_ms();
+        match order.state {
+            OrderState::AwaitingShipment => {
+                if order.shipping.in_doubt {
+                    match adopt_existing(shipping, order).await {
+                        Ok(Some(found)) => {
+                            let event = OrderEvent::ShipmentCreated {
+                                account: order.shipping.account.clone().unwrap_or_default(),
+                                sr_order_id: found.sr_order_id,
+                                shipment_id: found.shipment_id.unwrap_or_default(),
+                                adopted: true,
+                            };
+                            commit_events(
+                                deps,
+                                order,
+                                vec![event],
+                                &Cause::named("shipping:search"),
+                                now,
+                            )
+                            .await?;
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => return record_failure(deps, shipping, order, &e).await,
+                    }
+                }
+                let account = match shipping.router.pick() {
+                    Ok(gateway) => gateway.account.clone(),
+                    Err(e) => return record_failure(deps, shipping, order, &e).await,
+                };
+                let adhoc = match shipment_request(deps, shipping, order).await?.to_adhoc() {
+                    Ok(adhoc) => adhoc,
+                    Err(e) => {
+                        return record_failure(deps, shipping, order, &GatewayError::Shiprocket(e))
+                            .await
+                    }
+                };
+                let attempt = OrderEvent::ShippingAttempt {
+                    account: account.clone(),
+                    call: "create_order".into(),
+                    attempt: order.shipping.attempts + 1,
+                };
+                commit_events(deps, order, vec![attempt], &Cause::named("shipping"), now).await?;
+                match shipping
+                    .router
+                    .call_on(&account, ShiprocketCall::Create(Box::new(adhoc)))
+                    .await
+                {
+                    Ok(CallOutput::Created(created)) => {
+                        let event = OrderEvent::ShipmentCreated {
+                            account,
+                            sr_order_id: created.sr_order_id,
+                            shipment_id: created.shipment_id,
+                            adopted: false,
+                        };
+                        commit_events(
+                            deps,
+                            order,
+                            vec![event],
+                            &Cause::named("shipping"),
+                            deps.clock.now_ms(),
+                        )
+                        .await?;
+                    }
+                    Ok(_) => return Ok(()),
+                    Err(e) => return record_failure(deps, shipping, order, &e).await,
+                }
+            }
+            OrderState::ShipmentCreated => {
+                let account = order.shipping.account.clone().unwrap_or_default();
+                if order.shipping.in_doubt {
+                    match adopt_existing(shipping, order).await {
+                        Ok(Some(FoundOrder {
+                            awb: Some(awb),
+                            courier,
+                            ..
+                        })) => {
+                            let event = OrderEvent::AwbAssigned {
+                                awb,
+                                courier: courier.unwrap_or_default(),
+                            };
+                            commit_events(
+                                deps,
+                                order,
+                                vec![event],
+                                &Cause::named("shipping:search"),
+                                now,
+                            )
+                            .await?;
+                            return Ok(());
+                        }
+                        Ok(_) => {}
+                        Err(e) => return record_failure(deps, shipping, order, &e).await,
+                    }
+                }
+                let Some(shipment_id) = order.shipping.shipment_id else {
+                    return Ok(());
+                };
+                let attempt = OrderEvent::ShippingAttempt {
+                    account: account.clone(),
+                    call: "assign_awb".into(),
+                    attempt: order.shipping.attempts + 1,
+                };
+                commit_events(deps, order, vec![attempt], &Cause::named("shipping"), now).await?;
+                match shipping
+                    .router
+                    .call_on(&account, ShiprocketCall::AssignAwb(shipment_id))
+                    .await
+                {
+                    Ok(CallOutput::Awb(assigned)) => {
+                        let event = OrderEvent::AwbAssigned {
+                            awb: assigned.awb_code,
+                            courier: assigned.courier_name,
+                        };
+                        commit_events(
+                            deps,
+                            order,
+                            vec![event],
+                            &Cause::named("shipping"),
+                            deps.clock.now_ms(),
+                        )
+                        .await?;
+                        // Best effort: a pickup can also be requested from Shiprocket's panel.
+                        if let Err(e) = shipping
+                            .router
+                            .call_on(&account, ShiprocketCall::Pickup(shipment_id))
+                            .await
+                        {
+                            tracing::warn!(order_id = %order.order_id, error = %e, "pickup not requested");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => record_failure(deps, shipping, order, &e).await?,
+                }
+                return Ok(());
+            }
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// After a call whose outcome is unknown: the non-cancelled Shiprocket order
+/// for this channel order id, if the account has one.
+async fn adopt_existing(
+    shipping: &ShippingDeps,
+    order: &OrderSnapshot,
+) -> Result<Option<FoundOrder>, GatewayError> {
+    let Some(account) = order.shipping.account.as_deref() else {
+        return Ok(None);
+    };
+    match shipping
+        .router
+        .call_on(account, ShiprocketCall::Search(order.order_id.clone()))
+        .await?
+    {
+        CallOutput::Found(found) => Ok(found
+            .into_iter()
+            .find(|f| !f.cancelled && f.channel_order_id == order.order_id)),
+        _ => Ok(None),
+    }
+}
+
+/// The order as Shiprocket needs it: customer and address from storage,
+/// weights and dimensions from the SKUs' product facts or the defaults.
+async fn shipment_request(
+    deps: &OrderDeps,
+    shipping: &ShippingDeps,
+    order: &OrderSnapshot,
+) -> Result<ShipmentRequest, OrderError> {
+    let stored = deps
+        .storage
+        .load_order(&order.order_id)
+        .await?
+        .ok_or(OrderError::NotFound)?;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let customer = &stored.customer["customer"];
+    let address = &stored.customer["shipping_address"];
+    let mut weight_kg = 0.0;
+    let mut dims = None;
+    let mut items = Vec::new();
+    for line in &order.lines {
+        let facts = deps
+            .storage
+            .stock_item(&line.sku)
+            .await?
+            .map(|item| item.facts)
+            .unwrap_or_default();
+        let unit_kg = line
+            .weight_g
+            .map(|g| f64::from(g) / 1000.0)
+            .or(facts.weight_kg)
+            .unwrap_or(shipping.default_weight_kg);
+        weight_kg += unit_kg * f64::from(line.quantity);
+        if dims.is_none() {
+            dims = facts
+                .dims_cm
+                .as_ref()
+                .filter(|d| d.len() == 3)
+                .map(|d| [d[0], d[1], d[2]]);
+        }
+        items.push(ShipmentItem {
+            sku: line.sku.clone(),
+            name: facts.name.clone().unwrap_or_else(|| line.name.clone()),
+            units: line.quantity,
+            unit_price_paise: line.unit_price_paise,
+            hsn: facts.hsn.clone(),
+        });
+    }
+    let order_date = crate::http::rfc3339(order.shipping.paid_at_ms.unwrap_or(order.created_at_ms))
+        .replace('T', " ")
+        .chars()
+        .take(16)
+        .collect();
+    Ok(ShipmentRequest {
+        channel_order_id: order.order_id.clone(),
+        order_date,
+        pickup_location: shipping.pickup_location.clone(),
+        cod: order.payment_method == PaymentMethod::Cod,
+        amount_paise: order.amount_paise,
+        customer_name: text(&customer["name"]),
+        email: text(&customer["email"]),
+        phone: text(&customer["phone"]),
+        line1: text(&address["line1"]),
+        line2: text(&address["line2"]),
+        city: text(&address["city"]),
+        state: text(&address["state"]),
+        pincode: text(&address["pincode"]),
+        country: text(&address["country"]),
+        items,
+        weight_kg: if weight_kg > 0.0 {
+            weight_kg
+        } else {
+            shipping.default_weight_kg
+        },
+        dims_cm: dims.unwrap_or(shipping.default_dims_cm),
+    })
 }
 
 /// The stock consequence of moving from `before` to the order's current state.

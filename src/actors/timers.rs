@@ -58,6 +58,45 @@ pub async fn expire_reservations(
     }
 }
 
+/// Orders handed a due shipping step per tick at most.
+const SHIPPING_BATCH: u32 = 500;
+
+/// Sends every order with a Shiprocket call due (a retry after backoff, a step
+/// a restart interrupted) its next shipping step, every `every`.
+pub async fn ship_due(
+    storage: Storage,
+    registry: Addr<OrderRegistry>,
+    clock: SharedClock,
+    paused: Arc<AtomicBool>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if paused.load(Ordering::SeqCst) {
+            continue;
+        }
+        let due = match storage
+            .orders_due_for_shipping(clock.now_ms(), SHIPPING_BATCH)
+            .await
+        {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read orders due for shipping");
+                continue;
+            }
+        };
+        let sends = due.into_iter().map(|order_id| {
+            registry.send(Route {
+                order_id,
+                msg: OrderMsg::Ship,
+            })
+        });
+        futures_util::future::join_all(sends).await;
+    }
+}
+
 /// Orders checked against Razorpay per round at most.
 const RECONCILE_BATCH: u32 = 200;
 

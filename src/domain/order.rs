@@ -521,6 +521,23 @@ pub enum Command {
         payment_amount_paise: i64,
         payment_refunded_paise: i64,
     },
+    /// A paid order goes to shipping; `manual` sends it straight to an operator.
+    QueueShipping {
+        manual: Option<String>,
+    },
+    /// An operator sends a `manual_required` order back to automatic shipping.
+    RetryShipping,
+    /// An operator fulfilled the order by hand.
+    MarkShipped {
+        awb: Option<String>,
+        courier: Option<String>,
+    },
+    /// A Shiprocket tracking update.
+    Track {
+        awb: String,
+        status_id: i64,
+        timestamp: String,
+    },
 }
 
 /// Why a command changed nothing.
@@ -542,10 +559,21 @@ pub enum Outcome {
 }
 
 fn record(from: OrderState, event: OrderEvent) -> Outcome {
-    match event.target() {
-        Some(to) if !transition_allowed(from, to) => Outcome::InvalidTransition { from, to },
-        _ => Outcome::Record(vec![event]),
+    record_all(from, vec![event])
+}
+
+/// Records `events` in order if every transition among them is allowed.
+fn record_all(from: OrderState, events: Vec<OrderEvent>) -> Outcome {
+    let mut state = from;
+    for event in &events {
+        if let Some(to) = event.target() {
+            if !transition_allowed(state, to) {
+                return Outcome::InvalidTransition { from: state, to };
+            }
+            state = to;
+        }
     }
+    Outcome::Record(events)
 }
 
 /// Decides what `command` does to `order`. Pure; see the module docs.
@@ -615,6 +643,29 @@ pub fn decide(order: &OrderSnapshot, command: &Command) -> Outcome {
             _ => Outcome::Ignored,
         },
         Command::Cancel => record(order.state, OrderEvent::Cancelled),
+        Command::QueueShipping { manual } => {
+            let mut events = vec![OrderEvent::ShippingQueued];
+            if let Some(reason) = manual {
+                events.push(OrderEvent::ShippingManual {
+                    reason: reason.clone(),
+                });
+            }
+            record_all(order.state, events)
+        }
+        Command::RetryShipping => record(order.state, OrderEvent::ShippingRetried),
+        Command::MarkShipped { awb, courier } => record(
+            order.state,
+            OrderEvent::Shipped {
+                awb: awb.clone(),
+                courier: courier.clone(),
+                by: "operator".into(),
+            },
+        ),
+        Command::Track {
+            awb,
+            status_id,
+            timestamp,
+        } => crate::domain::shipping::decide_tracking(order, awb, *status_id, timestamp),
         Command::RecordRefund {
             refund_id,
             amount_paise,

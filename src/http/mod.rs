@@ -21,6 +21,7 @@ use actix::Addr;
 use actix_web::web;
 
 use crate::actors::registry::{OrderRegistry, RegistryStats};
+use crate::actors::shipping::ShippingRouter;
 use crate::actors::stock::StockSupervisor;
 use crate::config::Settings;
 use crate::domain::clock::SharedClock;
@@ -40,6 +41,9 @@ pub struct AppState {
     pub stock: StockSupervisor,
     pub orders: Addr<OrderRegistry>,
     pub order_actors: Arc<RegistryStats>,
+    pub router: ShippingRouter,
+    /// Manual shipping mode (SPEC §9 `PUT /admin/shipping-mode`), persisted.
+    pub shipping_manual: Arc<AtomicBool>,
 }
 
 /// Routes of the public listener.

@@ -26,6 +26,16 @@ pub fn order_json(order: &OrderSnapshot) -> Value {
         })).collect::<Vec<_>>(),
         "reserved_until": order.reserved_until_ms.map(rfc3339),
         "refund_due": order.refund_due,
+        "shipping": {
+            "attempts": order.shipping.attempts,
+            "account": order.shipping.account,
+            "shiprocket_order_id": order.shipping.sr_order_id,
+            "shipment_id": order.shipping.shipment_id,
+            "awb": order.shipping.awb,
+            "courier": order.shipping.courier,
+            "last_error": order.shipping.last_error,
+            "next_attempt_at": order.shipping.next_attempt_at_ms.map(rfc3339),
+        },
         "created_at": rfc3339(order.created_at_ms),
         "updated_at": rfc3339(order.updated_at_ms),
     })
@@ -33,13 +43,14 @@ pub fn order_json(order: &OrderSnapshot) -> Value {
 
 /// SPEC §5's public status shape.
 pub fn public_status(order: &OrderSnapshot) -> Value {
+    let awb = order.shipping.awb.as_deref();
     json!({
         "order_id": order.order_id,
         "state": order.state,
         "amount_paise": order.amount_paise,
-        "awb": Value::Null,
-        "courier": Value::Null,
-        "tracking_url": Value::Null,
+        "awb": awb,
+        "courier": order.shipping.courier,
+        "tracking_url": awb.map(|awb| format!("https://shiprocket.co/tracking/{awb}")),
         "updated_at": rfc3339(order.updated_at_ms),
     })
 }

@@ -21,8 +21,8 @@ pub enum DuplicatePolicy {
 pub struct Faults {
     /// Share of calls answered 500 (after doing nothing).
     pub error_rate: f64,
-    /// Share of calls answered 502/503/504 after the work was done: the
-    /// caller cannot know the create happened.
+    /// Share of writes (create, assign AWB, pickup, cancel) answered 502
+    /// after the work was done: the caller cannot know it happened.
     pub error_after_work_rate: f64,
     /// Share of calls answered 429.
     pub throttle_rate: f64,

@@ -116,6 +116,15 @@ const MIGRATIONS: &[&str] = &[
         issued_at_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     ",
+    // 4: shipping. The timer finds orders with a Shiprocket call due; tracking
+    // updates find their order by AWB.
+    "
+    ALTER TABLE orders ADD COLUMN next_attempt_at_ms INTEGER;
+    ALTER TABLE orders ADD COLUMN awb TEXT;
+    CREATE INDEX orders_due_for_shipping ON orders (next_attempt_at_ms)
+        WHERE next_attempt_at_ms IS NOT NULL;
+    CREATE INDEX orders_by_awb ON orders (awb) WHERE awb IS NOT NULL;
+    ",
 ];
 
 /// Brings the schema to the latest version. Refuses a database from a newer

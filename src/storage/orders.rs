@@ -113,7 +113,8 @@ impl Storage {
             }
             if !journal.is_empty() {
                 conn.prepare_cached(
-                    "UPDATE orders SET state = ?2, snapshot = ?3, reserved_until_ms = ?4, updated_at_ms = ?5
+                    "UPDATE orders SET state = ?2, snapshot = ?3, reserved_until_ms = ?4, updated_at_ms = ?5,
+                                       next_attempt_at_ms = ?6, awb = ?7
                      WHERE order_id = ?1",
                 )?
                 .execute(params![
@@ -121,7 +122,9 @@ impl Storage {
                     snapshot.state.as_str(),
                     to_json(snapshot)?,
                     snapshot.reserved_until_ms,
-                    snapshot.updated_at_ms
+                    snapshot.updated_at_ms,
+                    snapshot.shipping.next_attempt_at_ms,
+                    snapshot.shipping.awb,
                 ])?;
             }
             if let Some(letter) = dead_letter {
@@ -314,6 +317,52 @@ impl Storage {
                  ORDER BY id LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![created_before_ms, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Orders with a Shiprocket call due at or before `now_ms`.
+    pub async fn orders_due_for_shipping(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT order_id FROM orders WHERE next_attempt_at_ms <= ?1
+                 AND state IN ('awaiting_shipment', 'shipment_created')
+                 ORDER BY next_attempt_at_ms LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now_ms, limit], |row| row.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The order that shipped under `awb`.
+    pub async fn order_id_for_awb(&self, awb: &str) -> Result<Option<String>, StorageError> {
+        let awb = awb.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT order_id FROM orders WHERE awb = ?1")?
+                .query_row([&awb], |row| row.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Every order in `state` (for bulk operator actions), oldest first.
+    pub async fn order_ids_in_state(
+        &self,
+        state: OrderState,
+        limit: u32,
+    ) -> Result<Vec<String>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT order_id FROM orders WHERE state = ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![state.as_str(), limit], |row| row.get(0))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await

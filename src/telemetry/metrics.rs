@@ -23,6 +23,7 @@ pub const INBOX_PENDING: &str = "dropship_inbox_pending";
 pub const DLQ_ENTRIES: &str = "dropship_dlq_entries";
 pub const PROCESSING_PAUSED: &str = "dropship_processing_paused";
 pub const ORDER_CREATION_SECONDS: &str = "dropship_order_creation_seconds";
+pub const SHIPPING_CREATION_SECONDS: &str = "dropship_shipping_creation_seconds";
 pub const ORDER_TRANSITIONS_TOTAL: &str = "dropship_order_transitions_total";
 pub const ORDERS: &str = "dropship_orders";
 pub const REVENUE_PAISE_TOTAL: &str = "dropship_revenue_paise_total";
@@ -84,6 +85,7 @@ pub struct Metrics {
     pub dlq_entries: Gauge,
     pub processing_paused: Gauge,
     pub order_creation_seconds: Histogram,
+    pub shipping_creation_seconds: Histogram,
     order_transitions: Vec<Counter>,
     orders: Vec<Gauge>,
     revenue_paise: Counter,
@@ -180,6 +182,8 @@ impl Metrics {
         let actors_live_ingest = actor_gauge("webhook_ingest");
         let order_creation_seconds =
             recorder.register_histogram(&Key::from_name(ORDER_CREATION_SECONDS), &METADATA);
+        let shipping_creation_seconds =
+            recorder.register_histogram(&Key::from_name(SHIPPING_CREATION_SECONDS), &METADATA);
         let revenue_paise =
             recorder.register_counter(&Key::from_name(REVENUE_PAISE_TOTAL), &METADATA);
         let stock_reconcile_mismatches =
@@ -193,6 +197,7 @@ impl Metrics {
             dlq_entries,
             processing_paused,
             order_creation_seconds,
+            shipping_creation_seconds,
             order_transitions,
             orders,
             revenue_paise,

@@ -87,6 +87,15 @@ pub async fn spawn_app_in(dir: Arc<TempDir>, customize: impl FnOnce(&mut Setting
     spawn_app_full(dir, Arc::new(SystemClock), customize).await
 }
 
+/// Starts a daemon whose clock moves only when the test moves it, in `dir`.
+pub async fn spawn_app_at_in(
+    dir: Arc<TempDir>,
+    clock: ManualClock,
+    customize: impl FnOnce(&mut Settings),
+) -> TestApp {
+    spawn_app_full(dir, Arc::new(clock), customize).await
+}
+
 /// Starts a daemon whose clock moves only when the test moves it.
 pub async fn spawn_app_at(clock: ManualClock, customize: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));

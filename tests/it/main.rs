@@ -8,6 +8,7 @@ mod helpers;
 mod orders;
 mod passivation;
 mod reconciliation;
+mod shipping;
 mod shiprocket;
 mod stock;
 mod storage_failure;

@@ -22,9 +22,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/orders", web::get().to(orders::list))
         .route("/admin/orders/{order_id}", web::get().to(orders::detail))
         .route(
+            "/admin/orders/retry-shipping",
+            web::post().to(orders::retry_shipping_bulk),
+        )
+        .route(
             "/admin/orders/{order_id}/cancel",
             web::post().to(orders::cancel),
         )
+        .route(
+            "/admin/orders/{order_id}/retry-shipping",
+            web::post().to(orders::retry_shipping),
+        )
+        .route(
+            "/admin/orders/{order_id}/mark-shipped",
+            web::post().to(orders::mark_shipped),
+        )
+        .route("/admin/shipping-mode", web::put().to(shipping_mode))
         .route("/admin/stock/reconcile", web::get().to(stock::reconcile))
         .route("/admin/stock/{sku}", web::get().to(stock::get))
         .route("/admin/stock/{sku}", web::put().to(stock::put))
@@ -49,12 +62,11 @@ async fn status(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, A
         .iter()
         .map(|(s, n)| (s.as_str().to_owned(), json!(n)))
         .collect();
-    let config = &state.settings.config;
     Ok(HttpResponse::Ok().json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.started.elapsed().as_secs(),
         "processing_paused": state.processing_paused.load(Ordering::SeqCst),
-        "shipping_mode": config.shipping.mode.as_str(),
+        "shipping_mode": if state.shipping_manual.load(Ordering::SeqCst) { "manual" } else { "auto" },
         "inbox_pending": counts.inbox_pending,
         "dlq_entries": counts.dlq_entries,
         "orders_by_state": orders_by_state,
@@ -63,7 +75,7 @@ async fn status(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, A
             "orders_live_high_water": state.order_actors.live_high_water.load(Ordering::Relaxed),
             "orders_started_total": state.order_actors.started_total.load(Ordering::Relaxed),
             "stock_shards": state.stock.status(),
-            "gateways": [],
+            "gateways": state.router.status(),
             "webhook_ingest": state.ingest_actors.load(Ordering::Relaxed),
         },
         "storage": state.storage.writer_stats(),
@@ -178,4 +190,43 @@ pub(super) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T
             e.to_string(),
         )
     })
+}
+
+#[derive(Deserialize)]
+struct ShippingModeBody {
+    mode: String,
+}
+
+async fn shipping_mode(
+    Operator(caller): Operator,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let request: ShippingModeBody = json_body(&body)?;
+    let manual = match request.mode.as_str() {
+        "manual" => true,
+        "auto" => false,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                format!("mode must be \"auto\" or \"manual\", got {other:?}"),
+            )
+            .with("fields", json!({"mode": ["must be auto or manual"]})))
+        }
+    };
+    state
+        .storage
+        .set_shipping_manual(manual)
+        .await
+        .map_err(ApiError::storage_unavailable)?;
+    state.shipping_manual.store(manual, Ordering::SeqCst);
+    tracing::warn!(
+        manual,
+        role = role_name(caller.role),
+        peer = caller.peer.as_deref().unwrap_or(""),
+        user_agent = caller.user_agent.as_deref().unwrap_or(""),
+        "shipping mode changed by an operator"
+    );
+    Ok(HttpResponse::Ok().json(json!({"shipping_mode": request.mode})))
 }

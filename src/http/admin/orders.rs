@@ -109,3 +109,101 @@ pub(super) async fn cancel(
     let order = replied_order(route(&state, path.into_inner(), msg).await?)?;
     Ok(HttpResponse::Ok().json(json!({"order": order_json(&order)})))
 }
+
+/// Sends `command` to `order_id` on an operator's behalf and answers with the order.
+async fn act(
+    state: &AppState,
+    caller: &crate::http::auth::Caller,
+    order_id: String,
+    command: Command,
+    what: &str,
+) -> Result<HttpResponse, ApiError> {
+    load_order(state, &order_id).await?;
+    tracing::warn!(order_id = %order_id, action = what, peer = caller.peer.as_deref().unwrap_or(""), user_agent = caller.user_agent.as_deref().unwrap_or(""), "operator action on an order");
+    let cause = Cause::named(format!("admin:{}:{what}", role_name(caller.role)));
+    let order = replied_order(route(state, order_id, OrderMsg::Command { command, cause }).await?)?;
+    Ok(HttpResponse::Ok().json(json!({"order": order_json(&order)})))
+}
+
+pub(super) async fn retry_shipping(
+    Operator(caller): Operator,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    act(
+        &state,
+        &caller,
+        path.into_inner(),
+        Command::RetryShipping,
+        "retry_shipping",
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+pub(super) struct BulkRetry {
+    state: String,
+}
+
+/// How many orders one bulk retry moves at most.
+const BULK_LIMIT: u32 = 10_000;
+
+pub(super) async fn retry_shipping_bulk(
+    Operator(caller): Operator,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let request: BulkRetry = super::json_body(&body)?;
+    if request.state != OrderState::ManualRequired.as_str() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "only manual_required orders can be sent back to shipping",
+        )
+        .with("fields", json!({"state": ["must be manual_required"]})));
+    }
+    let ids = state
+        .storage
+        .order_ids_in_state(OrderState::ManualRequired, BULK_LIMIT)
+        .await
+        .map_err(ApiError::storage_unavailable)?;
+    tracing::warn!(
+        orders = ids.len(),
+        peer = caller.peer.as_deref().unwrap_or(""),
+        "operator retries shipping in bulk"
+    );
+    let label = format!("admin:{}:retry_shipping_bulk", role_name(caller.role));
+    let sends = ids.into_iter().map(|order_id| {
+        let msg = OrderMsg::Command {
+            command: Command::RetryShipping,
+            cause: Cause::named(label.clone()),
+        };
+        route(&state, order_id, msg)
+    });
+    let retried = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .filter(Result::is_ok)
+        .count();
+    Ok(HttpResponse::Ok().json(json!({"count": retried})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct MarkShipped {
+    awb: Option<String>,
+    courier: Option<String>,
+}
+
+pub(super) async fn mark_shipped(
+    Operator(caller): Operator,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let request: MarkShipped = super::json_body(&body)?;
+    let command = Command::MarkShipped {
+        awb: request.awb.filter(|a| !a.trim().is_empty()),
+        courier: request.courier.filter(|c| !c.trim().is_empty()),
+    };
+    act(&state, &caller, path.into_inner(), command, "mark_shipped").await
+}

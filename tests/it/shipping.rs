@@ -1,0 +1,284 @@
+//! Paid orders to Shiprocket, against the in-process sandbox over real HTTP:
+//! the healthy path, outages, unknown outcomes, refusals, manual mode.
+
+use std::sync::Arc;
+
+use dropshipd::config::{Secret, SecretRef, Settings, ShiprocketAccount};
+use dropshipd::domain::clock::ManualClock;
+use dropshipd::sandbox::{DuplicatePolicy, Faults, Sandbox, SandboxServer};
+use serde_json::json;
+
+use crate::helpers::*;
+
+fn start_sandbox(faults: Faults) -> (Arc<Sandbox>, String) {
+    let server = SandboxServer::bind("127.0.0.1:0", faults, 11, 1).expect("sandbox");
+    let (sandbox, url) = (Arc::clone(&server.sandbox), server.base_url());
+    actix_web::rt::spawn(server.run());
+    (sandbox, url)
+}
+
+fn with_shiprocket(settings: &mut Settings, url: &str) {
+    settings.config.shiprocket.base_url = url.to_owned();
+    settings.config.shiprocket.requests_per_hour = 360_000;
+    settings.config.shiprocket.burst = 100;
+    settings.config.shiprocket.request_timeout_ms = 1000;
+    settings.config.shiprocket.breaker_failure_threshold = 2;
+    settings.config.shiprocket.breaker_open_secs = 30;
+    settings.config.shipping.retry_base_ms = 1000;
+    settings.config.shipping.retry_max_ms = 8000;
+    settings.config.shiprocket.accounts = vec![ShiprocketAccount {
+        name: "primary".into(),
+        email: "api@example.com".into(),
+        password: SecretRef::new("env:UNUSED"),
+    }];
+    settings.secrets.shiprocket_passwords = vec![Some(Secret::new("api-password"))];
+}
+
+async fn pay(app: &TestApp, n: u32) {
+    app.set_stock("TEE", 100).await;
+    let id = format!("XVC-SH{n}");
+    let rzp = format!("order_SH{n}");
+    assert_eq!(
+        app.checkout(&checkout_body(&id, &rzp, "TEE", 1))
+            .await
+            .status(),
+        201
+    );
+    app.post_webhook(
+        &captured_for(&format!("pay_SH{n}"), &rzp, 74_900),
+        Some(&format!("evt_SH{n}")),
+    )
+    .await;
+}
+
+fn creates(sandbox: &Sandbox, channel_order_id: &str) -> usize {
+    sandbox
+        .orders()
+        .iter()
+        .filter(|o| o.channel_order_id == channel_order_id)
+        .count()
+}
+
+#[actix_web::test]
+async fn a_paid_order_becomes_ready_to_ship_with_its_awb() {
+    let (sandbox, url) = start_sandbox(Faults::default());
+    let app = spawn_app_with(|s| with_shiprocket(s, &url)).await;
+    pay(&app, 1).await;
+    let status = app.wait_for_state("XVC-SH1", "ready_to_ship").await;
+    let awb = status["awb"].as_str().expect("awb").to_owned();
+    assert_eq!(status["courier"], "Delhivery Surface");
+    assert_eq!(
+        status["tracking_url"],
+        format!("https://shiprocket.co/tracking/{awb}")
+    );
+    assert_eq!(creates(&sandbox, "XVC-SH1"), 1);
+    let order = &sandbox.orders()[0];
+    assert_eq!(
+        (order.sub_total, order.payment_method.as_str()),
+        (749.0, "Prepaid")
+    );
+    assert!(order.pickup_requested);
+
+    let detail = app.admin_order("XVC-SH1", OPERATOR_TOKEN).await;
+    let kinds: Vec<_> = detail["journal"]
+        .as_array()
+        .expect("journal")
+        .iter()
+        .map(|e| e["kind"].clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "created",
+            "paid",
+            "shipping_queued",
+            "shipping_attempt",
+            "shipment_created",
+            "shipping_attempt",
+            "awb_assigned"
+        ]
+    );
+    app.assert_journal_replays("XVC-SH1").await;
+    let scrape = app.metrics().await;
+    assert_eq!(
+        metric_value(&scrape, "dropship_shipping_creation_seconds_count"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&scrape, "dropship_shiprocket_requests_total{account=\"primary\",call=\"create_order\",outcome=\"ok\"}"),
+        Some(1.0)
+    );
+    let gateways = &app.status().await["actors"]["gateways"];
+    assert_eq!(gateways[0]["account"], "primary");
+    assert_eq!(gateways[0]["circuit"], "closed");
+    assert!(gateways[0]["token_expires_at"].is_string());
+}
+
+#[actix_web::test]
+async fn a_5xx_storm_holds_orders_waiting_then_they_recover_on_their_own() {
+    let (sandbox, url) = start_sandbox(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    let clock = ManualClock::at_ms(now_secs() * 1000);
+    let app = spawn_app_at(clock.clone(), |s| with_shiprocket(s, &url)).await;
+    for n in 10..13 {
+        pay(&app, n).await;
+    }
+    // Two failures open the circuit; after that nothing is called and nothing fails.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = app.status().await;
+        if status["actors"]["gateways"][0]["circuit"] == "open"
+            && status["orders_by_state"]["awaiting_shipment"] == 3
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "circuit never opened: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    clock.advance_ms(10_000);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    for n in 10..13 {
+        assert_eq!(
+            app.order_status(&format!("XVC-SH{n}")).await["state"],
+            "awaiting_shipment"
+        );
+    }
+
+    sandbox.set_faults(Faults::default());
+    clock.advance_ms(60_000);
+    for n in 10..13 {
+        app.wait_for_state(&format!("XVC-SH{n}"), "ready_to_ship")
+            .await;
+        assert_eq!(creates(&sandbox, &format!("XVC-SH{n}")), 1);
+    }
+}
+
+#[actix_web::test]
+async fn an_unknown_outcome_is_searched_before_creating_again() {
+    // Duplicates would be created if the daemon blindly retried.
+    let faults = Faults {
+        error_after_work_rate: 1.0,
+        duplicate: DuplicatePolicy::Create,
+        ..Faults::default()
+    };
+    let (sandbox, url) = start_sandbox(faults);
+    let clock = ManualClock::at_ms(now_secs() * 1000);
+    let app = spawn_app_at(clock.clone(), |s| with_shiprocket(s, &url)).await;
+    pay(&app, 20).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while creates(&sandbox, "XVC-SH20") == 0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sandbox.set_faults(Faults {
+        duplicate: DuplicatePolicy::Create,
+        ..Faults::default()
+    });
+    clock.advance_ms(60_000);
+    app.wait_for_state("XVC-SH20", "ready_to_ship").await;
+    assert_eq!(
+        creates(&sandbox, "XVC-SH20"),
+        1,
+        "a second Shiprocket order was created"
+    );
+    let detail = app.admin_order("XVC-SH20", OPERATOR_TOKEN).await;
+    let adopted = detail["journal"]
+        .as_array()
+        .expect("journal")
+        .iter()
+        .any(|e| e["kind"] == "shipment_created" && e["data"]["adopted"] == true);
+    assert!(adopted, "{detail}");
+}
+
+#[actix_web::test]
+async fn a_refusal_goes_to_an_operator_and_a_bulk_retry_ships_after_the_fix() {
+    let (sandbox, url) = start_sandbox(Faults {
+        pickup_location: "Warehouse-2".into(),
+        ..Faults::default()
+    });
+    let app = spawn_app_with(|s| with_shiprocket(s, &url)).await;
+    pay(&app, 30).await;
+    pay(&app, 31).await;
+    app.wait_for_state("XVC-SH30", "manual_required").await;
+    app.wait_for_state("XVC-SH31", "manual_required").await;
+    let detail = app.admin_order("XVC-SH30", VIEWER_TOKEN).await;
+    assert!(
+        detail["order"]["shipping"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("pickup_location")),
+        "{detail}"
+    );
+
+    sandbox.set_faults(Faults::default());
+    let bulk = app
+        .client
+        .post(format!("{}/admin/orders/retry-shipping", app.admin))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"state": "manual_required"}))
+        .send()
+        .await
+        .expect("bulk retry");
+    assert_eq!(bulk.status(), 200);
+    assert_eq!(
+        bulk.json::<serde_json::Value>().await.expect("JSON")["count"],
+        2
+    );
+    app.wait_for_state("XVC-SH30", "ready_to_ship").await;
+    app.wait_for_state("XVC-SH31", "ready_to_ship").await;
+}
+
+#[actix_web::test]
+async fn manual_mode_makes_no_call_and_operators_fulfil_by_hand() {
+    let (sandbox, url) = start_sandbox(Faults::default());
+    let app = spawn_app_with(|s| {
+        with_shiprocket(s, &url);
+        s.config.shipping.mode = dropshipd::config::ShippingMode::Manual;
+    })
+    .await;
+    assert_eq!(app.status().await["shipping_mode"], "manual");
+    pay(&app, 40).await;
+    app.wait_for_state("XVC-SH40", "manual_required").await;
+    assert!(sandbox.calls().is_empty(), "{:?}", sandbox.calls());
+
+    let viewer = app
+        .client
+        .post(format!("{}/admin/orders/XVC-SH40/mark-shipped", app.admin))
+        .bearer_auth(VIEWER_TOKEN)
+        .json(&json!({"awb": "HAND-1", "courier": "Own van"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(viewer.status(), 403);
+    let marked = app
+        .client
+        .post(format!("{}/admin/orders/XVC-SH40/mark-shipped", app.admin))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"awb": "HAND-1", "courier": "Own van"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(marked.status(), 200);
+    let status = app.order_status("XVC-SH40").await;
+    assert_eq!(
+        (status["state"].as_str(), status["awb"].as_str()),
+        (Some("shipped"), Some("HAND-1"))
+    );
+
+    // Back to automatic: a new order ships.
+    let switched = app
+        .client
+        .put(format!("{}/admin/shipping-mode", app.admin))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"mode": "auto"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(switched.status(), 200);
+    pay(&app, 41).await;
+    app.wait_for_state("XVC-SH41", "ready_to_ship").await;
+}
