@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod orders;
 pub mod storefront;
+pub mod tracking;
 pub mod webhook;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -49,6 +50,7 @@ pub struct AppState {
 /// Routes of the public listener.
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/webhooks/razorpay", web::post().to(webhook::razorpay))
+        .route("/webhooks/tracking", web::post().to(tracking::shiprocket))
         .configure(storefront::routes)
         .configure(health::routes);
 }

@@ -282,3 +282,155 @@ async fn manual_mode_makes_no_call_and_operators_fulfil_by_hand() {
     pay(&app, 41).await;
     app.wait_for_state("XVC-SH41", "ready_to_ship").await;
 }
+
+async fn track(app: &TestApp, key: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response = app
+        .client
+        .post(format!("{}/webhooks/tracking", app.public))
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .expect("tracking request");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn update(order_id: &str, awb: &str, status_id: i64, timestamp: &str) -> serde_json::Value {
+    json!({"awb": awb, "courier_name": "Delhivery Surface", "current_status": "X", "current_status_id": 20,
+           "shipment_status": "X", "shipment_status_id": status_id, "current_timestamp": timestamp,
+           "order_id": order_id, "sr_order_id": 640000001, "scans": [], "is_return": 0, "channel_id": 3422553})
+}
+
+#[actix_web::test]
+async fn tracking_updates_move_orders_forward_once() {
+    let (_sandbox, url) = start_sandbox(Faults::default());
+    let app = spawn_app_with(|s| {
+        with_shiprocket(s, &url);
+        s.secrets.tracking_token = Some(Secret::new("track-token"));
+    })
+    .await;
+    pay(&app, 50).await;
+    let status = app.wait_for_state("XVC-SH50", "ready_to_ship").await;
+    let awb = status["awb"].as_str().expect("awb").to_owned();
+
+    let (code, _) = track(
+        &app,
+        "wrong",
+        update("XVC-SH50", &awb, 42, "26 11 2025 10:02:40"),
+    )
+    .await;
+    assert_eq!(code, 401);
+    assert_eq!(app.order_status("XVC-SH50").await["state"], "ready_to_ship");
+
+    // Picked up: shipped. Found by AWB alone too.
+    let (code, reply) = track(
+        &app,
+        "track-token",
+        update("", &awb, 42, "26 11 2025 10:02:40"),
+    )
+    .await;
+    assert_eq!((code, reply["status"].as_str()), (200, Some("accepted")));
+    assert_eq!(app.order_status("XVC-SH50").await["state"], "shipped");
+    // The same update again, in transit, and an older one: nothing moves.
+    assert_eq!(
+        track(
+            &app,
+            "track-token",
+            update("XVC-SH50", &awb, 42, "26 11 2025 10:02:40")
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        track(
+            &app,
+            "track-token",
+            update("XVC-SH50", &awb, 18, "26 11 2025 18:05:11")
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        track(
+            &app,
+            "track-token",
+            update("XVC-SH50", &awb, 7, "25 11 2025 09:00:00")
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(app.order_status("XVC-SH50").await["state"], "shipped");
+    // Delivered, then RTO delivered back.
+    track(
+        &app,
+        "track-token",
+        update("XVC-SH50", &awb, 7, "28 11 2025 12:00:00"),
+    )
+    .await;
+    assert_eq!(app.order_status("XVC-SH50").await["state"], "delivered");
+    track(
+        &app,
+        "track-token",
+        update("XVC-SH50", &awb, 10, "02 12 2025 12:00:00"),
+    )
+    .await;
+    assert_eq!(app.order_status("XVC-SH50").await["state"], "returned");
+
+    let detail = app.admin_order("XVC-SH50", OPERATOR_TOKEN).await;
+    let tracking: Vec<_> = detail["journal"]
+        .as_array()
+        .expect("journal")
+        .iter()
+        .filter(|e| e["kind"] == "tracking")
+        .map(|e| e["data"]["status_id"].clone())
+        .collect();
+    assert_eq!(tracking, vec![json!(42), json!(18), json!(7), json!(10)]);
+    app.assert_journal_replays("XVC-SH50").await;
+
+    let (code, reply) = track(
+        &app,
+        "track-token",
+        update("", "AWB-NOBODY", 6, "26 11 2025 10:00:00"),
+    )
+    .await;
+    assert_eq!(
+        (code, reply["status"].as_str()),
+        (200, Some("unknown_shipment"))
+    );
+    let letters = app.dead_letters().await;
+    assert!(
+        letters
+            .iter()
+            .any(|l| l["reason"] == "unknown_shipment" && l["source"] == "tracking"),
+        "{letters:?}"
+    );
+}
+
+#[actix_web::test]
+async fn a_courier_cancellation_returns_unshipped_stock() {
+    let (_sandbox, url) = start_sandbox(Faults::default());
+    let app = spawn_app_with(|s| {
+        with_shiprocket(s, &url);
+        s.secrets.tracking_token = Some(Secret::new("track-token"));
+    })
+    .await;
+    pay(&app, 60).await;
+    let status = app.wait_for_state("XVC-SH60", "ready_to_ship").await;
+    assert_eq!(app.stock("TEE").await["on_hand"], 99);
+    let awb = status["awb"].as_str().expect("awb").to_owned();
+    track(
+        &app,
+        "track-token",
+        update("XVC-SH60", &awb, 8, "26 11 2025 10:00:00"),
+    )
+    .await;
+    assert_eq!(app.order_status("XVC-SH60").await["state"], "cancelled");
+    assert_eq!(app.stock("TEE").await["on_hand"], 100);
+}
