@@ -77,6 +77,9 @@ struct SandboxArgs {
     /// Seed of the fault dice
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Apply the faults only to these calls (login, create, assign_awb, search, pickup, cancel)
+    #[arg(long, value_delimiter = ',')]
+    only_calls: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -184,6 +187,7 @@ fn run_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
         rate_limit_per_sec: args.rate_limit_per_sec,
         awb_failure_rate: args.awb_failure_rate,
         pickup_location: args.pickup_location.clone(),
+        only_calls: args.only_calls.clone(),
     };
     actix_web::rt::System::new().block_on(async move {
         let server = SandboxServer::bind(&args.listen, faults, args.seed, 2)?;

@@ -509,6 +509,9 @@ async fn commit_events(
         }
     }
     stock_step(deps, order, before).await?;
+    if order.state == OrderState::Cancelled && before != OrderState::Cancelled {
+        cancel_at_shiprocket(deps, order).await;
+    }
     if order.state == OrderState::Paid && shipping_configured(deps) {
         let manual = shipping_blocked(deps);
         let queue = Command::QueueShipping { manual };
@@ -524,6 +527,30 @@ async fn commit_events(
         }
     }
     Ok(())
+}
+
+/// A cancelled order's Shiprocket order is cancelled there too. Best effort:
+/// a failure is logged for an operator, the cancellation here stands.
+async fn cancel_at_shiprocket(deps: &OrderDeps, order: &OrderSnapshot) {
+    let (Some(shipping), Some(account), Some(sr_order_id)) = (
+        deps.shipping.as_ref(),
+        order.shipping.account.as_deref(),
+        order.shipping.sr_order_id,
+    ) else {
+        return;
+    };
+    match shipping
+        .router
+        .call_on(account, ShiprocketCall::Cancel(vec![sr_order_id]))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(order_id = %order.order_id, sr_order_id, "Shiprocket order cancelled")
+        }
+        Err(e) => {
+            tracing::error!(order_id = %order.order_id, sr_order_id, error = %e, "cancel the Shiprocket order by hand")
+        }
+    }
 }
 
 /// Whether any Shiprocket account is configured. Without one, paid orders

@@ -43,6 +43,9 @@ pub struct Faults {
     pub awb_failure_rate: f64,
     /// The pickup location nickname that exists; others get 422.
     pub pickup_location: String,
+    /// Calls the faults apply to (`login`, `create`, `assign_awb`, `search`,
+    /// `pickup`, `cancel`); empty means all of them.
+    pub only_calls: Vec<String>,
 }
 
 impl Default for Faults {
@@ -60,6 +63,7 @@ impl Default for Faults {
             rate_limit_per_sec: None,
             awb_failure_rate: 0.0,
             pickup_location: "Primary".into(),
+            only_calls: Vec::new(),
         }
     }
 }

@@ -123,8 +123,11 @@ impl Sandbox {
     }
 
     /// Rate limit, injected 429s, 500s and hangs, in that order.
-    fn gate(&self) -> Gate {
+    fn gate(&self, call: &str) -> Gate {
         self.with(|s| {
+            if !s.faults.only_calls.is_empty() && !s.faults.only_calls.iter().any(|c| c == call) {
+                return Gate::Proceed;
+            }
             if let Some(rate) = s.faults.rate_limit_per_sec {
                 let now = Instant::now();
                 let refill = now.duration_since(s.refilled).as_secs_f64() * rate;
@@ -196,7 +199,7 @@ async fn call(
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let response = match sandbox.gate() {
+    let response = match sandbox.gate(name) {
         Gate::Refuse(response) => response,
         Gate::Hang(how_long) => {
             tokio::time::sleep(how_long).await;
@@ -205,7 +208,11 @@ async fn call(
         Gate::Proceed if needs_token && !sandbox.authorized(req) => unauthenticated(),
         Gate::Proceed => {
             let response = work();
+            let targeted = sandbox.with(|s| {
+                s.faults.only_calls.is_empty() || s.faults.only_calls.iter().any(|c| c == name)
+            });
             let lost = WRITES.contains(&name)
+                && targeted
                 && response.status().is_success()
                 && sandbox.with(|s| {
                     let rate = s.faults.error_after_work_rate;

@@ -336,6 +336,11 @@ pub struct Daemon {
 
 /// Writes a config for a [`Daemon`] into `dir` and returns its path.
 pub fn write_daemon_config(dir: &Path) -> PathBuf {
+    write_daemon_config_with(dir, "")
+}
+
+/// As [`write_daemon_config`], with more TOML appended.
+pub fn write_daemon_config_with(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("config.toml");
     let text = r#"
 [server]
@@ -348,7 +353,7 @@ path = "data/dropshipd.db"
 # Nothing listens on port 1: no test ever reaches the real Razorpay.
 api_base_url = "http://127.0.0.1:1"
 "#;
-    std::fs::write(&path, text).expect("write config");
+    std::fs::write(&path, format!("{text}{extra}")).expect("write config");
     path
 }
 
@@ -362,6 +367,7 @@ pub fn daemon_command(config: &Path) -> Command {
         .env("DROPSHIPD_STOREFRONT_TOKEN", STOREFRONT_TOKEN)
         .env("RAZORPAY_KEY_ID", "rzp_test_key")
         .env("RAZORPAY_KEY_SECRET", RAZORPAY_KEY_SECRET)
+        .env("SHIPROCKET_PASSWORD", "api-password")
         .env("RUST_LOG", "info")
         .arg("--config")
         .arg(config);

@@ -434,3 +434,115 @@ async fn a_courier_cancellation_returns_unshipped_stock() {
     assert_eq!(app.order_status("XVC-SH60").await["state"], "cancelled");
     assert_eq!(app.stock("TEE").await["on_hand"], 100);
 }
+
+#[actix_web::test]
+async fn cancelling_an_order_cancels_its_shiprocket_order() {
+    let (sandbox, url) = start_sandbox(Faults::default());
+    let app = spawn_app_with(|s| with_shiprocket(s, &url)).await;
+    pay(&app, 70).await;
+    app.wait_for_state("XVC-SH70", "ready_to_ship").await;
+    let cancelled = app
+        .admin_post("/admin/orders/XVC-SH70/cancel", Some(OPERATOR_TOKEN))
+        .await;
+    assert_eq!(cancelled.status(), 200);
+    let order = sandbox
+        .orders()
+        .into_iter()
+        .find(|o| o.channel_order_id == "XVC-SH70")
+        .expect("order");
+    assert_eq!(
+        order.status_code, 5,
+        "the Shiprocket order is cancelled too"
+    );
+    assert_eq!(app.stock("TEE").await["on_hand"], 100);
+}
+
+#[actix_web::test]
+async fn sigkill_between_create_and_assign_never_creates_twice() {
+    // The AWB call hangs, so the daemon is killed with the Shiprocket order
+    // created and its AWB not assigned. Duplicates would be created if it
+    // retried the create blindly.
+    let faults = Faults {
+        hang_rate: 1.0,
+        hang_ms: 60_000,
+        only_calls: vec!["assign_awb".into()],
+        duplicate: DuplicatePolicy::Create,
+        ..Faults::default()
+    };
+    let (sandbox, url) = start_sandbox(faults);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let extra = format!(
+        "[shiprocket]\nbase_url = \"{url}\"\nrequests_per_hour = 360000\nburst = 100\nrequest_timeout_ms = 120000\n\
+         [[shiprocket.accounts]]\nname = \"primary\"\nemail = \"api@example.com\"\npassword = \"env:SHIPROCKET_PASSWORD\"\n"
+    );
+    let config = write_daemon_config_with(dir.path(), &extra);
+    let mut daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    client
+        .put(format!("{}/admin/stock/TEE", daemon.admin))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"on_hand": 5}))
+        .send()
+        .await
+        .expect("stock");
+    let created = client
+        .post(format!("{}/api/orders", daemon.public))
+        .bearer_auth(STOREFRONT_TOKEN)
+        .json(&checkout_body("XVC-K1", "order_K1x", "TEE", 1))
+        .send()
+        .await
+        .expect("checkout");
+    assert_eq!(created.status(), 201);
+    let body = captured_for("pay_K1x", "order_K1x", 74_900);
+    let signature = dropshipd::domain::signature::sign(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
+    client
+        .post(format!("{}/webhooks/razorpay", daemon.public))
+        .header("X-Razorpay-Signature", signature)
+        .header("X-Razorpay-Event-Id", "evt_K1x")
+        .body(body)
+        .send()
+        .await
+        .expect("webhook");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while creates(&sandbox, "XVC-K1") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Shiprocket order was never created"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    daemon.kill();
+    sandbox.set_faults(Faults {
+        duplicate: DuplicatePolicy::Create,
+        ..Faults::default()
+    });
+
+    let daemon = Daemon::start(&config);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status: serde_json::Value = client
+            .get(format!("{}/api/orders/XVC-K1", daemon.public))
+            .bearer_auth(STOREFRONT_TOKEN)
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("JSON");
+        if status["state"] == "ready_to_ship" {
+            assert!(status["awb"].is_string());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready to ship: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        creates(&sandbox, "XVC-K1"),
+        1,
+        "a second Shiprocket order was created"
+    );
+}
