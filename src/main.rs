@@ -68,6 +68,9 @@ struct SandboxArgs {
     /// Calls per second above which the sandbox answers 429
     #[arg(long)]
     rate_limit_per_sec: Option<f64>,
+    /// Calls the rate limit lets through at once [default: one second's worth]
+    #[arg(long)]
+    rate_limit_burst: Option<f64>,
     /// Share of AWB assignments failing inside an HTTP 200
     #[arg(long, default_value_t = 0.0)]
     awb_failure_rate: f64,
@@ -185,6 +188,7 @@ fn run_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
         token_ttl_secs: args.token_ttl_secs,
         duplicate,
         rate_limit_per_sec: args.rate_limit_per_sec,
+        rate_limit_burst: args.rate_limit_burst,
         awb_failure_rate: args.awb_failure_rate,
         pickup_location: args.pickup_location.clone(),
         only_calls: args.only_calls.clone(),

@@ -39,6 +39,8 @@ pub struct Faults {
     /// Calls per second over which the sandbox answers 429 (a token bucket of
     /// one second's worth); none means unlimited.
     pub rate_limit_per_sec: Option<f64>,
+    /// The bucket of that limit, in calls; one second's worth when unset.
+    pub rate_limit_burst: Option<f64>,
     /// Share of AWB assignments that fail with `awb_assign_status: 0`.
     pub awb_failure_rate: f64,
     /// The pickup location nickname that exists; others get 422.
@@ -61,6 +63,7 @@ impl Default for Faults {
             token_ttl_secs: 240 * 3600,
             duplicate: DuplicatePolicy::Echo,
             rate_limit_per_sec: None,
+            rate_limit_burst: None,
             awb_failure_rate: 0.0,
             pickup_location: "Primary".into(),
             only_calls: Vec::new(),

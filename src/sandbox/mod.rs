@@ -67,6 +67,10 @@ enum Gate {
 
 impl Sandbox {
     pub fn new(faults: Faults, seed: u64) -> Arc<Self> {
+        let bucket = faults
+            .rate_limit_burst
+            .or(faults.rate_limit_per_sec)
+            .unwrap_or(0.0);
         Arc::new(Self {
             state: Mutex::new(State {
                 faults,
@@ -75,7 +79,7 @@ impl Sandbox {
                 orders: Vec::new(),
                 next_id: 640_000_000,
                 calls: BTreeMap::new(),
-                bucket: 0.0,
+                bucket,
                 refilled: Instant::now(),
             }),
         })
@@ -92,7 +96,11 @@ impl Sandbox {
     pub fn set_faults(&self, faults: Faults) {
         self.with(|s| {
             s.faults = faults;
-            s.bucket = s.faults.rate_limit_per_sec.unwrap_or(0.0);
+            s.bucket = s
+                .faults
+                .rate_limit_burst
+                .or(s.faults.rate_limit_per_sec)
+                .unwrap_or(0.0);
         });
     }
 
@@ -131,7 +139,8 @@ impl Sandbox {
             if let Some(rate) = s.faults.rate_limit_per_sec {
                 let now = Instant::now();
                 let refill = now.duration_since(s.refilled).as_secs_f64() * rate;
-                s.bucket = (s.bucket + refill).min(rate.max(1.0));
+                let capacity = s.faults.rate_limit_burst.unwrap_or(rate).max(1.0);
+                s.bucket = (s.bucket + refill).min(capacity);
                 s.refilled = now;
                 if s.bucket < 1.0 {
                     return Gate::Refuse(too_many(s.faults.retry_after_secs));

@@ -1,0 +1,280 @@
+//! Shipping benchmarks against the in-process Shiprocket sandbox:
+//!
+//! 1. limiter compliance: `requests_per_hour` 7,200 (2/s), a backlog of paid
+//!    orders, the sandbox refusing above 2.2/s: the achieved call rate and the
+//!    429s it drew;
+//! 2. `dropship_shipping_creation_seconds` p50/p99 with 50 ms of sandbox latency;
+//! 3. end to end to `ready_to_ship` with a zero-latency, unlimited sandbox.
+//!
+//! Run: `cargo bench --bench shipping` (options after `--`: `--backlog 200`,
+//! `--orders 2000`, `--skip-limiter`).
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use dropshipd::config::{Config, Secret, SecretRef, Secrets, Settings, ShiprocketAccount};
+use dropshipd::domain::signature::sign;
+use dropshipd::sandbox::{Faults, SandboxServer};
+use dropshipd::Application;
+use serde_json::{json, Value};
+
+const SECRET: &str = "whsec_bench_shipping";
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Report {
+    orders: usize,
+    elapsed: Duration,
+    calls: u64,
+    throttled: u64,
+    p50: f64,
+    p99: f64,
+}
+
+fn quantile(scrape: &str, name: &str, q: f64) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let Some(total) = buckets.last().map(|b| b.1) else {
+        return f64::NAN;
+    };
+    let target = q * total;
+    let mut previous = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= target {
+            if le.is_infinite() {
+                return previous.0;
+            }
+            return previous.0
+                + (le - previous.0) * (target - previous.1) / (count - previous.1).max(1.0);
+        }
+        previous = (le, count);
+    }
+    f64::NAN
+}
+
+/// Starts a sandbox and a daemon, pays `orders` orders at `concurrency`, waits
+/// until all are ready to ship.
+fn scenario(
+    faults: Faults,
+    requests_per_hour: u32,
+    burst: u32,
+    orders: usize,
+    concurrency: usize,
+) -> Report {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = SandboxServer::bind("127.0.0.1:0", faults, 5, 2).expect("sandbox");
+            tx.send((server.base_url(), server.sandbox.clone()))
+                .expect("send");
+            let _ = server.run().await;
+        })
+    });
+    let (sandbox_url, sandbox) = rx.recv().expect("sandbox");
+
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.admin.listen = "127.0.0.1:0".into();
+    config.storage.path = dir.path().join("bench.db");
+    config.shiprocket.base_url = sandbox_url;
+    config.shiprocket.requests_per_hour = requests_per_hour;
+    config.shiprocket.burst = burst;
+    config.shiprocket.accounts = vec![ShiprocketAccount {
+        name: "primary".into(),
+        email: "api@example.com".into(),
+        password: SecretRef::new("env:UNUSED"),
+    }];
+    let mut secrets = Secrets::for_webhooks(SECRET, "v", "o");
+    secrets.storefront_token = Some(Secret::new("s"));
+    secrets.shiprocket_passwords = vec![Some(Secret::new("pw"))];
+    let settings = Settings {
+        config,
+        secrets,
+        warnings: Vec::new(),
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let app = Application::build(settings).await.expect("daemon");
+            tx.send((
+                format!("http://{}", app.public_addr()),
+                format!("http://{}", app.admin_addr()),
+            ))
+            .expect("send");
+            let _ = app.run_until_stopped().await;
+        })
+    });
+    let (public, admin) = rx.recv().expect("daemon");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (elapsed, scrape) = runtime.block_on(async move {
+        let client = reqwest::Client::new();
+        client
+            .put(format!("{admin}/admin/stock/TEE"))
+            .bearer_auth("o")
+            .json(&json!({"on_hand": orders}))
+            .send()
+            .await
+            .expect("stock");
+        let started = Instant::now();
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (client, next, public) = (client.clone(), next.clone(), public.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= orders {
+                            break;
+                        }
+                        let checkout = json!({
+                            "order_id": format!("S-{i}"), "razorpay_order_id": format!("order_S{i}"),
+                            "payment_method": "prepaid", "currency": "INR", "amount_paise": 74900,
+                            "customer": {"name": "Asha Rao", "email": "asha@example.com", "phone": "9876543210"},
+                            "shipping_address": {"line1": "12 MG Road", "line2": "", "city": "Bengaluru", "state": "Karnataka", "pincode": "560001", "country": "India"},
+                            "items": [{"sku": "TEE", "name": "Black tee M", "quantity": 1, "unit_price_paise": 74900}]
+                        });
+                        client.post(format!("{public}/api/orders")).bearer_auth("s").json(&checkout).send().await.expect("checkout");
+                        let body = format!(
+                            r#"{{"entity":"event","event":"payment.captured","contains":["payment"],"payload":{{"payment":{{"entity":{{"id":"pay_S{i}","entity":"payment","amount":74900,"currency":"INR","status":"captured","order_id":"order_S{i}","notes":[]}}}}}},"created_at":{now}}}"#
+                        );
+                        client
+                            .post(format!("{public}/webhooks/razorpay"))
+                            .header("X-Razorpay-Signature", sign(SECRET.as_bytes(), body.as_bytes()))
+                            .header("X-Razorpay-Event-Id", format!("evt_S{i}"))
+                            .body(body)
+                            .send()
+                            .await
+                            .expect("webhook");
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.expect("worker");
+        }
+        loop {
+            let status: Value = client
+                .get(format!("{admin}/admin/status"))
+                .bearer_auth("v")
+                .send()
+                .await
+                .expect("status")
+                .json()
+                .await
+                .expect("JSON");
+            let ready = status["orders_by_state"]["ready_to_ship"].as_u64().unwrap_or(0);
+            let stuck = status["orders_by_state"]["manual_required"].as_u64().unwrap_or(0);
+            if ready + stuck >= orders as u64 {
+                if stuck > 0 {
+                    eprintln!("  ({stuck} orders went to manual_required)");
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let elapsed = started.elapsed();
+        let scrape = client.get(format!("{admin}/metrics")).send().await.expect("metrics").text().await.expect("text");
+        (elapsed, scrape)
+    });
+    let calls = sandbox.calls();
+    Report {
+        orders,
+        elapsed,
+        calls: calls.values().sum(),
+        throttled: calls
+            .iter()
+            .filter(|(k, _)| k.ends_with(":429"))
+            .map(|(_, v)| v)
+            .sum(),
+        p50: quantile(&scrape, "dropship_shipping_creation_seconds", 0.5),
+        p99: quantile(&scrape, "dropship_shipping_creation_seconds", 0.99),
+    }
+}
+
+fn main() {
+    let backlog = arg("--backlog", 200);
+    let orders = arg("--orders", 2000);
+    let skip_limiter = std::env::args().any(|a| a == "--skip-limiter");
+    if !skip_limiter {
+        let configured = 2.0;
+        let r = scenario(
+            Faults {
+                rate_limit_per_sec: Some(2.2),
+                rate_limit_burst: Some(10.0),
+                ..Faults::default()
+            },
+            7200,
+            10,
+            backlog,
+            16,
+        );
+        let rate = r.calls as f64 / r.elapsed.as_secs_f64();
+        println!(
+            "limiter: {} orders, requests_per_hour 7200 (2/s), burst 10, sandbox limit 2.2/s",
+            r.orders
+        );
+        println!(
+            "  {} calls in {:.1} s = {:.2} calls/s ({:.0}% of the configured rate), {} answered 429",
+            r.calls,
+            r.elapsed.as_secs_f64(),
+            rate,
+            100.0 * rate / configured,
+            r.throttled
+        );
+    }
+    let r = scenario(
+        Faults {
+            latency_ms: 50,
+            ..Faults::default()
+        },
+        3_600_000,
+        1000,
+        500,
+        16,
+    );
+    println!("latency: 500 orders, sandbox latency 50 ms, no limit");
+    println!(
+        "  dropship_shipping_creation_seconds p50 {:.0} ms, p99 {:.0} ms (paid -> ready_to_ship)",
+        r.p50 * 1000.0,
+        r.p99 * 1000.0
+    );
+    let r = scenario(Faults::default(), 36_000_000, 10_000, orders, 64);
+    println!(
+        "throughput: {} orders to ready_to_ship, zero-latency sandbox, no limit, concurrency 64",
+        r.orders
+    );
+    println!(
+        "  {:.1} s -> {:.0} orders/s; {} Shiprocket calls; shipping p50 {:.0} ms, p99 {:.0} ms",
+        r.elapsed.as_secs_f64(),
+        r.orders as f64 / r.elapsed.as_secs_f64(),
+        r.calls,
+        r.p50 * 1000.0,
+        r.p99 * 1000.0
+    );
+}
