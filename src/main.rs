@@ -31,7 +31,7 @@ enum Command {
     /// Load the config and every referenced secret; print a masked summary
     CheckConfig,
     /// Run the Shiprocket sandbox: a local Shiprocket API with fault injection
-    ShiprocketSandbox(SandboxArgs),
+    ShiprocketSandbox(Box<SandboxArgs>),
 }
 
 #[derive(clap::Args)]
