@@ -150,6 +150,8 @@ pub struct OrderActor {
 struct Loaded {
     order: Option<OrderSnapshot>,
     fingerprint: Option<String>,
+    /// Customer and address (JSON), kept for the Shiprocket request.
+    customer: Option<serde_json::Value>,
 }
 
 impl OrderActor {
@@ -208,6 +210,7 @@ impl Handler<OrderMsg> for OrderActor {
             ctx.stop();
             return AtomicResponse::new(Box::pin(fut::ready(Ok(OrderReply::Passivated))));
         }
+        let was_ship = matches!(msg, OrderMsg::Ship);
         self.busy = true;
         self.arm_idle_timer(ctx);
         let deps = Arc::clone(&self.deps);
@@ -220,6 +223,7 @@ impl Handler<OrderMsg> for OrderActor {
                     let stored = deps.storage.load_order(&order_id).await?;
                     Loaded {
                         fingerprint: stored.as_ref().map(|s| s.fingerprint.clone()),
+                        customer: stored.as_ref().map(|s| s.customer.clone()),
                         order: stored.map(|s| s.snapshot),
                     }
                 }
@@ -229,27 +233,41 @@ impl Handler<OrderMsg> for OrderActor {
             // Whatever happened, the actor's view is what storage now holds.
             Ok::<_, OrderError>((reply, loaded_after))
         };
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, actor, ctx| {
-            actor.busy = false;
-            match result {
-                Ok((reply, loaded)) => {
-                    let terminal = loaded
-                        .order
-                        .as_ref()
-                        .is_some_and(|o| o.state == OrderState::Refunded);
-                    actor.loaded = Some(loaded);
-                    if terminal {
-                        ctx.stop();
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            move |result, actor, ctx| {
+                actor.busy = false;
+                match result {
+                    Ok((reply, loaded)) => {
+                        let terminal = loaded
+                            .order
+                            .as_ref()
+                            .is_some_and(|o| o.state == OrderState::Refunded);
+                        // A freshly queued order ships now, not at the timer's next look.
+                        // (Never after a Ship message itself: an order that could not
+                        // ship now waits for its time, it does not spin.)
+                        let now = actor.deps.clock.now_ms();
+                        let ship_now = !was_ship
+                            && loaded.order.as_ref().is_some_and(|o| {
+                                o.state == OrderState::AwaitingShipment
+                                    && o.shipping.attempts == 0
+                                    && o.shipping.next_attempt_at_ms.is_some_and(|at| at <= now)
+                            });
+                        actor.loaded = Some(loaded);
+                        if terminal {
+                            ctx.stop();
+                        } else if ship_now && !matches!(reply, Ok(OrderReply::Passivated)) {
+                            ctx.notify(OrderMsg::Ship);
+                        }
+                        reply
                     }
-                    reply
+                    Err(e) => {
+                        // Unknown state after a storage failure: reload on the next message.
+                        actor.loaded = None;
+                        Err(e)
+                    }
                 }
-                Err(e) => {
-                    // Unknown state after a storage failure: reload on the next message.
-                    actor.loaded = None;
-                    Err(e)
-                }
-            }
-        })))
+            },
+        )))
     }
 }
 
@@ -300,7 +318,7 @@ async fn handle_message(
             let Some(order) = loaded.order.as_mut() else {
                 return Err(OrderError::NotFound);
             };
-            ship(deps, order).await?;
+            ship(deps, order, loaded.customer.as_ref()).await?;
             Ok(OrderReply::Order(order.clone()))
         }
         OrderMsg::Passivate => Ok(OrderReply::Passivated),
@@ -350,6 +368,7 @@ async fn create(
         "customer": checkout.customer,
         "shipping_address": checkout.shipping_address,
     });
+    loaded.customer = Some(customer.clone());
     let inserted = deps
         .storage
         .insert_order(
@@ -632,7 +651,11 @@ fn jitter(order_id: &str, attempt: u32) -> f64 {
 /// Takes the shipping steps that are due: create (or adopt) the Shiprocket
 /// order, then assign its AWB. Every call is journaled before it is made, so a
 /// crash or timeout leaves `in_doubt` set and the next try searches first.
-async fn ship(deps: &OrderDeps, order: &mut OrderSnapshot) -> Result<(), OrderError> {
+async fn ship(
+    deps: &OrderDeps,
+    order: &mut OrderSnapshot,
+    customer: Option<&serde_json::Value>,
+) -> Result<(), OrderError> {
     let due = order
         .shipping
         .next_attempt_at_ms
@@ -657,6 +680,7 @@ async fn ship(deps: &OrderDeps, order: &mut OrderSnapshot) -> Result<(), OrderEr
     let Some(shipping) = deps.shipping.as_ref() else {
         return Ok(());
     };
+    let mut assign_attempt_recorded = false;
     for _ in 0..2 {
         let now = deps.clock.now_ms();
         match order.state {
@@ -688,7 +712,10 @@ async fn ship(deps: &OrderDeps, order: &mut OrderSnapshot) -> Result<(), OrderEr
                     Ok(gateway) => gateway.account.clone(),
                     Err(e) => return record_failure(deps, shipping, order, &e).await,
                 };
-                let adhoc = match shipment_request(deps, shipping, order).await?.to_adhoc() {
+                let adhoc = match shipment_request(deps, shipping, order, customer)
+                    .await?
+                    .to_adhoc()
+                {
                     Ok(adhoc) => adhoc,
                     Err(e) => {
                         return record_failure(deps, shipping, order, &GatewayError::Shiprocket(e))
@@ -707,20 +734,29 @@ async fn ship(deps: &OrderDeps, order: &mut OrderSnapshot) -> Result<(), OrderEr
                     .await
                 {
                     Ok(CallOutput::Created(created)) => {
-                        let event = OrderEvent::ShipmentCreated {
-                            account,
-                            sr_order_id: created.sr_order_id,
-                            shipment_id: created.shipment_id,
-                            adopted: false,
-                        };
+                        // One commit records the creation and the AWB attempt that follows.
+                        let events = vec![
+                            OrderEvent::ShipmentCreated {
+                                account: account.clone(),
+                                sr_order_id: created.sr_order_id,
+                                shipment_id: created.shipment_id,
+                                adopted: false,
+                            },
+                            OrderEvent::ShippingAttempt {
+                                account,
+                                call: "assign_awb".into(),
+                                attempt: order.shipping.attempts + 1,
+                            },
+                        ];
                         commit_events(
                             deps,
                             order,
-                            vec![event],
+                            events,
                             &Cause::named("shipping"),
                             deps.clock.now_ms(),
                         )
                         .await?;
+                        assign_attempt_recorded = true;
                     }
                     Ok(_) => return Ok(()),
                     Err(e) => return record_failure(deps, shipping, order, &e).await,
@@ -728,7 +764,7 @@ async fn ship(deps: &OrderDeps, order: &mut OrderSnapshot) -> Result<(), OrderEr
             }
             OrderState::ShipmentCreated => {
                 let account = order.shipping.account.clone().unwrap_or_default();
-                if order.shipping.in_doubt {
+                if order.shipping.in_doubt && !assign_attempt_recorded {
                     match adopt_existing(shipping, order).await {
                         Ok(Some(FoundOrder {
                             awb: Some(awb),
@@ -756,12 +792,15 @@ async fn ship(deps: &OrderDeps, order: &mut OrderSnapshot) -> Result<(), OrderEr
                 let Some(shipment_id) = order.shipping.shipment_id else {
                     return Ok(());
                 };
-                let attempt = OrderEvent::ShippingAttempt {
-                    account: account.clone(),
-                    call: "assign_awb".into(),
-                    attempt: order.shipping.attempts + 1,
-                };
-                commit_events(deps, order, vec![attempt], &Cause::named("shipping"), now).await?;
+                if !assign_attempt_recorded {
+                    let attempt = OrderEvent::ShippingAttempt {
+                        account: account.clone(),
+                        call: "assign_awb".into(),
+                        attempt: order.shipping.attempts + 1,
+                    };
+                    commit_events(deps, order, vec![attempt], &Cause::named("shipping"), now)
+                        .await?;
+                }
                 match shipping
                     .router
                     .call_on(&account, ShiprocketCall::AssignAwb(shipment_id))
@@ -827,15 +866,21 @@ async fn shipment_request(
     deps: &OrderDeps,
     shipping: &ShippingDeps,
     order: &OrderSnapshot,
+    known_customer: Option<&serde_json::Value>,
 ) -> Result<ShipmentRequest, OrderError> {
-    let stored = deps
-        .storage
-        .load_order(&order.order_id)
-        .await?
-        .ok_or(OrderError::NotFound)?;
+    let stored = match known_customer {
+        Some(customer) => customer.clone(),
+        None => {
+            deps.storage
+                .load_order(&order.order_id)
+                .await?
+                .ok_or(OrderError::NotFound)?
+                .customer
+        }
+    };
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-    let customer = &stored.customer["customer"];
-    let address = &stored.customer["shipping_address"];
+    let customer = &stored["customer"];
+    let address = &stored["shipping_address"];
     let mut weight_kg = 0.0;
     let mut dims = None;
     let mut items = Vec::new();
