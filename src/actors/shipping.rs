@@ -255,6 +255,13 @@ impl Parts {
     }
 }
 
+/// An account's rate: `requests_per_hour` sustained, `burst` at once.
+pub fn account_quota(requests_per_hour: u32, burst: u32) -> Quota {
+    let per_hour = NonZeroU32::new(requests_per_hour.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::per_hour(per_hour).allow_burst(burst)
+}
+
 pub struct ShiprocketGateway {
     parts: Parts,
     metrics: Arc<Metrics>,
@@ -494,5 +501,35 @@ impl ShippingRouter {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use governor::clock::FakeRelativeClock;
+    use governor::RateLimiter;
+
+    use super::account_quota;
+
+    #[test]
+    fn the_account_quota_bursts_then_drains_at_the_hourly_rate() {
+        let clock = FakeRelativeClock::default();
+        // 7,200 an hour is one call every 500 ms, after a burst of 10.
+        let limiter = RateLimiter::direct_with_clock(account_quota(7200, 10), clock.clone());
+        for _ in 0..10 {
+            assert!(limiter.check().is_ok());
+        }
+        assert!(limiter.check().is_err(), "the burst is spent");
+        clock.advance(Duration::from_millis(499));
+        assert!(limiter.check().is_err());
+        clock.advance(Duration::from_millis(1));
+        assert!(limiter.check().is_ok(), "one call per 500 ms");
+        assert!(limiter.check().is_err());
+        // An idle hour refills the burst, not more.
+        clock.advance(Duration::from_secs(3600));
+        let allowed = (0..100).filter(|_| limiter.check().is_ok()).count();
+        assert_eq!(allowed, 10);
     }
 }
