@@ -15,21 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dropshipd::domain::signature::sign;
+
+mod common;
+use common::{arg, quantile};
 use serde_json::{json, Value};
 
 const WEBHOOK_SECRET: &str = "whsec_bench_orders";
 const STOREFRONT: &str = "bench-storefront";
 const OPERATOR: &str = "bench-operator";
 const SKUS: usize = 100;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn checkout(i: usize) -> Value {
     json!({
@@ -47,38 +41,6 @@ fn payment(i: usize, now: i64) -> String {
     format!(
         r#"{{"entity":"event","account_id":"acc_B","event":"payment.captured","contains":["payment"],"payload":{{"payment":{{"entity":{{"id":"pay_B{i}","entity":"payment","amount":74900,"currency":"INR","status":"captured","order_id":"order_B{i}","method":"upi","captured":true,"notes":[],"created_at":{now}}}}}}},"created_at":{now}}}"#
     )
-}
-
-/// The q-quantile of a Prometheus histogram, interpolated within its bucket.
-fn quantile(scrape: &str, name: &str, q: f64) -> Option<f64> {
-    let mut buckets: Vec<(f64, f64)> = scrape
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, count.trim().parse().ok()?))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last()?.1;
-    let target = q * total;
-    let mut previous = (0.0, 0.0);
-    for (le, count) in buckets {
-        if count >= target {
-            if le.is_infinite() {
-                return Some(previous.0);
-            }
-            let span = (count - previous.1).max(1.0);
-            return Some(previous.0 + (le - previous.0) * (target - previous.1) / span);
-        }
-        previous = (le, count);
-    }
-    None
 }
 
 fn main() {

@@ -16,18 +16,12 @@ use dropshipd::config::{Config, Secret, SecretRef, Secrets, Settings, Shiprocket
 use dropshipd::domain::signature::sign;
 use dropshipd::sandbox::{Faults, SandboxServer};
 use dropshipd::Application;
+
+mod common;
+use common::{arg, quantile};
 use serde_json::{json, Value};
 
 const SECRET: &str = "whsec_bench_shipping";
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Report {
     orders: usize,
@@ -36,39 +30,6 @@ struct Report {
     throttled: u64,
     p50: f64,
     p99: f64,
-}
-
-fn quantile(scrape: &str, name: &str, q: f64) -> f64 {
-    let mut buckets: Vec<(f64, f64)> = scrape
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, count.trim().parse().ok()?))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let Some(total) = buckets.last().map(|b| b.1) else {
-        return f64::NAN;
-    };
-    let target = q * total;
-    let mut previous = (0.0, 0.0);
-    for (le, count) in buckets {
-        if count >= target {
-            if le.is_infinite() {
-                return previous.0;
-            }
-            return previous.0
-                + (le - previous.0) * (target - previous.1) / (count - previous.1).max(1.0);
-        }
-        previous = (le, count);
-    }
-    f64::NAN
 }
 
 /// Starts a sandbox and a daemon, pays `orders` orders at `concurrency`, waits
@@ -212,8 +173,8 @@ fn scenario(
             .filter(|(k, _)| k.ends_with(":429"))
             .map(|(_, v)| v)
             .sum(),
-        p50: quantile(&scrape, "dropship_shipping_creation_seconds", 0.5),
-        p99: quantile(&scrape, "dropship_shipping_creation_seconds", 0.99),
+        p50: quantile(&scrape, "dropship_shipping_creation_seconds", 0.5).unwrap_or(f64::NAN),
+        p99: quantile(&scrape, "dropship_shipping_creation_seconds", 0.99).unwrap_or(f64::NAN),
     }
 }
 

@@ -293,11 +293,11 @@ impl Storage {
         limit: u32,
     ) -> Result<Vec<String>, StorageError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            order_ids(
+                conn,
                 "SELECT order_id FROM orders WHERE reserved_until_ms <= ?1 ORDER BY reserved_until_ms LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![now_ms, limit], |row| row.get(0))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                params![now_ms, limit],
+            )
         })
         .await
     }
@@ -329,13 +329,13 @@ impl Storage {
         limit: u32,
     ) -> Result<Vec<String>, StorageError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            order_ids(
+                conn,
                 "SELECT order_id FROM orders WHERE next_attempt_at_ms <= ?1
-                 AND state IN ('awaiting_shipment', 'shipment_created')
-                 ORDER BY next_attempt_at_ms LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![now_ms, limit], |row| row.get(0))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                     AND state IN ('awaiting_shipment', 'shipment_created')
+                     ORDER BY next_attempt_at_ms LIMIT ?2",
+                params![now_ms, limit],
+            )
         })
         .await
     }
@@ -359,11 +359,11 @@ impl Storage {
         limit: u32,
     ) -> Result<Vec<String>, StorageError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            order_ids(
+                conn,
                 "SELECT order_id FROM orders WHERE state = ?1 ORDER BY id LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![state.as_str(), limit], |row| row.get(0))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                params![state.as_str(), limit],
+            )
         })
         .await
     }
@@ -383,18 +383,29 @@ impl Storage {
     /// with an unshipped sale.
     pub async fn orders_needing_stock_repair(&self) -> Result<Vec<String>, StorageError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare(
+            order_ids(
+                conn,
                 "SELECT DISTINCT a.order_id FROM stock_allocations a
                  LEFT JOIN orders o ON o.order_id = a.order_id
                  WHERE (a.status = 'held' AND (o.state IS NULL OR o.state NOT IN ('pending_payment', 'payment_failed')))
                     OR (a.status = 'sold' AND o.state = 'cancelled')
                     OR (a.status = 'released' AND o.state IN ('paid'))",
-            )?;
-            let rows = stmt.query_map([], |row| row.get(0))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                [],
+            )
         })
         .await
     }
+}
+
+/// The first column of every row of `sql`: order ids for timers and sweeps.
+fn order_ids(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<String>, StorageError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |row| row.get(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 fn stored_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredOrder, StorageError>> {
