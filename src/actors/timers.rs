@@ -17,6 +17,52 @@ use crate::telemetry::Metrics;
 
 /// Orders expired per tick at most; the rest wait for the next tick.
 const EXPIRY_BATCH: u32 = 1000;
+/// Orders handed a due shipping step per tick at most.
+const SHIPPING_BATCH: u32 = 500;
+
+/// The loop both order timers share: every `every`, unless paused, ask
+/// `find` which orders are due at the clock's now and send each the message
+/// `message` builds for that now.
+async fn send_due<F, Fut>(
+    registry: Addr<OrderRegistry>,
+    clock: SharedClock,
+    paused: Arc<AtomicBool>,
+    every: Duration,
+    what: &'static str,
+    find: F,
+    message: impl Fn(i64) -> OrderMsg,
+) where
+    F: Fn(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<String>, crate::storage::StorageError>>,
+{
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if paused.load(Ordering::SeqCst) {
+            continue;
+        }
+        let now = clock.now_ms();
+        let due = match find(now).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, timer = what, "cannot read the orders due");
+                continue;
+            }
+        };
+        let sends = due.into_iter().map(|order_id| {
+            registry.send(Route {
+                order_id,
+                msg: message(now),
+            })
+        });
+        for result in futures_util::future::join_all(sends).await {
+            if let Ok(Err(e)) = result {
+                tracing::debug!(error = %e, timer = what, "timer message not applied");
+            }
+        }
+    }
+}
 
 /// Expires reservations whose time is up, every `every`.
 pub async fn expire_reservations(
@@ -26,40 +72,25 @@ pub async fn expire_reservations(
     paused: Arc<AtomicBool>,
     every: Duration,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if paused.load(Ordering::SeqCst) {
-            continue;
-        }
-        let now = clock.now_ms();
-        let due = match storage.reservations_ended(now, EXPIRY_BATCH).await {
-            Ok(due) => due,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read ended reservations");
-                continue;
-            }
-        };
-        let sends = due.into_iter().map(|order_id| {
-            registry.send(Route {
-                order_id,
-                msg: OrderMsg::Command {
-                    command: Command::ExpireReservation { now_ms: now },
-                    cause: Cause::named("timer:reservation_expiry"),
-                },
-            })
-        });
-        for result in futures_util::future::join_all(sends).await {
-            if let Ok(Err(e)) = result {
-                tracing::debug!(error = %e, "reservation expiry not applied");
-            }
-        }
-    }
+    let find = |now| {
+        let storage = storage.clone();
+        async move { storage.reservations_ended(now, EXPIRY_BATCH).await }
+    };
+    let message = |now_ms| OrderMsg::Command {
+        command: Command::ExpireReservation { now_ms },
+        cause: Cause::named("timer:reservation_expiry"),
+    };
+    send_due(
+        registry,
+        clock,
+        paused,
+        every,
+        "reservation_expiry",
+        find,
+        message,
+    )
+    .await;
 }
-
-/// Orders handed a due shipping step per tick at most.
-const SHIPPING_BATCH: u32 = 500;
 
 /// Sends every order with a Shiprocket call due (a retry after backoff, a step
 /// a restart interrupted) its next shipping step, every `every`.
@@ -70,31 +101,14 @@ pub async fn ship_due(
     paused: Arc<AtomicBool>,
     every: Duration,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if paused.load(Ordering::SeqCst) {
-            continue;
-        }
-        let due = match storage
-            .orders_due_for_shipping(clock.now_ms(), SHIPPING_BATCH)
-            .await
-        {
-            Ok(due) => due,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read orders due for shipping");
-                continue;
-            }
-        };
-        let sends = due.into_iter().map(|order_id| {
-            registry.send(Route {
-                order_id,
-                msg: OrderMsg::Ship,
-            })
-        });
-        futures_util::future::join_all(sends).await;
-    }
+    let find = |now| {
+        let storage = storage.clone();
+        async move { storage.orders_due_for_shipping(now, SHIPPING_BATCH).await }
+    };
+    send_due(registry, clock, paused, every, "shipping", find, |_| {
+        OrderMsg::Ship
+    })
+    .await;
 }
 
 /// Orders checked against Razorpay per round at most.
