@@ -683,31 +683,23 @@ async fn ship(
     let mut assign_attempt_recorded = false;
     for _ in 0..2 {
         let now = deps.clock.now_ms();
-        match order.state {
-            OrderState::AwaitingShipment => {
-                if order.shipping.in_doubt {
-                    match adopt_existing(shipping, order).await {
-                        Ok(Some(found)) => {
-                            let event = OrderEvent::ShipmentCreated {
-                                account: order.shipping.account.clone().unwrap_or_default(),
-                                sr_order_id: found.sr_order_id,
-                                shipment_id: found.shipment_id.unwrap_or_default(),
-                                adopted: true,
-                            };
-                            commit_events(
-                                deps,
-                                order,
-                                vec![event],
-                                &Cause::named("shipping:search"),
-                                now,
-                            )
+        if order.shipping.in_doubt && !assign_attempt_recorded {
+            // The last call's outcome is unknown: what does Shiprocket hold?
+            match adopt_existing(shipping, order).await {
+                Ok(Some(found)) => {
+                    let events = adoption(order, found);
+                    if !events.is_empty() {
+                        commit_events(deps, order, events, &Cause::named("shipping:search"), now)
                             .await?;
-                            continue;
-                        }
-                        Ok(None) => {}
-                        Err(e) => return record_failure(deps, shipping, order, &e).await,
+                        continue;
                     }
                 }
+                Ok(None) => {}
+                Err(e) => return record_failure(deps, shipping, order, &e).await,
+            }
+        }
+        match order.state {
+            OrderState::AwaitingShipment => {
                 let account = match shipping.router.pick() {
                     Ok(gateway) => gateway.account.clone(),
                     Err(e) => return record_failure(deps, shipping, order, &e).await,
@@ -764,31 +756,6 @@ async fn ship(
             }
             OrderState::ShipmentCreated => {
                 let account = order.shipping.account.clone().unwrap_or_default();
-                if order.shipping.in_doubt && !assign_attempt_recorded {
-                    match adopt_existing(shipping, order).await {
-                        Ok(Some(FoundOrder {
-                            awb: Some(awb),
-                            courier,
-                            ..
-                        })) => {
-                            let event = OrderEvent::AwbAssigned {
-                                awb,
-                                courier: courier.unwrap_or_default(),
-                            };
-                            commit_events(
-                                deps,
-                                order,
-                                vec![event],
-                                &Cause::named("shipping:search"),
-                                now,
-                            )
-                            .await?;
-                            return Ok(());
-                        }
-                        Ok(_) => {}
-                        Err(e) => return record_failure(deps, shipping, order, &e).await,
-                    }
-                }
                 let Some(shipment_id) = order.shipping.shipment_id else {
                     return Ok(());
                 };
@@ -837,6 +804,35 @@ async fn ship(
         }
     }
     Ok(())
+}
+
+/// What a Shiprocket order found by search already did for this one: created
+/// it, and perhaps assigned its AWB too.
+fn adoption(order: &OrderSnapshot, found: FoundOrder) -> Vec<OrderEvent> {
+    let mut events = Vec::new();
+    if order.state == OrderState::AwaitingShipment {
+        let Some(shipment_id) = found.shipment_id else {
+            return events;
+        };
+        events.push(OrderEvent::ShipmentCreated {
+            account: order.shipping.account.clone().unwrap_or_default(),
+            sr_order_id: found.sr_order_id,
+            shipment_id,
+            adopted: true,
+        });
+    }
+    if matches!(
+        order.state,
+        OrderState::AwaitingShipment | OrderState::ShipmentCreated
+    ) {
+        if let Some(awb) = found.awb {
+            events.push(OrderEvent::AwbAssigned {
+                awb,
+                courier: found.courier.unwrap_or_default(),
+            });
+        }
+    }
+    events
 }
 
 /// After a call whose outcome is unknown: the non-cancelled Shiprocket order
