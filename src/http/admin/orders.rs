@@ -99,18 +99,18 @@ pub(super) async fn cancel(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    load_order(&state, &path).await?;
-    let cause = Cause::named(format!("admin:{}", role_name(caller.role)));
-    tracing::warn!(order_id = %path, peer = caller.peer.as_deref().unwrap_or(""), user_agent = caller.user_agent.as_deref().unwrap_or(""), "operator cancels an order");
-    let msg = OrderMsg::Command {
-        command: Command::Cancel,
-        cause,
-    };
-    let order = replied_order(route(&state, path.into_inner(), msg).await?)?;
-    Ok(HttpResponse::Ok().json(json!({"order": order_json(&order)})))
+    act(
+        &state,
+        &caller,
+        path.into_inner(),
+        Command::Cancel,
+        "cancel",
+    )
+    .await
 }
 
-/// Sends `command` to `order_id` on an operator's behalf and answers with the order.
+/// Sends `command` to `order_id` on an operator's behalf and answers with the
+/// order (404 from the actor when there is no such order).
 async fn act(
     state: &AppState,
     caller: &crate::http::auth::Caller,
@@ -118,7 +118,6 @@ async fn act(
     command: Command,
     what: &str,
 ) -> Result<HttpResponse, ApiError> {
-    load_order(state, &order_id).await?;
     tracing::warn!(order_id = %order_id, action = what, peer = caller.peer.as_deref().unwrap_or(""), user_agent = caller.user_agent.as_deref().unwrap_or(""), "operator action on an order");
     let cause = Cause::named(format!("admin:{}:{what}", role_name(caller.role)));
     let order = replied_order(route(state, order_id, OrderMsg::Command { command, cause }).await?)?;
