@@ -180,6 +180,7 @@ fn storage_only(
     let mut options = StorageOptions::new(
         dir.join(format!("writer-{max_batch}.db")),
         Duration::from_secs(5),
+        dropshipd::storage::PiiKey::from_bytes([7; 32]),
     );
     options.max_batch = max_batch;
     let storage = Storage::open(&options).expect("open storage");
@@ -241,7 +242,10 @@ fn main() {
     config.storage.path = dir.path().join("bench.db");
     let settings = Settings {
         config,
-        secrets: Secrets::for_webhooks(SECRET, "bench-viewer", "bench-operator"),
+        secrets: Secrets {
+            pii_key: Some(dropshipd::config::Secret::new("ab".repeat(32))),
+            ..Secrets::for_webhooks(SECRET, "bench-viewer", "bench-operator")
+        },
         warnings: Vec::new(),
     };
 

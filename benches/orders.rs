@@ -59,6 +59,7 @@ fn main() {
         .env("DROPSHIPD_VIEWER_TOKEN", "bench-viewer")
         .env("DROPSHIPD_OPERATOR_TOKEN", OPERATOR)
         .env("DROPSHIPD_STOREFRONT_TOKEN", STOREFRONT)
+        .env("DROPSHIPD_PII_KEY", "ab".repeat(32))
         .env("RUST_LOG", "warn,dropshipd::startup=info")
         .args(["--config", &config.to_string_lossy(), "serve"])
         .stdout(Stdio::piped())

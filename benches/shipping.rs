@@ -67,6 +67,7 @@ fn scenario(
     }];
     let mut secrets = Secrets::for_webhooks(SECRET, "v", "o");
     secrets.storefront_token = Some(Secret::new("s"));
+    secrets.pii_key = Some(Secret::new("ab".repeat(32)));
     secrets.shiprocket_passwords = vec![Some(Secret::new("pw"))];
     let settings = Settings {
         config,

@@ -12,7 +12,8 @@
 //! | [`clients`] | outside APIs' wire formats: Razorpay's payments API |
 //! | [`config`] | `config.toml`, environment overrides, secret references, validation |
 //! | [`telemetry`] | metric names and handles, structured logging |
-//! | [`startup`] | assembling the above into a running daemon |
+//! | [`service`] | the health check, systemd readiness and watchdog |
+//! | [`startup`] | assembling the above into a running daemon, and its orderly stop |
 //!
 //! Data flows one way: `http` → `actors` → `domain` (decide) → `storage`
 //! (persist) and `clients` (effects).
@@ -23,6 +24,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod sandbox;
+pub mod service;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dropshipd::config::{self, ConfigSource, Settings};
 use dropshipd::sandbox::{DuplicatePolicy, Faults, SandboxServer};
+use dropshipd::service::systemd;
+use dropshipd::storage;
 use dropshipd::telemetry::logging;
 use dropshipd::Application;
 
@@ -32,6 +34,19 @@ enum Command {
     CheckConfig,
     /// Run the Shiprocket sandbox: a local Shiprocket API with fault injection
     ShiprocketSandbox(Box<SandboxArgs>),
+    /// Audit log tools
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain: prints `ok N entries` or the first broken link
+    Verify {
+        /// Database file [default: storage.path of the config]
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -112,6 +127,22 @@ fn main() -> ExitCode {
     let vars = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    if let Some(Command::Audit(AuditCommand::Verify { db })) = &cli.command {
+        // Reading the log needs the database, not the daemon's secrets.
+        let path = match db {
+            Some(path) => path.clone(),
+            None => match config::storage_path(&source, &vars) {
+                Ok(path) => path,
+                Err(e) => {
+                    for problem in &e.problems {
+                        eprintln!("dropshipd audit verify: {problem}");
+                    }
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        return audit_verify(&path);
+    }
     let settings = match config::load(&source, vars) {
         Ok(settings) => settings,
         Err(e) => {
@@ -134,7 +165,7 @@ fn main() -> ExitCode {
             println!("config ok: {}", source.path.display());
             ExitCode::SUCCESS
         }
-        Command::ShiprocketSandbox(_) => ExitCode::SUCCESS,
+        Command::ShiprocketSandbox(_) | Command::Audit(_) => ExitCode::SUCCESS,
         Command::Serve => match serve(settings) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -143,6 +174,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn audit_verify(path: &std::path::Path) -> ExitCode {
+    if !path.exists() {
+        eprintln!("dropshipd audit verify: no database at {}", path.display());
+        return ExitCode::FAILURE;
+    }
+    let verified = storage::open_read_only(path)
+        .map_err(storage::AuditVerifyError::from)
+        .and_then(|conn| storage::verify_audit_log(&conn));
+    match verified {
+        Ok(entries) => {
+            println!("ok {entries} entries");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -159,6 +210,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         actix_web::rt::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutdown signal received; draining in-flight requests");
+            systemd::notify_stopping("draining");
             stop.stop(true).await;
         });
         app.run_until_stopped().await?;

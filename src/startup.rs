@@ -4,7 +4,7 @@
 //! serving starts.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,13 +29,17 @@ use crate::domain::clock::{SharedClock, SystemClock};
 use crate::domain::order::{Command, OrderState};
 use crate::domain::signature::WebhookVerifier;
 use crate::http::{self, auth::AdminTokens, AppState};
-use crate::storage::{Storage, StorageError, StorageOptions};
+use crate::service::health::{HealthCheck, Heartbeat};
+use crate::service::systemd;
+use crate::storage::{PiiKey, Storage, StorageError, StorageOptions};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot open storage: {0}")]
     Storage(#[from] StorageError),
+    #[error("storage.pii_key is not set: customer data cannot be stored without it")]
+    NoPiiKey,
     #[error("cannot build an HTTP client: {0}")]
     Client(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -79,16 +83,26 @@ impl Application {
         clock: SharedClock,
     ) -> Result<Self, StartupError> {
         let config = &settings.config;
+        let pii_key = settings
+            .secrets
+            .pii_key
+            .as_ref()
+            .ok_or(StartupError::NoPiiKey)
+            .and_then(|key| Ok(PiiKey::from_hex(key.expose())?))?;
         let options = StorageOptions::new(
             config.storage.path.clone(),
             Duration::from_millis(config.storage.busy_timeout_ms),
+            pii_key,
         );
         let storage = tokio::task::spawn_blocking(move || Storage::open(&options))
             .await
             .map_err(|e| StorageError::Reader(e.to_string()))??;
         let metrics = Metrics::new();
-        let paused =
-            config.processing.paused || storage.processing_paused().await?.unwrap_or(false);
+        // An operator's last flip wins over the config's start value.
+        let paused = storage
+            .processing_paused()
+            .await?
+            .unwrap_or(config.processing.paused);
         metrics
             .processing_paused
             .set(if paused { 1.0 } else { 0.0 });
@@ -139,7 +153,9 @@ impl Application {
             Arc::clone(&order_actor_stats),
         )
         .start();
+        let dispatcher_heartbeat = Arc::new(Heartbeat::new());
         let background = Background {
+            heartbeat: Arc::clone(&dispatcher_heartbeat),
             storage: storage.clone(),
             orders: orders.clone(),
             clock: Arc::clone(&clock),
@@ -194,6 +210,13 @@ impl Application {
         let public_listen = config.server.listen.clone();
         let max_body = usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX);
         let admin_listen = config.admin.listen.clone();
+        let health = HealthCheck {
+            storage: storage.clone(),
+            registry: orders.clone(),
+            clock: Arc::clone(&clock),
+            dispatcher: dispatcher_heartbeat,
+            ingest_actors: Arc::clone(&ingest_actors),
+        };
         let state = web::Data::new(AppState {
             settings,
             storage,
@@ -207,6 +230,7 @@ impl Application {
             order_actors: order_actor_stats,
             router,
             shipping_manual,
+            health,
         });
 
         let public_state = state.clone();
@@ -221,6 +245,7 @@ impl Application {
                 .default_service(web::to(http::error::not_found))
         })
         .disable_signals()
+        .shutdown_timeout(REQUEST_DRAIN_SECS)
         .bind(&public_listen)
         .map_err(|source| StartupError::Bind {
             addr: public_listen.clone(),
@@ -235,9 +260,13 @@ impl Application {
                 .app_data(admin_tokens.clone())
                 .configure(http::admin_routes)
                 .default_service(web::to(http::error::not_found))
+                .wrap(actix_web::middleware::from_fn(
+                    http::admin::audit::record_admin_actions,
+                ))
         })
         .workers(1)
         .disable_signals()
+        .shutdown_timeout(REQUEST_DRAIN_SECS)
         .bind(&admin_listen)
         .map_err(|source| StartupError::Bind {
             addr: admin_listen.clone(),
@@ -278,7 +307,11 @@ impl Application {
         &self.state
     }
 
-    /// Serves until both listeners stop.
+    /// Serves until both listeners stop, then stops in order (see [`drain`]).
+    ///
+    /// Tells systemd it is ready first (storage open, actors started, listeners
+    /// bound) and, when systemd asks for a watchdog, keeps it fed while the
+    /// health check passes.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let metrics = Arc::clone(&self.state.metrics);
         let upkeep = actix_web::rt::spawn(async move {
@@ -288,15 +321,62 @@ impl Application {
                 metrics.run_upkeep();
             }
         });
+        let watchdog = systemd::watchdog_period().map(|period| {
+            tracing::info!(
+                ?period,
+                "systemd watchdog enabled; keep-alives follow the health check"
+            );
+            actix_web::rt::spawn(systemd::run_watchdog(self.state.health.clone(), period))
+        });
+        systemd::notify_ready("serving");
         let (public, admin) = futures_util::future::join(self.public, self.admin).await;
         upkeep.abort();
+        drain(&self.state).await;
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
+        }
         public.and(admin)
+    }
+}
+
+/// Longest a stop waits for requests in flight to be answered. With
+/// [`DRAIN_LIMIT`] it stays well inside the unit's `TimeoutStopSec=45s`.
+const REQUEST_DRAIN_SECS: u64 = 15;
+
+/// Longest a stop waits for order work already under way.
+const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+
+/// The orderly stop after the listeners have closed (every request they took
+/// is answered by then): take no new order work, which stays parked in the
+/// durable inbox and orders table for the next start; let every order message
+/// already in flight finish and commit; let the writer empty its queue.
+async fn drain(state: &AppState) {
+    // Only in memory: the next start reads the operator's persisted switch.
+    state.processing_paused.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    loop {
+        let in_flight = state.order_actors.in_flight.load(Ordering::Relaxed);
+        let queued = state.storage.writer_stats().queued;
+        if in_flight == 0 && queued == 0 {
+            tracing::info!(elapsed = ?started.elapsed(), "drained: no order work in flight, writer idle");
+            return;
+        }
+        if started.elapsed() > DRAIN_LIMIT {
+            tracing::warn!(
+                in_flight,
+                queued,
+                "stopping with work in flight; it resumes at the next start"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// The work that runs beside the listeners: the inbox dispatcher, the timers,
 /// and the start-up repair of stock steps a crash interrupted.
 struct Background {
+    heartbeat: Arc<Heartbeat>,
     storage: Storage,
     orders: actix::Addr<OrderRegistry>,
     clock: SharedClock,
@@ -365,6 +445,7 @@ impl Background {
                 clock: Arc::clone(&self.clock),
                 paused: Arc::clone(&self.paused),
                 wake: self.wake,
+                heartbeat: self.heartbeat,
             }
             .run(),
         );

@@ -21,6 +21,7 @@ use super::registry::{OrderRegistry, Route};
 use crate::domain::clock::SharedClock;
 use crate::domain::order::Command;
 use crate::domain::webhook::{payment_facts, PaymentFacts};
+use crate::service::health::Heartbeat;
 use crate::storage::{InboxEntry, OrderDeadLetter, Storage, StorageError};
 
 /// Entries read per query.
@@ -40,6 +41,8 @@ pub struct Dispatcher {
     pub paused: Arc<AtomicBool>,
     /// Notified by ingest after each accepted webhook.
     pub wake: Arc<Notify>,
+    /// Beaten every time round the loop: the health check's proof of life.
+    pub heartbeat: Arc<Heartbeat>,
 }
 
 /// Entries handed out and not yet finished, and where to resume after a failure.
@@ -58,10 +61,18 @@ impl Dispatcher {
         let progress = Arc::new(Mutex::new(Progress::default()));
         let permits = Arc::new(Semaphore::new(IN_FLIGHT));
         let mut cursor = 0i64;
+        // Commands parked while paused run at start, on resume and when idle.
+        let mut drain_due = true;
         loop {
+            self.heartbeat.beat();
             if self.paused.load(Ordering::SeqCst) {
+                drain_due = true;
                 let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
                 continue;
+            }
+            if drain_due {
+                self.drain_deferred().await;
+                drain_due = false;
             }
             if let Some(failed) = progress.lock().ok().and_then(|mut p| p.retry_from.take()) {
                 cursor = cursor.min(failed - 1);
@@ -77,6 +88,7 @@ impl Dispatcher {
             if entries.is_empty() {
                 // Entries that failed are retried after a pause, not in a tight loop.
                 let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
+                drain_due = true;
                 continue;
             }
             for entry in entries {
@@ -110,32 +122,128 @@ impl Dispatcher {
 
     async fn dispatch(&self, entry: InboxEntry) -> Result<(), StorageError> {
         let now = self.clock.now_ms();
-        let Some(facts) = payment_facts(&entry.body) else {
-            // Stored and acknowledged, with no order effect (payment.authorized, ...).
-            return self.storage.finish_inbox_entry(entry.id, None, now).await;
+        let letter = match self.router().route(&entry, None).await? {
+            Routed::Applied | Routed::Refused(_) => return Ok(()),
+            Routed::NoEffect => None,
+            Routed::Unknown(detail) => Some(OrderDeadLetter {
+                reason: "unknown_order",
+                detail,
+                event_id: Some(entry.dedup_key.clone()),
+            }),
         };
-        let unknown = |detail: String| OrderDeadLetter {
-            reason: "unknown_order",
-            detail,
-            event_id: Some(entry.dedup_key.clone()),
+        self.storage.finish_inbox_entry(entry.id, letter, now).await
+    }
+
+    fn router(&self) -> PaymentRouter {
+        PaymentRouter {
+            storage: self.storage.clone(),
+            registry: self.registry.clone(),
+            clock: Arc::clone(&self.clock),
+        }
+    }
+
+    /// Runs the commands that arrived while processing was paused, oldest first.
+    /// Stops at the first one that cannot run yet (paused again, storage trouble).
+    async fn drain_deferred(&self) {
+        loop {
+            let commands = match self.storage.deferred_commands(BATCH).await {
+                Ok(commands) if commands.is_empty() => return,
+                Ok(commands) => commands,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read deferred commands; retrying later");
+                    return;
+                }
+            };
+            for deferred in commands {
+                if self.paused.load(Ordering::SeqCst) {
+                    return;
+                }
+                let routed = self
+                    .registry
+                    .send(Route {
+                        order_id: deferred.order_id.clone(),
+                        msg: OrderMsg::Command {
+                            command: deferred.command,
+                            cause: Cause::named(deferred.cause),
+                        },
+                    })
+                    .await;
+                let done = match routed {
+                    Ok(Ok(_)) => true,
+                    // Final answers: the order has seen it, or never will.
+                    Ok(Err(
+                        OrderError::NotFound
+                        | OrderError::AmountMismatch
+                        | OrderError::InvalidTransition { .. }
+                        | OrderError::Conflict,
+                    )) => true,
+                    Ok(Err(e)) => {
+                        tracing::warn!(order_id = %deferred.order_id, error = %e, "deferred command not run yet");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(order_id = %deferred.order_id, error = %e, "deferred command not routed");
+                        false
+                    }
+                };
+                if !done {
+                    return;
+                }
+                if let Err(e) = self.storage.finish_deferred(deferred.id).await {
+                    tracing::warn!(error = %e, "deferred command ran but is not marked done; it will run again (idempotently)");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What routing one payment event to its order did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routed {
+    /// The order took it (or had already: repeats are no-ops).
+    Applied,
+    /// Not an event that changes an order (`payment.authorized`, ...).
+    NoEffect,
+    /// No order matches it.
+    Unknown(String),
+    /// The order refused it; the reason is a dead-letter reason.
+    Refused(&'static str),
+}
+
+/// Routes a stored payment event to its order: the one path both the
+/// dispatcher and an operator's dead-letter replay take.
+#[derive(Clone)]
+pub struct PaymentRouter {
+    pub storage: Storage,
+    pub registry: Addr<OrderRegistry>,
+    pub clock: SharedClock,
+}
+
+impl PaymentRouter {
+    /// `replay_of` names the dead letter being replayed: then a refusal is
+    /// only reported, and the order files no new dead letter.
+    pub async fn route(
+        &self,
+        entry: &InboxEntry,
+        replay_of: Option<i64>,
+    ) -> Result<Routed, StorageError> {
+        let Some(facts) = payment_facts(&entry.body) else {
+            return Ok(Routed::NoEffect);
         };
         let Some(razorpay_order_id) = facts.razorpay_order_id().map(str::to_owned) else {
-            let letter = unknown("the payment names no Razorpay order".into());
-            return self
-                .storage
-                .finish_inbox_entry(entry.id, Some(letter), now)
-                .await;
+            return Ok(Routed::Unknown(
+                "the payment names no Razorpay order".into(),
+            ));
         };
         let Some(order_id) = self
             .storage
             .order_id_for_razorpay(&razorpay_order_id)
             .await?
         else {
-            let letter = unknown(format!("no order has Razorpay order {razorpay_order_id}"));
-            return self
-                .storage
-                .finish_inbox_entry(entry.id, Some(letter), now)
-                .await;
+            return Ok(Routed::Unknown(format!(
+                "no order has Razorpay order {razorpay_order_id}"
+            )));
         };
         let command = match facts {
             PaymentFacts::Captured {
@@ -169,8 +277,10 @@ impl Dispatcher {
         };
         let cause = Cause {
             label: format!("webhook:{}", entry.dedup_key),
-            inbox_id: Some(entry.id),
+            // A replayed entry was finished when its letter was filed.
+            inbox_id: replay_of.is_none().then_some(entry.id),
             received_at_ms: Some(entry.received_at_ms),
+            replay_of,
         };
         let routed = self
             .registry
@@ -181,16 +291,14 @@ impl Dispatcher {
             .await;
         match routed {
             // The actor committed the entry as done with (or as) its effect.
-            Ok(Ok(_))
-            | Ok(Err(OrderError::AmountMismatch | OrderError::InvalidTransition { .. })) => Ok(()),
-            Ok(Err(OrderError::NotFound)) => {
-                let letter = unknown(format!(
-                    "order for Razorpay order {razorpay_order_id} vanished"
-                ));
-                self.storage
-                    .finish_inbox_entry(entry.id, Some(letter), now)
-                    .await
+            Ok(Ok(_)) => Ok(Routed::Applied),
+            Ok(Err(OrderError::AmountMismatch)) => Ok(Routed::Refused("amount_mismatch")),
+            Ok(Err(OrderError::InvalidTransition { .. })) => {
+                Ok(Routed::Refused("invalid_transition"))
             }
+            Ok(Err(OrderError::NotFound)) => Ok(Routed::Unknown(format!(
+                "order for Razorpay order {razorpay_order_id} vanished"
+            ))),
             Ok(Err(OrderError::Storage(e))) => Err(e),
             Ok(Err(e)) => Err(StorageError::Reader(e.to_string())),
             Err(e) => Err(StorageError::Reader(e.to_string())),

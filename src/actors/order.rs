@@ -29,7 +29,9 @@ use crate::domain::order::{
     self, Command, OrderEvent, OrderSnapshot, OrderState, Outcome, PaymentMethod,
 };
 use crate::domain::shipping::{after_failure, CallFailure};
-use crate::storage::{JournalAppend, OrderDeadLetter, OrderWrite, Storage, StorageError};
+use crate::storage::{
+    DeferredCommand, JournalAppend, OrderDeadLetter, OrderWrite, Storage, StorageError,
+};
 use crate::telemetry::Metrics;
 
 /// Everything an order actor needs; shared by all of them.
@@ -66,6 +68,9 @@ pub struct Cause {
     pub inbox_id: Option<i64>,
     /// When the payment event that caused this arrived (for the order-creation latency).
     pub received_at_ms: Option<i64>,
+    /// An operator's replay of this dead letter: a refusal is reported to the
+    /// replay, which records it on the letter, instead of filing a new one.
+    pub replay_of: Option<i64>,
 }
 
 impl Cause {
@@ -74,6 +79,7 @@ impl Cause {
             label: label.into(),
             inbox_id: None,
             received_at_ms: None,
+            replay_of: None,
         }
     }
 }
@@ -325,6 +331,9 @@ async fn handle_message(
     }
 }
 
+/// The cause journaled for a cash-on-delivery confirmation.
+const COD_CAUSE: &str = "checkout:cod";
+
 async fn create(
     deps: &OrderDeps,
     loaded: &mut Loaded,
@@ -369,6 +378,27 @@ async fn create(
         "shipping_address": checkout.shipping_address,
     });
     loaded.customer = Some(customer.clone());
+    // Cash on delivery needs no payment: the order is confirmed at once, or,
+    // while processing is paused, as soon as it resumes (the confirmation is
+    // stored with the order, so a restart in between loses nothing).
+    let cod_confirmation =
+        (checkout.payment_method == PaymentMethod::Cod).then(|| Command::ConfirmPayment {
+            payment_id: format!("cod:{}", checkout.order_id),
+            amount_paise: checkout.amount_paise,
+            currency: checkout.currency.clone(),
+            stock_reallocated: None,
+        });
+    let paused = deps.paused.load(Ordering::SeqCst);
+    let deferred = cod_confirmation
+        .as_ref()
+        .filter(|_| paused)
+        .map(|command| DeferredCommand {
+            id: 0,
+            order_id: checkout.order_id.clone(),
+            command: command.clone(),
+            cause: COD_CAUSE.into(),
+            received_at_ms: now,
+        });
     let inserted = deps
         .storage
         .insert_order(
@@ -380,6 +410,7 @@ async fn create(
                 at_ms: now,
                 cause: "checkout".into(),
             },
+            deferred,
         )
         .await;
     match inserted {
@@ -394,15 +425,8 @@ async fn create(
     }
     deps.metrics.order_transition(OrderState::PendingPayment);
     loaded.fingerprint = Some(fingerprint);
-    if checkout.payment_method == PaymentMethod::Cod {
-        // Cash on delivery needs no payment: the order is confirmed at once.
-        let confirm = Command::ConfirmPayment {
-            payment_id: format!("cod:{}", checkout.order_id),
-            amount_paise: checkout.amount_paise,
-            currency: checkout.currency.clone(),
-            stock_reallocated: None,
-        };
-        run_command(deps, &mut order, confirm, Cause::named("checkout:cod")).await?;
+    if let Some(confirm) = cod_confirmation.filter(|_| !paused) {
+        run_command(deps, &mut order, confirm, Cause::named(COD_CAUSE)).await?;
     }
     loaded.order = Some(order.clone());
     Ok(OrderReply::Created(order))
@@ -595,6 +619,7 @@ async fn finish_inbox(
     letter: Option<OrderDeadLetter>,
     now: i64,
 ) -> Result<(), StorageError> {
+    let letter = letter.filter(|_| cause.replay_of.is_none());
     match cause.inbox_id {
         Some(inbox_id) => deps.storage.finish_inbox_entry(inbox_id, letter, now).await,
         None => match letter {

@@ -42,6 +42,35 @@ pub struct RegistryStats {
     /// The most that ever existed at once.
     pub live_high_water: AtomicU64,
     pub started_total: AtomicU64,
+    /// Messages taken and not yet answered: what a graceful stop waits for.
+    pub in_flight: AtomicU64,
+}
+
+/// A round trip through the registry's mailbox, for the health check.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;
+
+impl Handler<Ping> for OrderRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
+}
+
+/// Counts a message in flight until dropped, however its future ends.
+struct InFlight(Arc<RegistryStats>);
+
+impl InFlight {
+    fn new(stats: &Arc<RegistryStats>) -> Self {
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(stats))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub struct OrderRegistry {
@@ -190,6 +219,7 @@ impl Handler<Route> for OrderRegistry {
     type Result = ResponseFuture<Result<OrderReply, OrderError>>;
 
     fn handle(&mut self, route: Route, ctx: &mut Self::Context) -> Self::Result {
+        let in_flight = InFlight::new(&self.stats);
         let (reply, answer) = oneshot::channel();
         if self.parked.is_empty() {
             self.dispatch(route, reply, ctx);
@@ -199,9 +229,11 @@ impl Handler<Route> for OrderRegistry {
             self.unpark(ctx);
         }
         Box::pin(async move {
-            answer
+            let answer = answer
                 .await
-                .unwrap_or(Err(OrderError::Mailbox(MailboxError::Closed)))
+                .unwrap_or(Err(OrderError::Mailbox(MailboxError::Closed)));
+            drop(in_flight);
+            answer
         })
     }
 }

@@ -310,6 +310,31 @@ pub fn load(
     Ok(settings)
 }
 
+/// Where the database is, from the config file and overrides alone: tools that
+/// only read the database (`audit verify`) need no secrets.
+pub fn storage_path(
+    source: &ConfigSource,
+    vars: &BTreeMap<String, String>,
+) -> Result<PathBuf, ConfigError> {
+    let text = match std::fs::read_to_string(&source.path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.explicit => String::new(),
+        Err(e) => {
+            return Err(ConfigError::one(format!(
+                "cannot read config file {}: {e}",
+                source.path.display()
+            )))
+        }
+    };
+    let path = parse(&text, vars)?.storage.path;
+    Ok(
+        match source.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path,
+        },
+    )
+}
+
 /// Parses config text and applies environment overrides. No validation yet.
 pub fn parse(text: &str, vars: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
     let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
@@ -365,6 +390,10 @@ mod tests {
         vars.insert("RAZORPAY_WEBHOOK_SECRET".into(), "w".into());
         vars.insert("DROPSHIPD_VIEWER_TOKEN".into(), "v".into());
         vars.insert("DROPSHIPD_OPERATOR_TOKEN".into(), "o".into());
+        vars.insert(
+            "DROPSHIPD_PII_KEY".into(),
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+        );
         let explicit = ConfigSource {
             path: missing.clone(),
             explicit: true,

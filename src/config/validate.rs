@@ -217,7 +217,8 @@ pub(super) fn settle(mut config: Config, env: SecretEnv) -> Result<Settings, Con
     let viewer_token = resolve("admin.viewer_token", &config.admin.viewer_token, true);
     let operator_token = resolve("admin.operator_token", &config.admin.operator_token, true);
     let storefront_token = resolve("api.storefront_token", &config.api.storefront_token, false);
-    let pii_key = resolve("storage.pii_key", &config.storage.pii_key, false);
+    // Customer data is never stored in the clear (SPEC §10), so the key is required.
+    let pii_key = resolve("storage.pii_key", &config.storage.pii_key, true);
     let razorpay_key_id = resolve("razorpay.key_id", &config.razorpay.key_id, false);
     let razorpay_key_secret = resolve("razorpay.key_secret", &config.razorpay.key_secret, false);
     let tracking_token = resolve(
@@ -399,6 +400,10 @@ mod tests {
             ("RAZORPAY_WEBHOOK_SECRET", "whsec"),
             ("DROPSHIPD_VIEWER_TOKEN", "viewer"),
             ("DROPSHIPD_OPERATOR_TOKEN", "operator"),
+            (
+                "DROPSHIPD_PII_KEY",
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ),
         ])
     }
 
@@ -473,6 +478,10 @@ mod tests {
         let env = env(&[
             ("DROPSHIPD_VIEWER_TOKEN", "vt-5ecret-1"),
             ("DROPSHIPD_OPERATOR_TOKEN", "ot-5ecret-2"),
+            (
+                "DROPSHIPD_PII_KEY",
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ),
         ]);
         let settings = settle(config, env).unwrap();
         let summary = settings.summary();
@@ -480,6 +489,11 @@ mod tests {
             assert!(!summary.contains(secret), "{secret} leaked:\n{summary}");
         }
         assert!(summary.contains("env:DROPSHIPD_VIEWER_TOKEN (set, ****)"));
-        assert!(summary.contains("env:DROPSHIPD_PII_KEY (not set)"));
+        assert!(
+            !summary.contains("0123456789abcdef"),
+            "pii key leaked:\n{summary}"
+        );
+        assert!(summary.contains("env:DROPSHIPD_PII_KEY (set, ****)"));
+        assert!(summary.contains("env:RAZORPAY_KEY_ID (not set)"));
     }
 }

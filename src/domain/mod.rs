@@ -2,6 +2,7 @@
 //! plain function or type with unit tests; actors call into it to decide, then
 //! persist and act.
 
+pub mod audit;
 pub mod backoff;
 pub mod breaker;
 pub mod checkout;

@@ -311,6 +311,22 @@ impl OrderEvent {
         }
     }
 
+    /// Money or goods moved: the audit log records it (SPEC §10).
+    pub fn is_financial(&self) -> bool {
+        matches!(
+            self,
+            Self::Paid { .. }
+                | Self::PaidOutOfStock { .. }
+                | Self::PaymentFailed { .. }
+                | Self::ExtraPayment { .. }
+                | Self::RefundRecorded { .. }
+                | Self::Cancelled
+                | Self::ShipmentCreated { .. }
+                | Self::AwbAssigned { .. }
+                | Self::Shipped { .. }
+        )
+    }
+
     /// The state this event moves the order to, if it moves it. Every
     /// transition `decide` emits is checked against the table from `from`.
     pub fn target(&self) -> Option<OrderState> {
@@ -496,7 +512,8 @@ pub fn replay<'a>(
 }
 
 /// What an order is asked to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     /// A captured payment (webhook, checkout callback or reconciliation).
     ConfirmPayment {

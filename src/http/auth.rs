@@ -10,7 +10,7 @@ use std::future::{ready, Ready};
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -79,7 +79,7 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     let role = tokens
         .role_of(presented)
         .ok_or_else(ApiError::unauthorized)?;
-    Ok(Caller {
+    let caller = Caller {
         role,
         peer: req.peer_addr().map(|a| a.to_string()),
         user_agent: req
@@ -87,7 +87,10 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
             .get(actix_web::http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
-    })
+    };
+    // For the audit middleware, which records who acted once the answer is known.
+    req.extensions_mut().insert(caller.clone());
+    Ok(caller)
 }
 
 /// Any authenticated caller: a viewer or an operator.

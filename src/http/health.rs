@@ -1,6 +1,8 @@
 //! Liveness and readiness, on both listeners. Liveness says the process answers;
-//! readiness says a webhook would be accepted right now, which only a real
-//! commit can prove.
+//! readiness says a webhook would be accepted and processed right now, which
+//! only a real commit and a working actor system can prove (`service::health`).
+
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -18,28 +20,18 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// How long readiness waits for each part of the health check.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if state
-        .ingest_actors
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
+    let problems = state.health.problems(READY_TIMEOUT).await;
+    if !problems.is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            "webhook ingest actors are not running",
-        ));
+            problems.join("; "),
+        )
+        .with("problems", json!(problems)));
     }
-    state
-        .storage
-        .probe_writable(state.clock.now_ms())
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                format!("storage is not writable: {e}"),
-            )
-        })?;
     Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
 }

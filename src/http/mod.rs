@@ -26,6 +26,7 @@ use crate::actors::shipping::ShippingRouter;
 use crate::actors::stock::StockSupervisor;
 use crate::config::Settings;
 use crate::domain::clock::SharedClock;
+use crate::service::health::HealthCheck;
 use crate::storage::Storage;
 use crate::telemetry::Metrics;
 
@@ -45,6 +46,8 @@ pub struct AppState {
     pub router: ShippingRouter,
     /// Manual shipping mode (SPEC §9 `PUT /admin/shipping-mode`), persisted.
     pub shipping_manual: Arc<AtomicBool>,
+    /// The actor system's health: `/readyz` and the systemd watchdog ask it.
+    pub health: HealthCheck,
 }
 
 /// Routes of the public listener.

@@ -3,6 +3,7 @@
 //! with `api.storefront_token`.
 
 use std::future::{ready, Ready};
+use std::sync::atomic::Ordering;
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
@@ -19,6 +20,7 @@ use crate::actors::order::{Cause, OrderMsg, OrderReply};
 use crate::domain::checkout;
 use crate::domain::order::Command;
 use crate::domain::signature;
+use crate::storage::DeferredCommand;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/orders", web::post().to(create_order))
@@ -151,6 +153,25 @@ async fn confirm_payment(
         currency: order.currency.clone(),
         stock_reallocated: None,
     };
+    if state.processing_paused.load(Ordering::SeqCst) {
+        // Kill switch on: keep the verified payment for when processing resumes.
+        state
+            .storage
+            .defer_command(DeferredCommand {
+                id: 0,
+                order_id: order.order_id.clone(),
+                command,
+                cause: "checkout_callback".into(),
+                received_at_ms: state.clock.now_ms(),
+            })
+            .await
+            .map_err(ApiError::storage_unavailable)?;
+        let mut body = order_json(&order);
+        if let Some(map) = body.as_object_mut() {
+            map.insert("processing_paused".into(), serde_json::Value::Bool(true));
+        }
+        return Ok(HttpResponse::Accepted().json(body));
+    }
     let cause = Cause::named("checkout_callback");
     let reply = route(
         &state,

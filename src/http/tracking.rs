@@ -5,6 +5,8 @@
 //! gets a 200 once its effect is durable, unknown shipments included (they go
 //! to the dead-letter queue as `unknown_shipment`).
 
+use std::sync::atomic::Ordering;
+
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
@@ -16,7 +18,7 @@ use super::orders::route;
 use super::AppState;
 use crate::actors::order::{Cause, OrderMsg};
 use crate::domain::order::Command;
-use crate::storage::OrderDeadLetter;
+use crate::storage::{DeferredCommand, OrderDeadLetter};
 
 fn authorized(req: &HttpRequest, state: &AppState) -> bool {
     let Some(expected) = state.settings.secrets.tracking_token.as_ref() else {
@@ -112,7 +114,23 @@ pub async fn shiprocket(
         status_id,
         timestamp: timestamp.clone(),
     };
-    let cause = Cause::named(format!("tracking:{awb}:{status_id}"));
+    let cause = format!("tracking:{awb}:{status_id}");
+    if state.processing_paused.load(Ordering::SeqCst) {
+        // Kill switch on: the update waits in storage and applies on resume.
+        state
+            .storage
+            .defer_command(DeferredCommand {
+                id: 0,
+                order_id: order_id.clone(),
+                command,
+                cause,
+                received_at_ms: now,
+            })
+            .await
+            .map_err(ApiError::storage_unavailable)?;
+        return Ok(HttpResponse::Ok().json(json!({"status": "deferred", "order_id": order_id})));
+    }
+    let cause = Cause::named(cause);
     match route(
         &state,
         order_id.clone(),

@@ -125,6 +125,40 @@ const MIGRATIONS: &[&str] = &[
         WHERE next_attempt_at_ms IS NOT NULL;
     CREATE INDEX orders_by_awb ON orders (awb) WHERE awb IS NOT NULL;
     ",
+    // 5: operations. The audit log is hash-chained (`domain::audit`) and refuses
+    // updates and deletes, so changing it takes deliberate work that `audit
+    // verify` then detects. Dead letters remember their replays. Commands that
+    // arrive while processing is paused wait in `deferred_commands`.
+    "
+    CREATE TABLE audit_log (
+        seq        INTEGER PRIMARY KEY,
+        at_ms      INTEGER NOT NULL,
+        actor      TEXT NOT NULL,
+        action     TEXT NOT NULL,
+        subject    TEXT,
+        detail     TEXT NOT NULL,
+        peer       TEXT,
+        user_agent TEXT,
+        prev_hash  TEXT NOT NULL,
+        hash       TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+
+    ALTER TABLE dead_letters ADD COLUMN replays INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE dead_letters ADD COLUMN last_replay_at_ms INTEGER;
+    ALTER TABLE dead_letters ADD COLUMN last_replay_outcome TEXT;
+
+    CREATE TABLE deferred_commands (
+        id             INTEGER PRIMARY KEY,
+        order_id       TEXT NOT NULL,
+        command        TEXT NOT NULL,     -- JSON of domain::order::Command
+        cause          TEXT NOT NULL,
+        received_at_ms INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// Brings the schema to the latest version. Refuses a database from a newer
@@ -163,7 +197,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 10);
+        assert_eq!(tables, 12);
     }
 
     #[test]

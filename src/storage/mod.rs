@@ -6,9 +6,11 @@
 //! now). WAL mode lets readers run beside the writer; `synchronous=FULL` makes
 //! every commit durable before anyone is told it happened.
 
+mod audit;
 mod daemon_state;
 mod migrations;
 mod orders;
+mod pii;
 mod readers;
 mod shipping;
 mod stock;
@@ -21,13 +23,17 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-pub use orders::{JournalAppend, JournalRow, OrderDeadLetter, OrderWrite, StoredOrder};
+pub use audit::{verify_audit_log, AuditRecord, AuditVerifyError};
+pub use orders::{
+    DeferredCommand, JournalAppend, JournalRow, OrderDeadLetter, OrderWrite, StoredOrder,
+};
+pub use pii::PiiKey;
 pub use stock::{
     Allocation, AllocationStatus, AllocationStep, ProductFacts, StockItem, StockMismatch, StockStep,
 };
 pub use webhooks::{
-    inbox_entries, receipt_disposition, DeadLetter, InboxEntry, IngestCounts, RecordOutcome,
-    WebhookRecord,
+    inbox_entries, receipt_disposition, DeadLetter, DeadLetterView, InboxEntry, IngestCounts,
+    RecordOutcome, ReplayableLetter, WebhookRecord,
 };
 pub use writer::WriterStatsSnapshot;
 
@@ -67,6 +73,7 @@ pub struct Storage {
 struct Inner {
     writer: writer::Writer,
     readers: readers::Readers,
+    pii: Arc<pii::PiiCipher>,
     path: PathBuf,
 }
 
@@ -79,14 +86,17 @@ pub struct StorageOptions {
     /// Most writes that share one commit. 1 turns group commit off (for
     /// measuring what it buys); the default suits everything else.
     pub max_batch: usize,
+    /// Encrypts customer data at rest (SPEC §10).
+    pub pii_key: PiiKey,
 }
 
 impl StorageOptions {
-    pub fn new(path: PathBuf, busy_timeout: Duration) -> Self {
+    pub fn new(path: PathBuf, busy_timeout: Duration, pii_key: PiiKey) -> Self {
         Self {
             path,
             busy_timeout,
             max_batch: writer::DEFAULT_MAX_BATCH,
+            pii_key,
         }
     }
 }
@@ -123,6 +133,7 @@ impl Storage {
             inner: Arc::new(Inner {
                 writer,
                 readers,
+                pii: Arc::new(pii::PiiCipher::new(&options.pii_key)),
                 path: options.path.clone(),
             }),
         })
@@ -153,6 +164,10 @@ impl Storage {
         .await
     }
 
+    fn pii(&self) -> Arc<pii::PiiCipher> {
+        Arc::clone(&self.inner.pii)
+    }
+
     async fn write<T, F>(&self, op: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
@@ -170,6 +185,20 @@ impl Storage {
         tokio::task::spawn_blocking(move || storage.inner.readers.with(op))
             .await
             .map_err(|e| StorageError::Reader(e.to_string()))?
+    }
+}
+
+/// A column holding text or bytes (sealed values are blobs, older ones text).
+fn bytes_at(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Vec<u8>> {
+    use rusqlite::types::ValueRef;
+    match row.get_ref(index)? {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Ok(bytes.to_vec()),
+        ValueRef::Null => Ok(Vec::new()),
+        other => Err(rusqlite::Error::InvalidColumnType(
+            index,
+            "customer data".into(),
+            other.data_type(),
+        )),
     }
 }
 

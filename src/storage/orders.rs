@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::webhooks::InboxEntry;
+use super::audit::{self, AuditRecord};
+use super::pii::{Column, PiiCipher};
 use super::{Storage, StorageError};
-use crate::domain::order::{OrderEvent, OrderSnapshot, OrderState};
+use crate::domain::order::{Command, OrderEvent, OrderSnapshot, OrderState};
 
 /// A journal entry to append: the event with its time and cause.
 #[derive(Debug, Clone)]
@@ -64,13 +65,20 @@ fn to_json<T: Serialize>(value: &T) -> Result<String, StorageError> {
 impl Storage {
     /// Inserts a new order with its first journal entry. `Ok(false)` when an
     /// order with that id exists already.
+    ///
+    /// `deferred` is a command to run once processing resumes (a cash-on-delivery
+    /// confirmation while the kill switch is on), stored in the same commit.
     pub async fn insert_order(
         &self,
         snapshot: OrderSnapshot,
         customer: serde_json::Value,
         fingerprint: String,
         created: JournalAppend,
+        deferred: Option<DeferredCommand>,
     ) -> Result<bool, StorageError> {
+        let customer = self
+            .pii()
+            .seal(Column::OrderCustomer, to_json(&customer)?.as_bytes())?;
         self.write(move |conn| {
             let inserted = conn
                 .prepare_cached(
@@ -84,7 +92,7 @@ impl Storage {
                     snapshot.razorpay_order_id,
                     snapshot.state.as_str(),
                     to_json(&snapshot)?,
-                    to_json(&customer)?,
+                    customer,
                     fingerprint,
                     snapshot.reserved_until_ms,
                     snapshot.created_at_ms,
@@ -93,6 +101,9 @@ impl Storage {
                 return Ok(false);
             }
             append_journal(conn, &snapshot.order_id, 1, &created)?;
+            if let Some(command) = &deferred {
+                insert_deferred(conn, command)?;
+            }
             Ok(true)
         })
         .await
@@ -110,6 +121,19 @@ impl Storage {
             let first_seq = snapshot.version + 1 - journal.len() as u64;
             for (i, entry) in journal.iter().enumerate() {
                 append_journal(conn, &snapshot.order_id, first_seq + i as u64, entry)?;
+                if entry.event.is_financial() {
+                    audit::append(
+                        conn,
+                        &AuditRecord::event(
+                            entry.at_ms,
+                            entry.cause.clone(),
+                            format!("order.{}", entry.event.kind()),
+                            snapshot.order_id.clone(),
+                            serde_json::to_value(&entry.event)
+                                .map_err(|e| StorageError::Encoding(e.to_string()))?,
+                        ),
+                    )?;
+                }
             }
             if !journal.is_empty() {
                 conn.prepare_cached(
@@ -165,14 +189,66 @@ impl Storage {
             .await
     }
 
+    /// Stores a command to run when processing resumes (the kill switch is on).
+    pub async fn defer_command(&self, command: DeferredCommand) -> Result<i64, StorageError> {
+        self.write(move |conn| insert_deferred(conn, &command))
+            .await
+    }
+
+    /// Deferred commands, oldest first.
+    pub async fn deferred_commands(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<DeferredCommand>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, order_id, command, cause, received_at_ms FROM deferred_commands ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (id, order_id, command, cause, received_at_ms) = row?;
+                Ok(DeferredCommand {
+                    id,
+                    order_id,
+                    command: serde_json::from_str(&command)
+                        .map_err(|e| StorageError::Encoding(e.to_string()))?,
+                    cause,
+                    received_at_ms,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    /// Removes a deferred command once its order has dealt with it.
+    pub async fn finish_deferred(&self, id: i64) -> Result<(), StorageError> {
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM deferred_commands WHERE id = ?1")?
+                .execute([id])?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn load_order(&self, order_id: &str) -> Result<Option<StoredOrder>, StorageError> {
         let order_id = order_id.to_owned();
+        let pii = self.pii();
         self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT id, snapshot, customer, fingerprint FROM orders WHERE order_id = ?1",
             )?
-            .query_row([&order_id], stored_order)
+            .query_row([&order_id], order_row)
             .optional()?
+            .map(|row| row.open(&pii))
             .transpose()
         })
         .await
@@ -243,6 +319,7 @@ impl Storage {
         before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<StoredOrder>, StorageError> {
+        let pii = self.pii();
         self.read(move |conn| {
             let before = before.unwrap_or(i64::MAX);
             let mut stmt = match state {
@@ -257,9 +334,9 @@ impl Storage {
             };
             let rows = stmt.query_map(
                 params![state.map(OrderState::as_str), before, limit],
-                stored_order,
+                order_row,
             )?;
-            rows.map(|r| r.map_err(StorageError::from).and_then(|o| o))
+            rows.map(|r| r.map_err(StorageError::from).and_then(|o| o.open(&pii)))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
@@ -368,16 +445,6 @@ impl Storage {
         .await
     }
 
-    /// Unprocessed inbox entries after `after_id`, oldest first.
-    pub async fn pending_inbox(
-        &self,
-        after_id: i64,
-        limit: u32,
-    ) -> Result<Vec<InboxEntry>, StorageError> {
-        self.read(move |conn| super::webhooks::pending_inbox(conn, after_id, limit))
-            .await
-    }
-
     /// Orders whose stock allocations may lag their state after a crash: any
     /// order with a `held` allocation that no longer holds, or a cancelled order
     /// with an unshipped sale.
@@ -408,21 +475,58 @@ fn order_ids(
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-fn stored_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredOrder, StorageError>> {
-    let id: i64 = row.get(0)?;
-    let snapshot: String = row.get(1)?;
-    let customer: String = row.get(2)?;
-    let fingerprint: String = row.get(3)?;
-    Ok((|| {
+/// An order row before its customer record is opened.
+struct OrderRow {
+    id: i64,
+    snapshot: String,
+    customer: Vec<u8>,
+    fingerprint: String,
+}
+
+fn order_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
+    Ok(OrderRow {
+        id: row.get(0)?,
+        snapshot: row.get(1)?,
+        customer: super::bytes_at(row, 2)?,
+        fingerprint: row.get(3)?,
+    })
+}
+
+impl OrderRow {
+    fn open(self, pii: &PiiCipher) -> Result<StoredOrder, StorageError> {
+        let customer = pii.open(Column::OrderCustomer, &self.customer)?;
         Ok(StoredOrder {
-            id,
-            snapshot: serde_json::from_str(&snapshot)
+            id: self.id,
+            snapshot: serde_json::from_str(&self.snapshot)
                 .map_err(|e| StorageError::Encoding(e.to_string()))?,
-            customer: serde_json::from_str(&customer)
+            customer: serde_json::from_slice(&customer)
                 .map_err(|e| StorageError::Encoding(e.to_string()))?,
-            fingerprint,
+            fingerprint: self.fingerprint,
         })
-    })())
+    }
+}
+
+/// A command that waits in storage for processing to resume.
+#[derive(Debug, Clone)]
+pub struct DeferredCommand {
+    pub id: i64,
+    pub order_id: String,
+    pub command: Command,
+    pub cause: String,
+    pub received_at_ms: i64,
+}
+
+fn insert_deferred(conn: &Connection, command: &DeferredCommand) -> Result<i64, StorageError> {
+    conn.prepare_cached(
+        "INSERT INTO deferred_commands (order_id, command, cause, received_at_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        command.order_id,
+        to_json(&command.command)?,
+        command.cause,
+        command.received_at_ms
+    ])?;
+    Ok(conn.last_insert_rowid())
 }
 
 fn append_journal(

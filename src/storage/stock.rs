@@ -292,5 +292,25 @@ fn apply_step(conn: &Connection, step: &StockStep) -> Result<bool, StorageError>
         order_id,
         step.at_ms
     ])?;
+    // Every stock change is a financial event: audited in the same commit.
+    super::audit::append(
+        conn,
+        &super::AuditRecord::event(
+            step.at_ms,
+            if order_id.is_some() {
+                "system"
+            } else {
+                "operator"
+            },
+            "stock.change",
+            step.sku.clone(),
+            serde_json::json!({
+                "on_hand_delta": step.delta.on_hand,
+                "reserved_delta": step.delta.reserved,
+                "reason": step.reason,
+                "order_id": order_id,
+            }),
+        ),
+    )?;
     Ok(true)
 }

@@ -2,6 +2,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::pii::Column;
 use super::{Storage, StorageError};
 
 /// What to store for one signed delivery.
@@ -50,6 +51,27 @@ pub struct DeadLetter {
     pub received_at_ms: i64,
 }
 
+/// A dead letter and what a replay re-runs.
+#[derive(Debug, Clone)]
+pub struct ReplayableLetter {
+    pub letter: DeadLetter,
+    /// The delivery's body, kept with letters that never reached the inbox.
+    pub body: Option<Vec<u8>>,
+    /// The inbox entry the letter was filed for (by its dedup key).
+    pub inbox: Option<InboxEntry>,
+    pub resolved: bool,
+}
+
+/// A dead letter as the admin API lists it, with its replay history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterView {
+    #[serde(flatten)]
+    pub letter: DeadLetter,
+    pub replays: i64,
+    pub last_replay_at_ms: Option<i64>,
+    pub last_replay_outcome: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IngestCounts {
     pub inbox_pending: u64,
@@ -72,9 +94,116 @@ impl Storage {
     /// record commit together, so the first delivery wins even across restarts.
     pub async fn record_webhook(
         &self,
-        record: WebhookRecord,
+        mut record: WebhookRecord,
     ) -> Result<RecordOutcome, StorageError> {
+        // Sealed here, on the caller's thread, so the writer only writes.
+        let pii = self.pii();
+        match &mut record {
+            WebhookRecord::Accepted { body, .. } => *body = pii.seal(Column::InboxBody, body)?,
+            WebhookRecord::Quarantined { body, .. } => {
+                *body = pii.seal(Column::DeadLetterBody, body)?
+            }
+        }
         self.write(move |conn| insert_webhook(conn, &record)).await
+    }
+
+    /// Unprocessed inbox entries after `after_id`, oldest first, bodies opened.
+    pub async fn pending_inbox(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StorageError> {
+        let pii = self.pii();
+        self.read(move |conn| {
+            pending_inbox(conn, after_id, limit)?
+                .into_iter()
+                .map(|mut entry| {
+                    entry.body = pii.open(Column::InboxBody, &entry.body)?;
+                    Ok(entry)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// An open or resolved dead letter with what a replay needs: its own body,
+    /// or the inbox entry it was filed for (bodies opened).
+    pub async fn dead_letter_for_replay(
+        &self,
+        id: i64,
+    ) -> Result<Option<ReplayableLetter>, StorageError> {
+        let pii = self.pii();
+        self.read(move |conn| {
+            let found = conn
+                .prepare_cached(
+                    "SELECT id, source, reason, detail, event_id, received_at_ms, body, resolved_at_ms
+                     FROM dead_letters WHERE id = ?1",
+                )?
+                .query_row([id], |row| {
+                    Ok((
+                        DeadLetter {
+                            id: row.get(0)?,
+                            source: row.get(1)?,
+                            reason: row.get(2)?,
+                            detail: row.get(3)?,
+                            event_id: row.get(4)?,
+                            received_at_ms: row.get(5)?,
+                        },
+                        row.get::<_, Option<Vec<u8>>>(6)?,
+                        row.get::<_, Option<i64>>(7)?,
+                    ))
+                })
+                .optional()?;
+            let Some((letter, body, resolved_at_ms)) = found else {
+                return Ok(None);
+            };
+            let body = body
+                .map(|b| pii.open(Column::DeadLetterBody, &b))
+                .transpose()?;
+            let inbox = match &letter.event_id {
+                Some(key) => conn
+                    .prepare_cached(
+                        "SELECT id, dedup_key, event, razorpay_order_id, event_created_at, received_at_ms, body
+                         FROM inbox WHERE dedup_key = ?1",
+                    )?
+                    .query_row([key], inbox_entry)
+                    .optional()?
+                    .map(|mut entry| {
+                        entry.body = pii.open(Column::InboxBody, &entry.body)?;
+                        Ok::<_, StorageError>(entry)
+                    })
+                    .transpose()?,
+                None => None,
+            };
+            Ok(Some(ReplayableLetter {
+                letter,
+                body,
+                inbox,
+                resolved: resolved_at_ms.is_some(),
+            }))
+        })
+        .await
+    }
+
+    /// Records a replay's outcome on its dead letter; `resolved` closes it.
+    pub async fn record_replay(
+        &self,
+        id: i64,
+        outcome: String,
+        resolved: bool,
+        at_ms: i64,
+    ) -> Result<(), StorageError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE dead_letters SET replays = replays + 1, last_replay_at_ms = ?2,
+                        last_replay_outcome = ?3,
+                        resolved_at_ms = CASE WHEN ?4 THEN ?2 ELSE resolved_at_ms END
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, at_ms, outcome, resolved])?;
+            Ok(())
+        })
+        .await
     }
 
     /// Open dead letters, newest first; `before` is the cursor from the last page.
@@ -82,20 +211,26 @@ impl Storage {
         &self,
         before: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<DeadLetter>, StorageError> {
+    ) -> Result<Vec<DeadLetterView>, StorageError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, source, reason, detail, event_id, received_at_ms FROM dead_letters
+                "SELECT id, source, reason, detail, event_id, received_at_ms,
+                        replays, last_replay_at_ms, last_replay_outcome FROM dead_letters
                  WHERE resolved_at_ms IS NULL AND id < ?1 ORDER BY id DESC LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), limit], |row| {
-                Ok(DeadLetter {
-                    id: row.get(0)?,
-                    source: row.get(1)?,
-                    reason: row.get(2)?,
-                    detail: row.get(3)?,
-                    event_id: row.get(4)?,
-                    received_at_ms: row.get(5)?,
+                Ok(DeadLetterView {
+                    letter: DeadLetter {
+                        id: row.get(0)?,
+                        source: row.get(1)?,
+                        reason: row.get(2)?,
+                        detail: row.get(3)?,
+                        event_id: row.get(4)?,
+                        received_at_ms: row.get(5)?,
+                    },
+                    replays: row.get(6)?,
+                    last_replay_at_ms: row.get(7)?,
+                    last_replay_outcome: row.get(8)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -194,7 +329,7 @@ fn ingest_counts(conn: &Connection) -> Result<IngestCounts, StorageError> {
 
 /// Every inbox entry, oldest first, read from a database file directly (see
 /// [`super::open_read_only`]): for tools and crash tests that inspect a daemon's
-/// file after it died.
+/// file after it died. Bodies are as stored, that is sealed.
 pub fn inbox_entries(conn: &Connection) -> Result<Vec<InboxEntry>, StorageError> {
     let mut stmt = conn.prepare(
         "SELECT id, dedup_key, event, razorpay_order_id, event_created_at, received_at_ms, body
@@ -225,7 +360,7 @@ fn inbox_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<InboxEntry> {
         razorpay_order_id: row.get(3)?,
         event_created_at: row.get(4)?,
         received_at_ms: row.get(5)?,
-        body: row.get(6)?,
+        body: super::bytes_at(row, 6)?,
     })
 }
 
@@ -263,6 +398,7 @@ mod tests {
         let options = StorageOptions::new(
             dir.path().join("db.sqlite"),
             std::time::Duration::from_millis(500),
+            super::super::PiiKey::from_bytes([7; 32]),
         );
         let storage = Storage::open(&options).unwrap();
         assert!(matches!(
@@ -309,8 +445,8 @@ mod tests {
         );
         let letters = reopened.dead_letters(None, 10).await.unwrap();
         assert_eq!(letters.len(), 1);
-        assert_eq!(letters[0].reason, "not_json");
-        assert_eq!(letters[0].event_id.as_deref(), Some("evt_2"));
+        assert_eq!(letters[0].letter.reason, "not_json");
+        assert_eq!(letters[0].letter.event_id.as_deref(), Some("evt_2"));
     }
 
     #[tokio::test]
@@ -319,6 +455,7 @@ mod tests {
         let storage = Storage::open(&StorageOptions::new(
             dir.path().join("db.sqlite"),
             std::time::Duration::from_secs(5),
+            super::super::PiiKey::from_bytes([7; 32]),
         ))
         .unwrap();
         let tasks: Vec<_> = (0..500)
@@ -352,6 +489,7 @@ mod tests {
         let storage = Storage::open(&StorageOptions::new(
             dir.path().join("db.sqlite"),
             std::time::Duration::from_secs(5),
+            super::super::PiiKey::from_bytes([7; 32]),
         ))
         .unwrap();
         let bad = storage.write(|conn| {

@@ -130,6 +130,57 @@ impl Metrics {
             PROCESSING_PAUSED,
             "1 while the kill switch holds order processing, else 0.",
         );
+        describe_histogram(
+            &recorder,
+            ORDER_CREATION_SECONDS,
+            "Time from a payment event being accepted to its order's paid state being committed.",
+        );
+        describe_histogram(
+            &recorder,
+            SHIPPING_CREATION_SECONDS,
+            "Time from an order being paid to it being ready to ship (AWB assigned).",
+        );
+        describe_counter(
+            &recorder,
+            ORDER_TRANSITIONS_TOTAL,
+            None,
+            "Order state transitions, by the state entered.",
+        );
+        describe_gauge(&recorder, ORDERS, "Orders currently in each state.");
+        describe_counter(
+            &recorder,
+            REVENUE_PAISE_TOTAL,
+            None,
+            "Amounts of orders that became paid, in paise.",
+        );
+        describe_counter(
+            &recorder,
+            STOCK_RESERVATIONS_TOTAL,
+            None,
+            "Stock reservations for checkouts, by result.",
+        );
+        describe_gauge(
+            &recorder,
+            STOCK_RECONCILE_MISMATCHES,
+            "SKUs whose level disagrees with their ledger at the last reconciliation.",
+        );
+        describe_counter(
+            &recorder,
+            SHIPROCKET_REQUESTS_TOTAL,
+            None,
+            "Shiprocket API calls, by account, call and outcome.",
+        );
+        describe_histogram(
+            &recorder,
+            SHIPROCKET_REQUEST_SECONDS,
+            "Duration of Shiprocket API calls, by call.",
+        );
+        describe_gauge(
+            &recorder,
+            SHIPROCKET_CIRCUIT_STATE,
+            "Circuit breaker per Shiprocket account: 0 closed, 1 half-open, 2 open.",
+        );
+        describe_gauge(&recorder, ACTORS_LIVE, "Live actors, by kind.");
 
         let webhook_requests = WebhookOutcome::ALL.map(|outcome| {
             recorder.register_counter(

@@ -31,6 +31,7 @@ fn rig() -> Rig {
     let storage = Storage::open(&StorageOptions::new(
         dir.path().join("gw.db"),
         Duration::from_secs(5),
+        dropshipd::storage::PiiKey::from_bytes([7; 32]),
     ))
     .expect("storage");
     Rig {

@@ -23,6 +23,8 @@ pub const WEBHOOK_SECRET: &str = "whsec_integration_0123456789";
 pub const VIEWER_TOKEN: &str = "viewer-token-for-tests";
 pub const OPERATOR_TOKEN: &str = "operator-token-for-tests";
 pub const STOREFRONT_TOKEN: &str = "storefront-token-for-tests";
+/// The key customer data is sealed with (64 hex digits).
+pub const PII_KEY: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 pub const RAZORPAY_KEY_SECRET: &str = "rzp_key_secret_for_tests";
 
 pub fn now_secs() -> i64 {
@@ -48,6 +50,7 @@ pub fn test_settings(dir: &Path) -> Settings {
     config.razorpay.api_base_url = "http://127.0.0.1:1".into();
     let mut secrets = Secrets::for_webhooks(WEBHOOK_SECRET, VIEWER_TOKEN, OPERATOR_TOKEN);
     secrets.storefront_token = Some(Secret::new(STOREFRONT_TOKEN));
+    secrets.pii_key = Some(Secret::new(PII_KEY));
     secrets.razorpay_key_id = Some(Secret::new("rzp_test_key"));
     secrets.razorpay_key_secret = Some(Secret::new(RAZORPAY_KEY_SECRET));
     Settings {
@@ -365,6 +368,7 @@ pub fn daemon_command(config: &Path) -> Command {
         .env("DROPSHIPD_VIEWER_TOKEN", VIEWER_TOKEN)
         .env("DROPSHIPD_OPERATOR_TOKEN", OPERATOR_TOKEN)
         .env("DROPSHIPD_STOREFRONT_TOKEN", STOREFRONT_TOKEN)
+        .env("DROPSHIPD_PII_KEY", PII_KEY)
         .env("RAZORPAY_KEY_ID", "rzp_test_key")
         .env("RAZORPAY_KEY_SECRET", RAZORPAY_KEY_SECRET)
         .env("SHIPROCKET_PASSWORD", "api-password")
@@ -377,7 +381,14 @@ pub fn daemon_command(config: &Path) -> Command {
 impl Daemon {
     /// Starts `dropshipd serve` and waits until it logs its listening addresses.
     pub fn start(config: &Path) -> Daemon {
-        let mut child = daemon_command(config)
+        Self::start_with(config, |_| {})
+    }
+
+    /// As [`Daemon::start`], with the command adjusted first (environment, ...).
+    pub fn start_with(config: &Path, adjust: impl FnOnce(&mut Command)) -> Daemon {
+        let mut command = daemon_command(config);
+        adjust(&mut command);
+        let mut child = command
             .arg("serve")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -413,6 +424,28 @@ impl Daemon {
             public: format!("http://{public}"),
             admin: format!("http://{admin}"),
             logs,
+        }
+    }
+
+    /// SIGTERM: the orderly stop.
+    pub fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: kill(2) with a child's pid and a valid signal number.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM not delivered");
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -3,8 +3,10 @@
 mod admin;
 mod cli;
 mod crash;
+mod daemon_life;
 mod gateway;
 mod helpers;
+mod operations;
 mod orders;
 mod passivation;
 mod reconciliation;

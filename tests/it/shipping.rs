@@ -10,14 +10,14 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-fn start_sandbox(faults: Faults) -> (Arc<Sandbox>, String) {
+pub fn start_sandbox(faults: Faults) -> (Arc<Sandbox>, String) {
     let server = SandboxServer::bind("127.0.0.1:0", faults, 11, 1).expect("sandbox");
     let (sandbox, url) = (Arc::clone(&server.sandbox), server.base_url());
     actix_web::rt::spawn(server.run());
     (sandbox, url)
 }
 
-fn with_shiprocket(settings: &mut Settings, url: &str) {
+pub fn with_shiprocket(settings: &mut Settings, url: &str) {
     settings.config.shiprocket.base_url = url.to_owned();
     settings.config.shiprocket.requests_per_hour = 360_000;
     settings.config.shiprocket.burst = 100;

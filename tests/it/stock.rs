@@ -14,6 +14,7 @@ async fn supervisor(dir: &tempfile::TempDir) -> (Storage, StockSupervisor) {
     let storage = Storage::open(&StorageOptions::new(
         dir.path().join("stock.db"),
         std::time::Duration::from_secs(5),
+        dropshipd::storage::PiiKey::from_bytes([7; 32]),
     ))
     .expect("storage");
     let stock = StockSupervisor::start(storage.clone(), Arc::new(SystemClock), 4)

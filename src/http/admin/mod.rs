@@ -1,6 +1,8 @@
 //! The admin API (SPEC §9) and `/metrics`, on the admin listener only: status,
 //! dead letters and the kill switch here; orders and stock in their own files.
 
+pub mod audit;
+mod dlq;
 mod orders;
 mod stock;
 
@@ -13,12 +15,13 @@ use serde_json::json;
 
 use super::auth::{Operator, Role, Viewer};
 use super::error::ApiError;
-use super::{rfc3339, AppState};
-use crate::storage::DeadLetter;
+use super::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/status", web::get().to(status))
-        .route("/admin/dlq", web::get().to(dead_letters))
+        .route("/admin/dlq", web::get().to(dlq::list))
+        .route("/admin/dlq/{id}/replay", web::post().to(dlq::replay))
+        .route("/admin/audit", web::get().to(audit::list))
         .route("/admin/orders", web::get().to(orders::list))
         .route("/admin/orders/{order_id}", web::get().to(orders::detail))
         .route(
@@ -83,42 +86,13 @@ async fn status(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, A
 }
 
 #[derive(Deserialize)]
-struct Page {
+pub(super) struct Page {
     after: Option<i64>,
     limit: Option<u32>,
 }
 
 pub(super) const DEFAULT_PAGE: u32 = 100;
 pub(super) const MAX_PAGE: u32 = 1000;
-
-async fn dead_letters(
-    _: Viewer,
-    state: web::Data<AppState>,
-    page: web::Query<Page>,
-) -> Result<HttpResponse, ApiError> {
-    let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let letters = state
-        .storage
-        .dead_letters(page.after, limit)
-        .await
-        .map_err(ApiError::storage_unavailable)?;
-    let next = (letters.len() == limit as usize)
-        .then(|| letters.last().map(|l| l.id))
-        .flatten();
-    let entries: Vec<_> = letters.iter().map(dead_letter_json).collect();
-    Ok(HttpResponse::Ok().json(json!({"entries": entries, "next": next})))
-}
-
-fn dead_letter_json(letter: &DeadLetter) -> serde_json::Value {
-    json!({
-        "id": letter.id,
-        "source": letter.source,
-        "reason": letter.reason,
-        "detail": letter.detail,
-        "event_id": letter.event_id,
-        "received_at": rfc3339(letter.received_at_ms),
-    })
-}
 
 async fn pause(caller: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     set_paused(caller, state, true).await

@@ -1,0 +1,226 @@
+//! The dead-letter queue: listing, and an operator's replay of one entry
+//! through the normal path (e.g. once the order it was missing exists).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::{Page, DEFAULT_PAGE, MAX_PAGE};
+use crate::actors::dispatcher::{PaymentRouter, Routed};
+use crate::actors::order::{Cause, OrderMsg};
+use crate::domain::order::Command;
+use crate::http::auth::{Operator, Viewer};
+use crate::http::error::ApiError;
+use crate::http::orders::route;
+use crate::http::{rfc3339, AppState};
+use crate::storage::{DeadLetterView, InboxEntry, ReplayableLetter};
+
+pub(super) async fn list(
+    _: Viewer,
+    state: web::Data<AppState>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let letters = state
+        .storage
+        .dead_letters(page.after, limit)
+        .await
+        .map_err(ApiError::storage_unavailable)?;
+    let next = (letters.len() == limit as usize)
+        .then(|| letters.last().map(|l| l.letter.id))
+        .flatten();
+    let entries: Vec<_> = letters.iter().map(letter_json).collect();
+    Ok(HttpResponse::Ok().json(json!({"entries": entries, "next": next})))
+}
+
+fn letter_json(view: &DeadLetterView) -> serde_json::Value {
+    let letter = &view.letter;
+    json!({
+        "id": letter.id,
+        "source": letter.source,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "event_id": letter.event_id,
+        "received_at": rfc3339(letter.received_at_ms),
+        "replays": view.replays,
+        "last_replay_at": view.last_replay_at_ms.map(rfc3339),
+        "last_replay_outcome": view.last_replay_outcome,
+    })
+}
+
+/// What a replay did, as recorded on the letter.
+struct ReplayOutcome {
+    outcome: String,
+    resolved: bool,
+}
+
+impl ReplayOutcome {
+    fn resolved(outcome: impl Into<String>) -> Self {
+        Self {
+            outcome: outcome.into(),
+            resolved: true,
+        }
+    }
+
+    fn still_open(outcome: impl Into<String>) -> Self {
+        Self {
+            outcome: outcome.into(),
+            resolved: false,
+        }
+    }
+}
+
+pub(super) async fn replay(
+    _: Operator,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if state.processing_paused.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "processing_paused",
+            "processing is paused; resume it before replaying dead letters",
+        ));
+    }
+    let found = state
+        .storage
+        .dead_letter_for_replay(id)
+        .await
+        .map_err(ApiError::storage_unavailable)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no dead letter {id}"),
+            )
+        })?;
+    if found.resolved {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_resolved",
+            format!("dead letter {id} was resolved already"),
+        ));
+    }
+    let result = match found.letter.source.as_str() {
+        "razorpay" | "order" => replay_payment(&state, id, found).await?,
+        "tracking" => replay_tracking(&state, id, &found).await?,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_replayable",
+                format!("dead letters from {other} cannot be replayed"),
+            ))
+        }
+    };
+    state
+        .storage
+        .record_replay(
+            id,
+            result.outcome.clone(),
+            result.resolved,
+            state.clock.now_ms(),
+        )
+        .await
+        .map_err(ApiError::storage_unavailable)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": id,
+        "outcome": result.outcome,
+        "resolved": result.resolved,
+    })))
+}
+
+/// A Razorpay event: the inbox entry the letter was filed for, or the body the
+/// letter kept (an event quarantined before it reached the inbox).
+async fn replay_payment(
+    state: &AppState,
+    id: i64,
+    found: ReplayableLetter,
+) -> Result<ReplayOutcome, ApiError> {
+    let letter = found.letter;
+    let entry = match (found.inbox, found.body) {
+        (Some(entry), _) => entry,
+        (None, Some(body)) => InboxEntry {
+            id: 0,
+            dedup_key: letter
+                .event_id
+                .clone()
+                .unwrap_or_else(|| format!("dlq:{id}")),
+            event: String::new(),
+            razorpay_order_id: None,
+            event_created_at: 0,
+            received_at_ms: letter.received_at_ms,
+            body,
+        },
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_replayable",
+                format!("dead letter {id} kept no event to replay"),
+            ))
+        }
+    };
+    let router = PaymentRouter {
+        storage: state.storage.clone(),
+        registry: state.orders.clone(),
+        clock: Arc::clone(&state.clock),
+    };
+    let routed = router
+        .route(&entry, Some(id))
+        .await
+        .map_err(ApiError::storage_unavailable)?;
+    Ok(match routed {
+        Routed::Applied => ReplayOutcome::resolved("applied"),
+        Routed::NoEffect => ReplayOutcome::resolved("no_effect"),
+        Routed::Unknown(detail) => ReplayOutcome::still_open(format!("unknown_order: {detail}")),
+        Routed::Refused(reason) => ReplayOutcome::still_open(reason),
+    })
+}
+
+/// A tracking update: its key is `awb:status_id:timestamp`.
+async fn replay_tracking(
+    state: &AppState,
+    id: i64,
+    found: &ReplayableLetter,
+) -> Result<ReplayOutcome, ApiError> {
+    let parsed = found.letter.event_id.as_deref().and_then(|key| {
+        let mut parts = key.splitn(3, ':');
+        let awb = parts.next()?.to_owned();
+        let status_id = parts.next()?.parse::<i64>().ok()?;
+        let timestamp = parts.next().unwrap_or_default().to_owned();
+        Some((awb, status_id, timestamp))
+    });
+    let Some((awb, status_id, timestamp)) = parsed else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_replayable",
+            format!("dead letter {id} has no tracking key to replay"),
+        ));
+    };
+    let order_id = state
+        .storage
+        .order_id_for_awb(&awb)
+        .await
+        .map_err(ApiError::storage_unavailable)?;
+    let Some(order_id) = order_id else {
+        return Ok(ReplayOutcome::still_open(format!(
+            "unknown_shipment: still no order for AWB {awb}"
+        )));
+    };
+    let command = Command::Track {
+        awb: awb.clone(),
+        status_id,
+        timestamp,
+    };
+    let cause = Cause::named(format!("replay:{id}:tracking:{awb}:{status_id}"));
+    match route(state, order_id, OrderMsg::Command { command, cause }).await {
+        Ok(_) => Ok(ReplayOutcome::resolved("applied")),
+        Err(e) if e.status == StatusCode::CONFLICT => {
+            Ok(ReplayOutcome::resolved(format!("ignored: {}", e.message)))
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,189 @@
+//! The audit log: an append-only table of financial events and admin actions,
+//! hash-chained by `domain::audit`.
+//!
+//! Entries are appended inside the same write job as the change they describe,
+//! so a payment is never committed without its audit entry, and the chain is
+//! extended by the single writer thread, so it never forks. The head (last
+//! sequence number and hash) is kept in `daemon_state` in the same commit, which
+//! is how `verify` notices entries removed from the end.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Storage, StorageError};
+use crate::domain::audit::{self, AuditEntry, AuditHead, ChainBreak, ChainVerifier};
+
+const HEAD_KEY: &str = "audit_head";
+
+/// A new audit entry, before it is numbered and chained.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub subject: Option<String>,
+    pub detail: serde_json::Value,
+    pub peer: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl AuditRecord {
+    /// A financial event caused by the system (a webhook, a timer) or by `actor`.
+    pub fn event(
+        at_ms: i64,
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        subject: impl Into<String>,
+        detail: serde_json::Value,
+    ) -> Self {
+        Self {
+            at_ms,
+            actor: actor.into(),
+            action: action.into(),
+            subject: Some(subject.into()),
+            detail,
+            peer: None,
+            user_agent: None,
+        }
+    }
+}
+
+/// Why the audit log does not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditVerifyError {
+    #[error("audit log broken: {0}")]
+    Broken(#[from] ChainBreak),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<rusqlite::Error> for AuditVerifyError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Storage(StorageError::Sqlite(e))
+    }
+}
+
+/// Appends `record` to the chain. Call inside a write job, beside the change it records.
+pub(super) fn append(conn: &Connection, record: &AuditRecord) -> Result<i64, StorageError> {
+    let previous = read_head(conn)?;
+    let detail =
+        serde_json::to_string(&record.detail).map_err(|e| StorageError::Encoding(e.to_string()))?;
+    let entry = audit::seal(
+        AuditEntry {
+            seq: 0,
+            at_ms: record.at_ms,
+            actor: record.actor.clone(),
+            action: record.action.clone(),
+            subject: record.subject.clone(),
+            detail,
+            peer: record.peer.clone(),
+            user_agent: record.user_agent.clone(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        },
+        previous.as_ref(),
+    );
+    conn.prepare_cached(
+        "INSERT INTO audit_log (seq, at_ms, actor, action, subject, detail, peer, user_agent, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        entry.seq,
+        entry.at_ms,
+        entry.actor,
+        entry.action,
+        entry.subject,
+        entry.detail,
+        entry.peer,
+        entry.user_agent,
+        entry.prev_hash,
+        entry.hash,
+    ])?;
+    conn.prepare_cached(
+        "INSERT INTO daemon_state (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([HEAD_KEY, &format!("{}:{}", entry.seq, entry.hash)])?;
+    Ok(entry.seq)
+}
+
+/// The recorded head. The writer reads it inside its transaction, so it always
+/// sees the entries its own batch appended before.
+fn read_head(conn: &Connection) -> Result<Option<AuditHead>, StorageError> {
+    let value: Option<String> = conn
+        .prepare_cached("SELECT value FROM daemon_state WHERE key = ?1")?
+        .query_row([HEAD_KEY], |row| row.get(0))
+        .optional()?;
+    value
+        .map(|text| {
+            text.split_once(':')
+                .and_then(|(seq, hash)| {
+                    Some(AuditHead {
+                        seq: seq.parse().ok()?,
+                        hash: hash.to_owned(),
+                    })
+                })
+                .ok_or_else(|| StorageError::Encoding(format!("audit head {text:?}")))
+        })
+        .transpose()
+}
+
+fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        seq: row.get(0)?,
+        at_ms: row.get(1)?,
+        actor: row.get(2)?,
+        action: row.get(3)?,
+        subject: row.get(4)?,
+        detail: row.get(5)?,
+        peer: row.get(6)?,
+        user_agent: row.get(7)?,
+        prev_hash: row.get(8)?,
+        hash: row.get(9)?,
+    })
+}
+
+const SELECT_ENTRIES: &str =
+    "SELECT seq, at_ms, actor, action, subject, detail, peer, user_agent, prev_hash, hash FROM audit_log";
+
+/// Walks the whole chain on `conn` (a read-only connection is enough): the
+/// number of entries, or the first broken link.
+pub fn verify_audit_log(conn: &Connection) -> Result<u64, AuditVerifyError> {
+    // One read transaction: the log and its head from the same snapshot, even
+    // while a daemon keeps appending.
+    conn.execute_batch("BEGIN")?;
+    let result = (|| {
+        let mut verifier = ChainVerifier::new();
+        let mut stmt = conn.prepare(&format!("{SELECT_ENTRIES} ORDER BY seq"))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            verifier.push(&entry_from_row(row)?)?;
+        }
+        let head = read_head(conn)?;
+        Ok(verifier.finish(head.as_ref())?)
+    })();
+    conn.execute_batch("COMMIT")?;
+    result
+}
+
+impl Storage {
+    /// Records an admin action (or any entry not tied to another write).
+    pub async fn append_audit(&self, record: AuditRecord) -> Result<i64, StorageError> {
+        self.write(move |conn| append(conn, &record)).await
+    }
+
+    /// Entries after sequence number `after`, oldest first.
+    pub async fn audit_entries(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "{SELECT_ENTRIES} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![after, limit], entry_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
