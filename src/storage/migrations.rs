@@ -159,6 +159,13 @@ const MIGRATIONS: &[&str] = &[
         received_at_ms INTEGER NOT NULL
     );
     ",
+    // 6: reservation expiry skips orders whose payment is stored but not yet
+    // processed (a backlog after a pause); these indexes keep that check cheap.
+    "
+    CREATE INDEX inbox_unprocessed_by_razorpay_order ON inbox (razorpay_order_id)
+        WHERE processed_at_ms IS NULL;
+    CREATE INDEX deferred_commands_by_order ON deferred_commands (order_id);
+    ",
 ];
 
 /// Brings the schema to the latest version. Refuses a database from a newer

@@ -372,7 +372,15 @@ impl Storage {
         self.read(move |conn| {
             order_ids(
                 conn,
-                "SELECT order_id FROM orders WHERE reserved_until_ms <= ?1 ORDER BY reserved_until_ms LIMIT ?2",
+                // An order whose payment is already stored (in the inbox, or
+                // deferred while paused) is not expired: after a pause, the
+                // payment waiting behind the switch wins over the clock.
+                "SELECT order_id FROM orders o WHERE reserved_until_ms <= ?1
+                   AND NOT EXISTS (SELECT 1 FROM inbox i
+                                   WHERE i.razorpay_order_id = o.razorpay_order_id
+                                     AND i.processed_at_ms IS NULL)
+                   AND NOT EXISTS (SELECT 1 FROM deferred_commands d WHERE d.order_id = o.order_id)
+                 ORDER BY reserved_until_ms LIMIT ?2",
                 params![now_ms, limit],
             )
         })

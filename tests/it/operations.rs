@@ -741,3 +741,32 @@ async fn every_spec_metric_is_exposed_with_its_type_and_bounded_labels() {
         Some(1.0)
     );
 }
+
+#[actix_web::test]
+async fn a_payment_held_by_the_kill_switch_beats_the_reservation_clock_on_resume() {
+    let clock = dropshipd::domain::clock::ManualClock::at_ms(now_secs() * 1000);
+    let app = spawn_app_at(clock.clone(), |settings| {
+        settings.config.api.reservation_ttl_secs = 900;
+        settings.config.processing.expiry_check_ms = 20;
+    })
+    .await;
+    app.set_stock("TEE", 1).await;
+    app.admin_post("/admin/processing/pause", Some(OPERATOR_TOKEN))
+        .await;
+    app.checkout(&checkout_body("XVC-K1", "order_K1", "TEE", 1))
+        .await;
+    app.post_webhook(&captured_for("pay_K1", "order_K1", 74_900), Some("evt_K1"))
+        .await;
+    // The pause outlasts the reservation.
+    clock.advance_ms(3_600_000);
+    app.admin_post("/admin/processing/resume", Some(OPERATOR_TOKEN))
+        .await;
+    app.wait_for_state("XVC-K1", "paid").await;
+    let journal = app.admin_order("XVC-K1", OPERATOR_TOKEN).await;
+    let kinds: Vec<&str> = journal["journal"]
+        .as_array()
+        .map(|j| j.iter().filter_map(|e| e["kind"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(!kinds.contains(&"reservation_expired"), "{kinds:?}");
+    assert_eq!(app.stock("TEE").await["on_hand"], 0);
+}
