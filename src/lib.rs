@@ -13,6 +13,8 @@
 //! | [`config`] | `config.toml`, environment overrides, secret references, validation |
 //! | [`telemetry`] | metric names and handles, structured logging |
 //! | [`startup`] | assembling the above into a running daemon |
+//! | [`sandbox`] | the Shiprocket sandbox: a local Shiprocket with switchable faults |
+//! | [`demo`] | `dropshipd demo`: the daemon and the sandbox under real HTTP traffic and faults, then a report |
 //!
 //! Data flows one way: `http` → `actors` → `domain` (decide) → `storage`
 //! (persist) and `clients` (effects).
@@ -20,6 +22,7 @@
 pub mod actors;
 pub mod clients;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod sandbox;
