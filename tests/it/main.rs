@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod crash;
+mod demo;
 mod gateway;
 mod helpers;
 mod orders;
