@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dropshipd::demo::load::payment_captured;
 use dropshipd::domain::signature::sign;
 
 mod common;
@@ -38,9 +39,7 @@ fn checkout(i: usize) -> Value {
 }
 
 fn payment(i: usize, now: i64) -> String {
-    format!(
-        r#"{{"entity":"event","account_id":"acc_B","event":"payment.captured","contains":["payment"],"payload":{{"payment":{{"entity":{{"id":"pay_B{i}","entity":"payment","amount":74900,"currency":"INR","status":"captured","order_id":"order_B{i}","method":"upi","captured":true,"notes":[],"created_at":{now}}}}}}},"created_at":{now}}}"#
-    )
+    payment_captured(&format!("pay_B{i}"), &format!("order_B{i}"), 74_900, now)
 }
 
 fn main() {

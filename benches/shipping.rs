@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use dropshipd::config::{Config, Secret, SecretRef, Secrets, Settings, ShiprocketAccount};
+use dropshipd::demo::load::payment_captured;
 use dropshipd::domain::signature::sign;
 use dropshipd::sandbox::{Faults, SandboxServer};
 use dropshipd::Application;
@@ -104,7 +105,7 @@ fn scenario(
             .expect("stock");
         let started = Instant::now();
         let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let workers: Vec<_> = (0..concurrency)
             .map(|_| {
                 let (client, next, public) = (client.clone(), next.clone(), public.clone());
@@ -122,9 +123,7 @@ fn scenario(
                             "items": [{"sku": "TEE", "name": "Black tee M", "quantity": 1, "unit_price_paise": 74900}]
                         });
                         client.post(format!("{public}/api/orders")).bearer_auth("s").json(&checkout).send().await.expect("checkout");
-                        let body = format!(
-                            r#"{{"entity":"event","event":"payment.captured","contains":["payment"],"payload":{{"payment":{{"entity":{{"id":"pay_S{i}","entity":"payment","amount":74900,"currency":"INR","status":"captured","order_id":"order_S{i}","notes":[]}}}}}},"created_at":{now}}}"#
-                        );
+                        let body = payment_captured(&format!("pay_S{i}"), &format!("order_S{i}"), 74_900, now);
                         client
                             .post(format!("{public}/webhooks/razorpay"))
                             .header("X-Razorpay-Signature", sign(SECRET.as_bytes(), body.as_bytes()))

@@ -14,6 +14,8 @@
 //! | [`telemetry`] | metric names and handles, structured logging |
 //! | [`service`] | the health check, systemd readiness and watchdog |
 //! | [`startup`] | assembling the above into a running daemon, and its orderly stop |
+//! | [`sandbox`] | the Shiprocket sandbox: a local Shiprocket with switchable faults |
+//! | [`demo`] | `dropshipd demo`: the daemon and the sandbox under real HTTP traffic and faults, then a report |
 //!
 //! Data flows one way: `http` → `actors` → `domain` (decide) → `storage`
 //! (persist) and `clients` (effects).
@@ -21,6 +23,7 @@
 pub mod actors;
 pub mod clients;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod sandbox;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dropshipd::config::{self, ConfigSource, Settings};
+use dropshipd::demo::{self, DemoOptions};
 use dropshipd::sandbox::{DuplicatePolicy, Faults, SandboxServer};
 use dropshipd::service::systemd;
 use dropshipd::storage;
@@ -34,6 +35,9 @@ enum Command {
     CheckConfig,
     /// Run the Shiprocket sandbox: a local Shiprocket API with fault injection
     ShiprocketSandbox(Box<SandboxArgs>),
+    /// Run the whole system on this machine with nothing to set up: orders,
+    /// signed webhooks and faults over real HTTP, then a summary
+    Demo(DemoArgs),
     /// Audit log tools
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -47,6 +51,16 @@ enum AuditCommand {
         #[arg(long)]
         db: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Orders to send
+    #[arg(long, default_value_t = 1000)]
+    orders: usize,
+    /// Also print the summary as one line of JSON, last
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -112,6 +126,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Demo(args)) = &cli.command {
+        // The demo builds its own configuration: it needs no file and no secrets.
+        return match run_demo(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("dropshipd demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let source = match cli.config {
         Some(path) => ConfigSource {
             path,
@@ -165,7 +189,7 @@ fn main() -> ExitCode {
             println!("config ok: {}", source.path.display());
             ExitCode::SUCCESS
         }
-        Command::ShiprocketSandbox(_) | Command::Audit(_) => ExitCode::SUCCESS,
+        Command::ShiprocketSandbox(_) | Command::Audit(_) | Command::Demo(_) => ExitCode::SUCCESS,
         Command::Serve => match serve(settings) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -255,6 +279,30 @@ fn run_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
         });
         server.run().await?;
         Ok(())
+    })
+}
+
+/// Runs the demo; exits non-zero when the summary names a problem.
+fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    // The daemon's logs would drown the progress bar and the summary; they
+    // are there for whoever asks with RUST_LOG.
+    if std::env::var_os("RUST_LOG").is_some() {
+        if let Err(e) = logging::init() {
+            eprintln!("dropshipd: logging not initialised: {e}");
+        }
+    }
+    let options = DemoOptions {
+        orders: args.orders,
+    };
+    let summary = actix_web::rt::System::new().block_on(demo::run(options))?;
+    print!("{}", summary.render());
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(if summary.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

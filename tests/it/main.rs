@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod crash;
 mod daemon_life;
+mod demo;
 mod gateway;
 mod helpers;
 mod operations;
