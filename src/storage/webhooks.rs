@@ -141,14 +141,7 @@ impl Storage {
                 )?
                 .query_row([id], |row| {
                     Ok((
-                        DeadLetter {
-                            id: row.get(0)?,
-                            source: row.get(1)?,
-                            reason: row.get(2)?,
-                            detail: row.get(3)?,
-                            event_id: row.get(4)?,
-                            received_at_ms: row.get(5)?,
-                        },
+                        dead_letter(row)?,
                         row.get::<_, Option<Vec<u8>>>(6)?,
                         row.get::<_, Option<i64>>(7)?,
                     ))
@@ -220,14 +213,7 @@ impl Storage {
             )?;
             let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), limit], |row| {
                 Ok(DeadLetterView {
-                    letter: DeadLetter {
-                        id: row.get(0)?,
-                        source: row.get(1)?,
-                        reason: row.get(2)?,
-                        detail: row.get(3)?,
-                        event_id: row.get(4)?,
-                        received_at_ms: row.get(5)?,
-                    },
+                    letter: dead_letter(row)?,
                     replays: row.get(6)?,
                     last_replay_at_ms: row.get(7)?,
                     last_replay_outcome: row.get(8)?,
@@ -350,6 +336,18 @@ pub(super) fn pending_inbox(
     )?;
     let rows = stmt.query_map(params![after_id, limit], inbox_entry)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// A dead letter from the first six columns of `id, source, reason, detail, event_id, received_at_ms`.
+fn dead_letter(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: row.get(0)?,
+        source: row.get(1)?,
+        reason: row.get(2)?,
+        detail: row.get(3)?,
+        event_id: row.get(4)?,
+        received_at_ms: row.get(5)?,
+    })
 }
 
 fn inbox_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<InboxEntry> {
