@@ -4,8 +4,8 @@
 //! Entries are appended inside the same write job as the change they describe,
 //! so a payment is never committed without its audit entry, and the chain is
 //! extended by the single writer thread, so it never forks. The head (last
-//! sequence number and hash) is kept in `daemon_state` in the same commit, which
-//! is how `verify` notices entries removed from the end.
+//! sequence number and hash) is recorded in `daemon_state` once per commit, just
+//! before it, which is how `verify` notices entries removed from the end.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -64,7 +64,7 @@ impl From<rusqlite::Error> for AuditVerifyError {
 
 /// Appends `record` to the chain. Call inside a write job, beside the change it records.
 pub(super) fn append(conn: &Connection, record: &AuditRecord) -> Result<i64, StorageError> {
-    let previous = read_head(conn)?;
+    let previous = last_entry(conn)?;
     let detail =
         serde_json::to_string(&record.detail).map_err(|e| StorageError::Encoding(e.to_string()))?;
     let entry = audit::seal(
@@ -98,16 +98,41 @@ pub(super) fn append(conn: &Connection, record: &AuditRecord) -> Result<i64, Sto
         entry.prev_hash,
         entry.hash,
     ])?;
+    Ok(entry.seq)
+}
+
+/// The newest entry's number and hash, as the current transaction sees them
+/// (jobs earlier in the same batch included).
+fn last_entry(conn: &Connection) -> Result<Option<AuditHead>, StorageError> {
+    Ok(conn
+        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |row| {
+            Ok(AuditHead {
+                seq: row.get(0)?,
+                hash: row.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Records the chain's head for the commit about to happen: run by the writer
+/// once per batch, so a batch of a hundred audited changes writes it once.
+pub(super) fn record_head(conn: &Connection) -> Result<(), StorageError> {
+    let Some(last) = last_entry(conn)? else {
+        return Ok(());
+    };
+    if read_head(conn)?.as_ref() == Some(&last) {
+        return Ok(());
+    }
     conn.prepare_cached(
         "INSERT INTO daemon_state (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     )?
-    .execute([HEAD_KEY, &format!("{}:{}", entry.seq, entry.hash)])?;
-    Ok(entry.seq)
+    .execute([HEAD_KEY, &format!("{}:{}", last.seq, last.hash)])?;
+    Ok(())
 }
 
-/// The recorded head. The writer reads it inside its transaction, so it always
-/// sees the entries its own batch appended before.
+/// The head as last recorded.
 fn read_head(conn: &Connection) -> Result<Option<AuditHead>, StorageError> {
     let value: Option<String> = conn
         .prepare_cached("SELECT value FROM daemon_state WHERE key = ?1")?

@@ -125,9 +125,13 @@ impl Storage {
         conn.pragma_update(None, "cache_size", -65_536)?;
         migrations::migrate(&mut conn)?;
         // The reply deadline covers a full busy wait plus the batch queued ahead.
-        let (writer, _thread) =
-            writer::Writer::spawn(conn, options.busy_timeout * 2, options.max_batch)
-                .map_err(StorageError::Thread)?;
+        let (writer, _thread) = writer::Writer::spawn(
+            conn,
+            options.busy_timeout * 2,
+            options.max_batch,
+            audit::record_head,
+        )
+        .map_err(StorageError::Thread)?;
         let readers = readers::Readers::new(options.path.clone(), options.busy_timeout);
         Ok(Self {
             inner: Arc::new(Inner {

@@ -103,6 +103,10 @@ pub struct WriterStatsSnapshot {
     pub queued: u64,
 }
 
+/// Runs inside every batch's transaction after its jobs, before the commit:
+/// bookkeeping that belongs to the commit as a whole (the audit chain's head).
+pub(super) type BeforeCommit = fn(&Connection) -> Result<(), StorageError>;
+
 pub(super) struct Writer {
     jobs: mpsc::Sender<Box<dyn WriteJob>>,
     stats: Arc<WriterStats>,
@@ -116,13 +120,14 @@ impl Writer {
         conn: Connection,
         reply_deadline: Duration,
         max_batch: usize,
+        before_commit: BeforeCommit,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(WriterStats::default());
         let thread_stats = Arc::clone(&stats);
         let handle = std::thread::Builder::new()
             .name("storage-writer".into())
-            .spawn(move || run(conn, queue, &thread_stats, max_batch.max(1)))?;
+            .spawn(move || run(conn, queue, &thread_stats, max_batch.max(1), before_commit))?;
         Ok((
             Self {
                 jobs,
@@ -176,6 +181,7 @@ fn run(
     mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
     stats: &WriterStats,
     max_batch: usize,
+    before_commit: BeforeCommit,
 ) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(max_batch);
     while let Some(first) = queue.blocking_recv() {
@@ -187,7 +193,7 @@ fn run(
             }
         }
         let size = batch.len() as u64;
-        let commit = commit_batch(&mut conn, &mut batch);
+        let commit = commit_batch(&mut conn, &mut batch, before_commit);
         let counter = if commit.is_ok() {
             &stats.commits
         } else {
@@ -207,13 +213,21 @@ fn run(
 }
 
 /// Runs the batch in one transaction; the error is the reason every job failed.
-fn commit_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut [Box<dyn WriteJob>],
+    before_commit: BeforeCommit,
+) -> Result<(), String> {
     let failed = |e: rusqlite::Error| e.to_string();
     // IMMEDIATE takes the write lock up front, so waiting on another process's
     // lock happens here (bounded by busy_timeout) and not halfway through a batch.
     conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
     for job in batch.iter_mut() {
         job.apply(conn);
+    }
+    if let Err(e) = before_commit(conn) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e.to_string());
     }
     if let Err(e) = conn.execute_batch("COMMIT") {
         let _ = conn.execute_batch("ROLLBACK");
