@@ -117,12 +117,30 @@ fn last_entry(conn: &Connection) -> Result<Option<AuditHead>, StorageError> {
 
 /// Records the chain's head for the commit about to happen: run by the writer
 /// once per batch, so a batch of a hundred audited changes writes it once.
+///
+/// The head only moves forward along the chain it recorded: if its entry is
+/// no longer in the log as recorded (entries were removed or edited behind
+/// the daemon's back), it is left as it is, so `verify` keeps reporting the
+/// damage instead of new entries papering over it.
 pub(super) fn record_head(conn: &Connection) -> Result<(), StorageError> {
     let Some(last) = last_entry(conn)? else {
         return Ok(());
     };
-    if read_head(conn)?.as_ref() == Some(&last) {
-        return Ok(());
+    if let Some(head) = read_head(conn)? {
+        if head == last {
+            return Ok(());
+        }
+        let recorded: Option<String> = conn
+            .prepare_cached("SELECT hash FROM audit_log WHERE seq = ?1")?
+            .query_row([head.seq], |row| row.get(0))
+            .optional()?;
+        if recorded.as_deref() != Some(head.hash.as_str()) {
+            tracing::error!(
+                head_seq = head.seq,
+                "the audit log no longer holds its recorded head: entries were removed or edited; run `dropshipd audit verify`"
+            );
+            return Ok(());
+        }
     }
     conn.prepare_cached(
         "INSERT INTO daemon_state (key, value) VALUES (?1, ?2)
@@ -210,5 +228,56 @@ impl Storage {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::storage::{PiiKey, StorageOptions};
+
+    fn record(i: i64) -> AuditRecord {
+        AuditRecord::event(
+            i,
+            "operator",
+            "stock.change",
+            "TEE",
+            serde_json::json!({"n": i}),
+        )
+    }
+
+    #[tokio::test]
+    async fn new_entries_after_a_cut_tail_do_not_hide_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StorageOptions::new(
+            dir.path().join("audit.db"),
+            Duration::from_secs(5),
+            PiiKey::from_bytes([3; 32]),
+        );
+        let storage = Storage::open(&options).unwrap();
+        for i in 1..=5 {
+            storage.append_audit(record(i)).await.unwrap();
+        }
+        let check = || verify_audit_log(&crate::storage::open_read_only(&options.path).unwrap());
+        assert_eq!(check().unwrap(), 5);
+
+        let intruder = Connection::open(&options.path).unwrap();
+        intruder
+            .execute_batch("DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq > 3;")
+            .unwrap();
+        assert!(matches!(
+            check(),
+            Err(AuditVerifyError::Broken(ChainBreak::Truncated {
+                last: 3,
+                head_seq: 5
+            }))
+        ));
+        // The daemon goes on appending past the cut, even beyond the old head.
+        for i in 6..=9 {
+            storage.append_audit(record(i)).await.unwrap();
+        }
+        assert!(check().is_err(), "the cut was papered over");
     }
 }
