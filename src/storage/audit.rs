@@ -21,7 +21,8 @@ pub struct AuditRecord {
     pub actor: String,
     pub action: String,
     pub subject: Option<String>,
-    pub detail: serde_json::Value,
+    /// JSON text, encoded by the caller (never on the writer's thread).
+    pub detail: String,
     pub peer: Option<String>,
     pub user_agent: Option<String>,
 }
@@ -33,7 +34,7 @@ impl AuditRecord {
         actor: impl Into<String>,
         action: impl Into<String>,
         subject: impl Into<String>,
-        detail: serde_json::Value,
+        detail: String,
     ) -> Self {
         Self {
             at_ms,
@@ -65,8 +66,6 @@ impl From<rusqlite::Error> for AuditVerifyError {
 /// Appends `record` to the chain. Call inside a write job, beside the change it records.
 pub(super) fn append(conn: &Connection, record: &AuditRecord) -> Result<i64, StorageError> {
     let previous = last_entry(conn)?;
-    let detail =
-        serde_json::to_string(&record.detail).map_err(|e| StorageError::Encoding(e.to_string()))?;
     let entry = audit::seal(
         AuditEntry {
             seq: 0,
@@ -74,7 +73,7 @@ pub(super) fn append(conn: &Connection, record: &AuditRecord) -> Result<i64, Sto
             actor: record.actor.clone(),
             action: record.action.clone(),
             subject: record.subject.clone(),
-            detail,
+            detail: record.detail.clone(),
             peer: record.peer.clone(),
             user_agent: record.user_agent.clone(),
             prev_hash: String::new(),
@@ -244,7 +243,7 @@ mod tests {
             "operator",
             "stock.change",
             "TEE",
-            serde_json::json!({"n": i}),
+            format!(r#"{{"n":{i}}}"#),
         )
     }
 

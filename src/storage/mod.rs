@@ -25,7 +25,8 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use audit::{verify_audit_log, AuditRecord, AuditVerifyError};
 pub use orders::{
-    DeferredCommand, JournalAppend, JournalRow, OrderDeadLetter, OrderWrite, StoredOrder,
+    DeferredCommand, JournalAppend, JournalRow, ListedOrder, OrderDeadLetter, OrderWrite,
+    StoredOrder,
 };
 pub use pii::PiiKey;
 pub use stock::{

@@ -40,6 +40,13 @@ pub struct StoredOrder {
     pub fingerprint: String,
 }
 
+/// An order in a listing: its row id (the cursor) and snapshot.
+#[derive(Debug, Clone)]
+pub struct ListedOrder {
+    pub id: i64,
+    pub snapshot: OrderSnapshot,
+}
+
 /// A dead letter an order change files beside its effect (or instead of one).
 #[derive(Debug, Clone)]
 pub struct OrderDeadLetter {
@@ -76,9 +83,13 @@ impl Storage {
         created: JournalAppend,
         deferred: Option<DeferredCommand>,
     ) -> Result<bool, StorageError> {
+        // Encoded and sealed here, on the caller's thread, so the writer only writes.
         let customer = self
             .pii()
             .seal(Column::OrderCustomer, to_json(&customer)?.as_bytes())?;
+        let snapshot_json = to_json(&snapshot)?;
+        let created = encode_journal(&snapshot.order_id, 1, std::slice::from_ref(&created))?;
+        let deferred = deferred.map(EncodedDeferred::new).transpose()?;
         self.write(move |conn| {
             let inserted = conn
                 .prepare_cached(
@@ -91,7 +102,7 @@ impl Storage {
                     snapshot.order_id,
                     snapshot.razorpay_order_id,
                     snapshot.state.as_str(),
-                    to_json(&snapshot)?,
+                    snapshot_json,
                     customer,
                     fingerprint,
                     snapshot.reserved_until_ms,
@@ -100,7 +111,7 @@ impl Storage {
             if inserted == 0 {
                 return Ok(false);
             }
-            append_journal(conn, &snapshot.order_id, 1, &created)?;
+            append_journal(conn, &snapshot.order_id, &created)?;
             if let Some(command) = &deferred {
                 insert_deferred(conn, command)?;
             }
@@ -111,30 +122,18 @@ impl Storage {
 
     /// Commits an order change: journal rows, the snapshot, the inbox entry.
     pub async fn commit_order(&self, write: OrderWrite) -> Result<(), StorageError> {
+        let OrderWrite {
+            snapshot,
+            journal,
+            inbox_done,
+            dead_letter,
+        } = write;
+        // Encoded here, on the caller's thread, so the writer only writes.
+        let first_seq = snapshot.version + 1 - journal.len() as u64;
+        let journal = encode_journal(&snapshot.order_id, first_seq, &journal)?;
+        let snapshot_json = to_json(&snapshot)?;
         self.write(move |conn| {
-            let OrderWrite {
-                snapshot,
-                journal,
-                inbox_done,
-                dead_letter,
-            } = &write;
-            let first_seq = snapshot.version + 1 - journal.len() as u64;
-            for (i, entry) in journal.iter().enumerate() {
-                append_journal(conn, &snapshot.order_id, first_seq + i as u64, entry)?;
-                if entry.event.is_financial() {
-                    audit::append(
-                        conn,
-                        &AuditRecord::event(
-                            entry.at_ms,
-                            entry.cause.clone(),
-                            format!("order.{}", entry.event.kind()),
-                            snapshot.order_id.clone(),
-                            serde_json::to_value(&entry.event)
-                                .map_err(|e| StorageError::Encoding(e.to_string()))?,
-                        ),
-                    )?;
-                }
-            }
+            append_journal(conn, &snapshot.order_id, &journal)?;
             if !journal.is_empty() {
                 conn.prepare_cached(
                     "UPDATE orders SET state = ?2, snapshot = ?3, reserved_until_ms = ?4, updated_at_ms = ?5,
@@ -144,18 +143,18 @@ impl Storage {
                 .execute(params![
                     snapshot.order_id,
                     snapshot.state.as_str(),
-                    to_json(snapshot)?,
+                    snapshot_json,
                     snapshot.reserved_until_ms,
                     snapshot.updated_at_ms,
                     snapshot.shipping.next_attempt_at_ms,
                     snapshot.shipping.awb,
                 ])?;
             }
-            if let Some(letter) = dead_letter {
+            if let Some(letter) = &dead_letter {
                 insert_dead_letter(conn, "order", letter, snapshot.updated_at_ms)?;
             }
             if let Some(inbox_id) = inbox_done {
-                mark_processed(conn, *inbox_id, snapshot.updated_at_ms)?;
+                mark_processed(conn, inbox_id, snapshot.updated_at_ms)?;
             }
             Ok(())
         })
@@ -191,6 +190,7 @@ impl Storage {
 
     /// Stores a command to run when processing resumes (the kill switch is on).
     pub async fn defer_command(&self, command: DeferredCommand) -> Result<i64, StorageError> {
+        let command = EncodedDeferred::new(command)?;
         self.write(move |conn| insert_deferred(conn, &command))
             .await
     }
@@ -313,31 +313,38 @@ impl Storage {
     }
 
     /// Orders newest first, optionally in one state; `before` is the cursor.
+    /// Snapshots only: a listing shows no customer data, so none is decrypted.
     pub async fn list_orders(
         &self,
         state: Option<OrderState>,
         before: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<StoredOrder>, StorageError> {
-        let pii = self.pii();
+    ) -> Result<Vec<ListedOrder>, StorageError> {
         self.read(move |conn| {
             let before = before.unwrap_or(i64::MAX);
             let mut stmt = match state {
                 Some(_) => conn.prepare_cached(
-                    "SELECT id, snapshot, customer, fingerprint FROM orders
+                    "SELECT id, snapshot FROM orders
                      WHERE state = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
                 )?,
                 None => conn.prepare_cached(
-                    "SELECT id, snapshot, customer, fingerprint FROM orders
+                    "SELECT id, snapshot FROM orders
                      WHERE ?1 IS NULL AND id < ?2 ORDER BY id DESC LIMIT ?3",
                 )?,
             };
             let rows = stmt.query_map(
                 params![state.map(OrderState::as_str), before, limit],
-                order_row,
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
             )?;
-            rows.map(|r| r.map_err(StorageError::from).and_then(|o| o.open(&pii)))
-                .collect::<Result<Vec<_>, _>>()
+            rows.map(|row| {
+                let (id, snapshot) = row?;
+                Ok(ListedOrder {
+                    id,
+                    snapshot: serde_json::from_str(&snapshot)
+                        .map_err(|e| StorageError::Encoding(e.to_string()))?,
+                })
+            })
+            .collect()
         })
         .await
     }
@@ -524,36 +531,103 @@ pub struct DeferredCommand {
     pub received_at_ms: i64,
 }
 
-fn insert_deferred(conn: &Connection, command: &DeferredCommand) -> Result<i64, StorageError> {
+/// A deferred command with its command encoded, ready for the writer.
+struct EncodedDeferred {
+    order_id: String,
+    command: String,
+    cause: String,
+    received_at_ms: i64,
+}
+
+impl EncodedDeferred {
+    fn new(deferred: DeferredCommand) -> Result<Self, StorageError> {
+        Ok(Self {
+            command: to_json(&deferred.command)?,
+            order_id: deferred.order_id,
+            cause: deferred.cause,
+            received_at_ms: deferred.received_at_ms,
+        })
+    }
+}
+
+fn insert_deferred(conn: &Connection, command: &EncodedDeferred) -> Result<i64, StorageError> {
     conn.prepare_cached(
         "INSERT INTO deferred_commands (order_id, command, cause, received_at_ms) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![
         command.order_id,
-        to_json(&command.command)?,
+        command.command,
         command.cause,
         command.received_at_ms
     ])?;
     Ok(conn.last_insert_rowid())
 }
 
+/// A journal entry as stored, with its audit record if it moves money or goods.
+struct EncodedEntry {
+    seq: u64,
+    at_ms: i64,
+    kind: &'static str,
+    cause: String,
+    data: String,
+    audit: Option<AuditRecord>,
+}
+
+/// Encodes `journal` (numbered from `first_seq`) for the writer. A financial
+/// event's audit detail is the same JSON as its journal data.
+fn encode_journal(
+    order_id: &str,
+    first_seq: u64,
+    journal: &[JournalAppend],
+) -> Result<Vec<EncodedEntry>, StorageError> {
+    journal
+        .iter()
+        .zip(first_seq..)
+        .map(|(entry, seq)| {
+            let data = to_json(&entry.event)?;
+            let audit = entry.event.is_financial().then(|| {
+                AuditRecord::event(
+                    entry.at_ms,
+                    entry.cause.clone(),
+                    format!("order.{}", entry.event.kind()),
+                    order_id.to_owned(),
+                    data.clone(),
+                )
+            });
+            Ok(EncodedEntry {
+                seq,
+                at_ms: entry.at_ms,
+                kind: entry.event.kind(),
+                cause: entry.cause.clone(),
+                data,
+                audit,
+            })
+        })
+        .collect()
+}
+
+/// Appends journal rows, and the audit entries of the financial ones.
 fn append_journal(
     conn: &Connection,
     order_id: &str,
-    seq: u64,
-    entry: &JournalAppend,
+    entries: &[EncodedEntry],
 ) -> Result<(), StorageError> {
-    conn.prepare_cached(
-        "INSERT INTO order_journal (order_id, seq, at_ms, kind, cause, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        order_id,
-        seq as i64,
-        entry.at_ms,
-        entry.event.kind(),
-        entry.cause,
-        to_json(&entry.event)?
-    ])?;
+    for entry in entries {
+        conn.prepare_cached(
+            "INSERT INTO order_journal (order_id, seq, at_ms, kind, cause, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            order_id,
+            entry.seq as i64,
+            entry.at_ms,
+            entry.kind,
+            entry.cause,
+            entry.data
+        ])?;
+        if let Some(record) = &entry.audit {
+            audit::append(conn, record)?;
+        }
+    }
     Ok(())
 }
 

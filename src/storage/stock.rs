@@ -9,7 +9,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::{Storage, StorageError};
+use super::{AuditRecord, Storage, StorageError};
 use crate::domain::stock::{StockDelta, StockLevel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,7 +99,35 @@ pub struct StockMismatch {
 impl Storage {
     /// Applies a step; `false` when its allocation move had already happened.
     pub async fn apply_stock_step(&self, step: StockStep) -> Result<bool, StorageError> {
-        self.write(move |conn| apply_step(conn, &step)).await
+        // Every stock change is a financial event, audited in the same commit;
+        // its record is built here rather than on the writer's thread.
+        let (actor, order_id) = match &step.allocation {
+            AllocationStep::None => ("operator", None),
+            AllocationStep::Create { order_id, .. } | AllocationStep::Move { order_id, .. } => {
+                ("system", Some(order_id.as_str()))
+            }
+        };
+        let audit = AuditRecord::event(
+            step.at_ms,
+            actor,
+            "stock.change",
+            step.sku.clone(),
+            serde_json::json!({
+                "on_hand_delta": step.delta.on_hand,
+                "reserved_delta": step.delta.reserved,
+                "reason": step.reason,
+                "order_id": order_id,
+            })
+            .to_string(),
+        );
+        self.write(move |conn| {
+            let applied = apply_step(conn, &step)?;
+            if applied {
+                super::audit::append(conn, &audit)?;
+            }
+            Ok(applied)
+        })
+        .await
     }
 
     /// Every SKU's level, for the shards to start from.
@@ -292,25 +320,5 @@ fn apply_step(conn: &Connection, step: &StockStep) -> Result<bool, StorageError>
         order_id,
         step.at_ms
     ])?;
-    // Every stock change is a financial event: audited in the same commit.
-    super::audit::append(
-        conn,
-        &super::AuditRecord::event(
-            step.at_ms,
-            if order_id.is_some() {
-                "system"
-            } else {
-                "operator"
-            },
-            "stock.change",
-            step.sku.clone(),
-            serde_json::json!({
-                "on_hand_delta": step.delta.on_hand,
-                "reserved_delta": step.delta.reserved,
-                "reason": step.reason,
-                "order_id": order_id,
-            }),
-        ),
-    )?;
     Ok(true)
 }

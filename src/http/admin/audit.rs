@@ -11,8 +11,8 @@ use actix_web::{web, HttpMessage, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{DEFAULT_PAGE, MAX_PAGE};
-use crate::http::auth::{Caller, Operator, Role};
+use super::{role_name, DEFAULT_PAGE, MAX_PAGE};
+use crate::http::auth::{Caller, Operator};
 use crate::http::error::ApiError;
 use crate::http::{rfc3339, AppState};
 use crate::storage::AuditRecord;
@@ -60,10 +60,11 @@ pub async fn record_admin_actions(
         };
         let record = AuditRecord {
             at_ms: state.clock.now_ms(),
-            actor: role_label(caller.role).to_owned(),
+            actor: role_name(caller.role).to_owned(),
             action,
             subject,
-            detail: json!({"status": response.status().as_u16(), "request": request_body}),
+            detail: json!({"status": response.status().as_u16(), "request": request_body})
+                .to_string(),
             peer: caller.peer,
             user_agent: caller.user_agent,
         };
@@ -74,13 +75,6 @@ pub async fn record_admin_actions(
         }
     }
     Ok(response)
-}
-
-fn role_label(role: Role) -> &'static str {
-    match role {
-        Role::Viewer => "viewer",
-        Role::Operator => "operator",
-    }
 }
 
 #[derive(Deserialize)]
