@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use super::api::{DaemonApi, Signature, WebhookAnswer};
+use crate::domain::clock::{Clock, SystemClock};
 
 /// Orders in flight at once, like as many shoppers at the same moment.
 pub const CONCURRENCY: usize = 32;
@@ -358,7 +359,7 @@ async fn one_order(api: &DaemonApi, plan: Plan) -> OrderRecord {
         }
     };
     let payment_id = format!("pay_DEMO{:06}", plan.index);
-    let now = now_secs();
+    let now = SystemClock.now_secs();
     let captured = payment_captured(&payment_id, &razorpay_order_id, plan.amount_paise(), now);
     let event_id = format!("evt_DEMO{:06}_captured", plan.index);
     if plan.forged_first {
@@ -387,13 +388,6 @@ async fn one_order(api: &DaemonApi, plan: Plan) -> OrderRecord {
         record.order_paid = Some(answer.value);
     }
     record
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -16,10 +16,8 @@ impl Backoff {
     /// The ceiling for the wait after failed attempt `attempt` (1-based):
     /// `base * 2^(attempt-1)`, never above `max`.
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(1).min(32);
-        self.base
-            .saturating_mul(1u32 << doublings.min(31))
-            .min(self.max)
+        let doublings = attempt.saturating_sub(1).min(31);
+        self.base.saturating_mul(1u32 << doublings).min(self.max)
     }
 
     /// The wait after failed attempt `attempt`, given `unit` drawn uniformly

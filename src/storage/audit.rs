@@ -9,7 +9,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Storage, StorageError};
+use super::{daemon_state, Storage, StorageError};
 use crate::domain::audit::{self, AuditEntry, AuditHead, ChainBreak, ChainVerifier};
 
 const HEAD_KEY: &str = "audit_head";
@@ -141,21 +141,12 @@ pub(super) fn record_head(conn: &Connection) -> Result<(), StorageError> {
             return Ok(());
         }
     }
-    conn.prepare_cached(
-        "INSERT INTO daemon_state (key, value) VALUES (?1, ?2)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )?
-    .execute([HEAD_KEY, &format!("{}:{}", last.seq, last.hash)])?;
-    Ok(())
+    daemon_state::put(conn, HEAD_KEY, &format!("{}:{}", last.seq, last.hash))
 }
 
 /// The head as last recorded.
 fn read_head(conn: &Connection) -> Result<Option<AuditHead>, StorageError> {
-    let value: Option<String> = conn
-        .prepare_cached("SELECT value FROM daemon_state WHERE key = ?1")?
-        .query_row([HEAD_KEY], |row| row.get(0))
-        .optional()?;
-    value
+    daemon_state::get(conn, HEAD_KEY)?
         .map(|text| {
             text.split_once(':')
                 .and_then(|(seq, hash)| {

@@ -33,8 +33,8 @@ pub use stock::{
     Allocation, AllocationStatus, AllocationStep, ProductFacts, StockItem, StockMismatch, StockStep,
 };
 pub use webhooks::{
-    inbox_entries, receipt_disposition, DeadLetter, DeadLetterView, InboxEntry, IngestCounts,
-    RecordOutcome, ReplayableLetter, WebhookRecord,
+    inbox_entries, DeadLetter, DeadLetterView, InboxEntry, IngestCounts, RecordOutcome,
+    ReplayableLetter, WebhookRecord,
 };
 pub use writer::WriterStatsSnapshot;
 
@@ -158,15 +158,8 @@ impl Storage {
         if !self.inner.writer.is_running() {
             return Err(StorageError::WriterStopped);
         }
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO daemon_state (key, value) VALUES ('ready_probe_at_ms', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute([now_ms.to_string()])?;
-            Ok(())
-        })
-        .await
+        self.write(move |conn| daemon_state::put(conn, "ready_probe_at_ms", &now_ms.to_string()))
+            .await
     }
 
     fn pii(&self) -> Arc<pii::PiiCipher> {

@@ -206,16 +206,8 @@ impl Storage {
         sku: &str,
     ) -> Result<Option<AllocationStatus>, StorageError> {
         let (order_id, sku) = (order_id.to_owned(), sku.to_owned());
-        self.read(move |conn| {
-            let status: Option<String> = conn
-                .prepare_cached(
-                    "SELECT status FROM stock_allocations WHERE order_id = ?1 AND sku = ?2",
-                )?
-                .query_row(params![order_id, sku], |row| row.get(0))
-                .optional()?;
-            Ok(status.as_deref().and_then(AllocationStatus::parse))
-        })
-        .await
+        self.read(move |conn| allocation_status_of(conn, &order_id, &sku))
+            .await
     }
 
     pub async fn allocations(&self, order_id: &str) -> Result<Vec<Allocation>, StorageError> {
@@ -266,6 +258,18 @@ fn allocations_of(conn: &Connection, order_id: &str) -> Result<Vec<Allocation>, 
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+fn allocation_status_of(
+    conn: &Connection,
+    order_id: &str,
+    sku: &str,
+) -> Result<Option<AllocationStatus>, StorageError> {
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM stock_allocations WHERE order_id = ?1 AND sku = ?2")?
+        .query_row(params![order_id, sku], |row| row.get(0))
+        .optional()?;
+    Ok(status.as_deref().and_then(AllocationStatus::parse))
+}
+
 fn apply_step(conn: &Connection, step: &StockStep) -> Result<bool, StorageError> {
     let order_id = match &step.allocation {
         AllocationStep::None => None,
@@ -282,15 +286,7 @@ fn apply_step(conn: &Connection, step: &StockStep) -> Result<bool, StorageError>
             Some(order_id)
         }
         AllocationStep::Move { order_id, from, to } => {
-            let current: Option<String> = conn
-                .prepare_cached(
-                    "SELECT status FROM stock_allocations WHERE order_id = ?1 AND sku = ?2",
-                )?
-                .query_row(params![order_id, step.sku], |row| row.get(0))
-                .optional()?;
-            let moves = current
-                .as_deref()
-                .and_then(AllocationStatus::parse)
+            let moves = allocation_status_of(conn, order_id, &step.sku)?
                 .is_some_and(|status| from.contains(&status));
             if !moves {
                 return Ok(false);

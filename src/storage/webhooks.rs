@@ -362,17 +362,6 @@ fn inbox_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<InboxEntry> {
     })
 }
 
-/// The disposition a dedup key was first stored with, if any.
-pub fn receipt_disposition(
-    conn: &Connection,
-    dedup_key: &str,
-) -> Result<Option<String>, StorageError> {
-    Ok(conn
-        .prepare_cached("SELECT disposition FROM webhook_receipts WHERE dedup_key = ?1")?
-        .query_row([dedup_key], |row| row.get(0))
-        .optional()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::StorageOptions;
