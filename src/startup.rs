@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix::Actor;
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::ErrorHandlers;
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::dispatcher::Dispatcher;
@@ -28,7 +29,8 @@ use crate::domain::backoff::Backoff;
 use crate::domain::clock::{SharedClock, SystemClock};
 use crate::domain::order::{Command, OrderState};
 use crate::domain::signature::WebhookVerifier;
-use crate::http::{self, auth::AdminTokens, AppState};
+use crate::http::auth::{AdminTokens, TokenDigest};
+use crate::http::{self, AppState};
 use crate::service::health::{HealthCheck, Heartbeat};
 use crate::service::systemd;
 use crate::storage::{PiiKey, Storage, StorageError, StorageOptions};
@@ -217,6 +219,16 @@ impl Application {
             dispatcher: dispatcher_heartbeat,
             ingest_actors: Arc::clone(&ingest_actors),
         };
+        let storefront_token = settings
+            .secrets
+            .storefront_token
+            .as_ref()
+            .map(TokenDigest::new);
+        let tracking_token = settings
+            .secrets
+            .tracking_token
+            .as_ref()
+            .map(TokenDigest::new);
         let state = web::Data::new(AppState {
             settings,
             storage,
@@ -231,6 +243,8 @@ impl Application {
             router,
             shipping_manual,
             health,
+            storefront_token,
+            tracking_token,
         });
 
         let public_state = state.clone();
@@ -243,6 +257,7 @@ impl Application {
                 .app_data(web::PayloadConfig::new(max_body))
                 .configure(http::public_routes)
                 .default_service(web::to(http::error::not_found))
+                .wrap(ErrorHandlers::new().default_handler(http::error::json_error_body))
         })
         .disable_signals()
         .shutdown_timeout(REQUEST_DRAIN_SECS)
@@ -260,6 +275,7 @@ impl Application {
                 .app_data(admin_tokens.clone())
                 .configure(http::admin_routes)
                 .default_service(web::to(http::error::not_found))
+                .wrap(ErrorHandlers::new().default_handler(http::error::json_error_body))
                 .wrap(actix_web::middleware::from_fn(
                     http::admin::audit::record_admin_actions,
                 ))

@@ -399,6 +399,10 @@ impl StockSupervisor {
         Ok(())
     }
 
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
     pub fn status(&self) -> Vec<ShardStatus> {
         self.shards
             .iter()

@@ -1,6 +1,9 @@
 //! The one error shape of every endpoint: `{"error": "<stable_code>", "message": "..."}`.
 
+use actix_web::dev::ServiceResponse;
+use actix_web::http::header::CONTENT_TYPE;
 use actix_web::http::StatusCode;
+use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
@@ -29,6 +32,17 @@ impl ApiError {
     pub fn with(mut self, key: &'static str, value: serde_json::Value) -> Self {
         self.extra = Some((key, value));
         self
+    }
+
+    /// 422 `validation_failed`, naming each problem under its field (SPEC §9).
+    pub fn invalid(field: &str, problem: impl Into<String>) -> Self {
+        let problem = problem.into();
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("{field}: {problem}"),
+        )
+        .with("fields", json!({ field: [problem] }))
     }
 
     pub fn unauthorized() -> Self {
@@ -69,4 +83,37 @@ impl ResponseError for ApiError {
 /// The default service: unknown paths answer JSON like everything else.
 pub async fn not_found() -> HttpResponse {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").error_response()
+}
+
+/// Gives errors raised outside our handlers (a query string or path segment
+/// that does not parse, a body over the size limit, a wrong method) the same
+/// JSON shape as ours. Answers that are JSON already pass through untouched.
+pub fn json_error_body<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        s if s.is_server_error() => "internal_error",
+        _ => "request_failed",
+    };
+    let message = res
+        .response()
+        .error()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    let (req, _) = res.into_parts();
+    let response = ApiError::new(status, code, message).error_response();
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, response).map_into_right_body(),
+    ))
 }

@@ -29,6 +29,7 @@ use crate::domain::clock::SharedClock;
 use crate::service::health::HealthCheck;
 use crate::storage::Storage;
 use crate::telemetry::Metrics;
+use auth::TokenDigest;
 
 /// What every handler may read, shared by both listeners.
 pub struct AppState {
@@ -48,6 +49,9 @@ pub struct AppState {
     pub shipping_manual: Arc<AtomicBool>,
     /// The actor system's health: `/readyz` and the systemd watchdog ask it.
     pub health: HealthCheck,
+    /// `api.storefront_token` and `shiprocket.tracking_token`, if set.
+    pub storefront_token: Option<TokenDigest>,
+    pub tracking_token: Option<TokenDigest>,
 }
 
 /// Routes of the public listener.

@@ -9,8 +9,8 @@ use super::error::ApiError;
 use super::{rfc3339, AppState};
 use crate::actors::order::{OrderError, OrderMsg, OrderReply};
 use crate::actors::registry::Route;
-use crate::domain::order::OrderSnapshot;
-use crate::storage::StoredOrder;
+use crate::domain::order::{Command, OrderSnapshot};
+use crate::storage::{DeferredCommand, StoredOrder};
 
 /// The order as the storefront sees it after registering a checkout.
 pub fn order_json(order: &OrderSnapshot) -> Value {
@@ -109,6 +109,38 @@ pub async fn load_order(state: &AppState, order_id: &str) -> Result<StoredOrder,
         .await
         .map_err(ApiError::storage_unavailable)?
         .ok_or_else(|| order_error(OrderError::NotFound))
+}
+
+/// An order's snapshot, or 404: for views without customer data.
+pub async fn load_snapshot(state: &AppState, order_id: &str) -> Result<OrderSnapshot, ApiError> {
+    state
+        .storage
+        .load_snapshot(order_id)
+        .await
+        .map_err(ApiError::storage_unavailable)?
+        .ok_or_else(|| order_error(OrderError::NotFound))
+}
+
+/// Stores `command` for `order_id` to run when processing resumes: what an
+/// order-changing request does while the kill switch is on.
+pub async fn defer(
+    state: &AppState,
+    order_id: String,
+    command: Command,
+    cause: String,
+) -> Result<(), ApiError> {
+    state
+        .storage
+        .defer_command(DeferredCommand {
+            id: 0,
+            order_id,
+            command,
+            cause,
+            received_at_ms: state.clock.now_ms(),
+        })
+        .await
+        .map_err(ApiError::storage_unavailable)?;
+    Ok(())
 }
 
 /// The order an actor's reply carries.

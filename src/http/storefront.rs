@@ -10,17 +10,15 @@ use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
+use super::auth::bearer;
 use super::error::ApiError;
-use super::orders::{load_order, order_json, public_status, replied_order, route};
+use super::orders::{defer, load_snapshot, order_json, public_status, replied_order, route};
 use super::AppState;
 use crate::actors::order::{Cause, OrderMsg, OrderReply};
 use crate::domain::checkout;
 use crate::domain::order::Command;
 use crate::domain::signature;
-use crate::storage::DeferredCommand;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/orders", web::post().to(create_order))
@@ -30,6 +28,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(confirm_payment),
         );
 }
+
+/// The cause journaled for a payment reported by the checkout callback.
+const CALLBACK_CAUSE: &str = "checkout_callback";
 
 /// A request bearing the storefront token.
 pub struct Storefront;
@@ -41,18 +42,9 @@ impl FromRequest for Storefront {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let expected = req
             .app_data::<web::Data<AppState>>()
-            .and_then(|state| state.settings.secrets.storefront_token.as_ref())
-            .map(|token| Sha256::digest(token.expose().as_bytes()));
-        let presented = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|token| Sha256::digest(token.trim().as_bytes()));
-        ready(match (expected, presented) {
-            (Some(expected), Some(presented)) if bool::from(expected.ct_eq(&presented)) => {
-                Ok(Storefront)
-            }
+            .and_then(|state| state.storefront_token.as_ref());
+        ready(match (expected, bearer(req)) {
+            (Some(expected), Some(presented)) if expected.matches(presented) => Ok(Storefront),
             _ => Err(ApiError::unauthorized()),
         })
     }
@@ -95,8 +87,8 @@ async fn get_order(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let order = load_order(&state, &path).await?;
-    Ok(HttpResponse::Ok().json(public_status(&order.snapshot)))
+    let order = load_snapshot(&state, &path).await?;
+    Ok(HttpResponse::Ok().json(public_status(&order)))
 }
 
 #[derive(Deserialize)]
@@ -113,9 +105,8 @@ async fn confirm_payment(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let callback: CheckoutCallback = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
+        ApiError::invalid(
+            "body",
             format!("expected razorpay_payment_id, razorpay_order_id and razorpay_signature: {e}"),
         )
     })?;
@@ -126,7 +117,7 @@ async fn confirm_payment(
             "razorpay.key_secret is not configured, so checkout signatures cannot be verified",
         ));
     };
-    let order = load_order(&state, &path).await?.snapshot;
+    let order = load_snapshot(&state, &path).await?;
     if order.razorpay_order_id.as_deref() != Some(callback.razorpay_order_id.as_str()) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -155,24 +146,20 @@ async fn confirm_payment(
     };
     if state.processing_paused.load(Ordering::SeqCst) {
         // Kill switch on: keep the verified payment for when processing resumes.
-        state
-            .storage
-            .defer_command(DeferredCommand {
-                id: 0,
-                order_id: order.order_id.clone(),
-                command,
-                cause: "checkout_callback".into(),
-                received_at_ms: state.clock.now_ms(),
-            })
-            .await
-            .map_err(ApiError::storage_unavailable)?;
+        defer(
+            &state,
+            order.order_id.clone(),
+            command,
+            CALLBACK_CAUSE.into(),
+        )
+        .await?;
         let mut body = order_json(&order);
         if let Some(map) = body.as_object_mut() {
             map.insert("processing_paused".into(), serde_json::Value::Bool(true));
         }
         return Ok(HttpResponse::Accepted().json(body));
     }
-    let cause = Cause::named("checkout_callback");
+    let cause = Cause::named(CALLBACK_CAUSE);
     let reply = route(
         &state,
         order.order_id.clone(),

@@ -10,18 +10,16 @@ use std::sync::atomic::Ordering;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use super::orders::route;
+use super::orders::{defer, route};
 use super::AppState;
 use crate::actors::order::{Cause, OrderMsg};
 use crate::domain::order::Command;
-use crate::storage::{DeferredCommand, OrderDeadLetter};
+use crate::storage::OrderDeadLetter;
 
 fn authorized(req: &HttpRequest, state: &AppState) -> bool {
-    let Some(expected) = state.settings.secrets.tracking_token.as_ref() else {
+    let Some(expected) = state.tracking_token.as_ref() else {
         return false;
     };
     let presented = req
@@ -29,9 +27,7 @@ fn authorized(req: &HttpRequest, state: &AppState) -> bool {
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let expected = Sha256::digest(expected.expose().as_bytes());
-    let presented = Sha256::digest(presented.as_bytes());
-    expected.ct_eq(&presented).into()
+    expected.matches(presented)
 }
 
 fn text(body: &Value, key: &str) -> Option<String> {
@@ -82,10 +78,10 @@ pub async fn shiprocket(
     let by_channel = match &channel_order_id {
         Some(id) => state
             .storage
-            .load_order(id)
+            .load_snapshot(id)
             .await
             .map_err(ApiError::storage_unavailable)?
-            .map(|o| o.snapshot.order_id),
+            .map(|o| o.order_id),
         None => None,
     };
     let order_id = match by_channel {
@@ -100,7 +96,7 @@ pub async fn shiprocket(
         let letter = OrderDeadLetter {
             reason: "unknown_shipment",
             detail: format!("no order for AWB {awb} (order_id {channel_order_id:?})"),
-            event_id: Some(format!("{awb}:{status_id}:{timestamp}")),
+            event_id: Some(update_key(&awb, status_id, &timestamp)),
         };
         state
             .storage
@@ -109,40 +105,66 @@ pub async fn shiprocket(
             .map_err(ApiError::storage_unavailable)?;
         return Ok(HttpResponse::Ok().json(json!({"status": "unknown_shipment"})));
     };
-    let command = Command::Track {
-        awb: awb.clone(),
-        status_id,
-        timestamp: timestamp.clone(),
-    };
     let cause = format!("tracking:{awb}:{status_id}");
     if state.processing_paused.load(Ordering::SeqCst) {
         // Kill switch on: the update waits in storage and applies on resume.
-        state
-            .storage
-            .defer_command(DeferredCommand {
-                id: 0,
-                order_id: order_id.clone(),
-                command,
-                cause,
-                received_at_ms: now,
-            })
-            .await
-            .map_err(ApiError::storage_unavailable)?;
+        let command = Command::Track {
+            awb,
+            status_id,
+            timestamp,
+        };
+        defer(&state, order_id.clone(), command, cause).await?;
         return Ok(HttpResponse::Ok().json(json!({"status": "deferred", "order_id": order_id})));
     }
-    let cause = Cause::named(cause);
-    match route(
-        &state,
-        order_id.clone(),
-        OrderMsg::Command { command, cause },
-    )
-    .await
-    {
-        Ok(_) => Ok(HttpResponse::Ok().json(json!({"status": "accepted", "order_id": order_id}))),
-        Err(e) if e.status == StatusCode::CONFLICT => {
-            // Journaled or refused by the lifecycle: Shiprocket has nothing to retry.
-            Ok(HttpResponse::Ok().json(json!({"status": "ignored", "order_id": order_id})))
-        }
+    let status = match apply_update(&state, &order_id, awb, status_id, timestamp, cause).await? {
+        Applied::Yes => "accepted",
+        Applied::Ignored(_) => "ignored",
+    };
+    Ok(HttpResponse::Ok().json(json!({"status": status, "order_id": order_id})))
+}
+
+/// The dead-letter key of a tracking update: `awb:status_id:timestamp`.
+fn update_key(awb: &str, status_id: i64, timestamp: &str) -> String {
+    format!("{awb}:{status_id}:{timestamp}")
+}
+
+/// The AWB, status and timestamp of an [`update_key`] (timestamps may hold colons).
+pub fn parse_update_key(key: &str) -> Option<(String, i64, String)> {
+    let mut parts = key.splitn(3, ':');
+    let awb = parts.next()?.to_owned();
+    let status_id = parts.next()?.parse::<i64>().ok()?;
+    let timestamp = parts.next().unwrap_or_default().to_owned();
+    Some((awb, status_id, timestamp))
+}
+
+/// What a tracking update did to its order.
+pub enum Applied {
+    Yes,
+    /// Journaled before, or refused by the lifecycle: nothing for Shiprocket to retry.
+    Ignored(String),
+}
+
+/// Hands a tracking update to its order's actor.
+pub async fn apply_update(
+    state: &AppState,
+    order_id: &str,
+    awb: String,
+    status_id: i64,
+    timestamp: String,
+    cause: String,
+) -> Result<Applied, ApiError> {
+    let command = Command::Track {
+        awb,
+        status_id,
+        timestamp,
+    };
+    let msg = OrderMsg::Command {
+        command,
+        cause: Cause::named(cause),
+    };
+    match route(state, order_id.to_owned(), msg).await {
+        Ok(_) => Ok(Applied::Yes),
+        Err(e) if e.status == StatusCode::CONFLICT => Ok(Applied::Ignored(e.message)),
         Err(e) => Err(e),
     }
 }

@@ -239,6 +239,27 @@ impl Storage {
         .await
     }
 
+    /// An order's snapshot alone: for views that show no customer data, so
+    /// nothing is decrypted.
+    pub async fn load_snapshot(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<OrderSnapshot>, StorageError> {
+        let order_id = order_id.to_owned();
+        self.read(move |conn| {
+            let snapshot: Option<String> = conn
+                .prepare_cached("SELECT snapshot FROM orders WHERE order_id = ?1")?
+                .query_row([&order_id], |row| row.get(0))
+                .optional()?;
+            snapshot
+                .map(|text| {
+                    serde_json::from_str(&text).map_err(|e| StorageError::Encoding(e.to_string()))
+                })
+                .transpose()
+        })
+        .await
+    }
+
     pub async fn load_order(&self, order_id: &str) -> Result<Option<StoredOrder>, StorageError> {
         let order_id = order_id.to_owned();
         let pii = self.pii();

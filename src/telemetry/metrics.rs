@@ -335,11 +335,6 @@ impl Metrics {
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
     }
-
-    /// For metrics registered later by name (labels chosen at run time, bounded by the caller).
-    pub fn recorder(&self) -> &PrometheusRecorder {
-        &self.recorder
-    }
 }
 
 fn describe_counter(

@@ -770,3 +770,55 @@ async fn a_payment_held_by_the_kill_switch_beats_the_reservation_clock_on_resume
     assert!(!kinds.contains(&"reservation_expired"), "{kinds:?}");
     assert_eq!(app.stock("TEE").await["on_hand"], 0);
 }
+
+#[actix_web::test]
+async fn errors_raised_before_a_handler_runs_have_the_json_error_shape() {
+    let app = spawn_app_with(|settings| settings.config.server.max_body_bytes = 64).await;
+    let (status, body) = json_of(
+        app.admin_get("/admin/orders?limit=many", Some(VIEWER_TOKEN))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    assert!(body["message"].is_string());
+    let (status, body) = json_of(
+        app.admin_post("/admin/dlq/x/replay", Some(OPERATOR_TOKEN))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (status, body) = json_of(
+        app.checkout(&checkout_body("XVC-J1", "order_J1", "TEE", 1))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
+    let (status, body) = json_of(
+        app.client
+            .put(format!("{}/admin/shipping-mode", app.admin))
+            .bearer_auth(OPERATOR_TOKEN)
+            .body("not json")
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("validation_failed")),
+        "{body}"
+    );
+    assert!(body["fields"]["body"][0].is_string(), "{body}");
+}

@@ -8,10 +8,9 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse};
-use serde::Deserialize;
 use serde_json::json;
 
-use super::{role_name, DEFAULT_PAGE, MAX_PAGE};
+use super::{next_cursor, page_limit, role_name, Page};
 use crate::http::auth::{Caller, Operator};
 use crate::http::error::ApiError;
 use crate::http::{rfc3339, AppState};
@@ -77,27 +76,19 @@ pub async fn record_admin_actions(
     Ok(response)
 }
 
-#[derive(Deserialize)]
-pub(super) struct AuditPage {
-    after: Option<i64>,
-    limit: Option<u32>,
-}
-
 /// `GET /admin/audit?after=&limit=`: oldest first; `after` takes `next`.
 pub(super) async fn list(
     _: Operator,
     state: web::Data<AppState>,
-    page: web::Query<AuditPage>,
+    page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let limit = page_limit(page.limit);
     let entries = state
         .storage
         .audit_entries(page.after.unwrap_or(0), limit)
         .await
         .map_err(ApiError::storage_unavailable)?;
-    let next = (entries.len() == limit as usize)
-        .then(|| entries.last().map(|e| e.seq))
-        .flatten();
+    let next = next_cursor(&entries, limit, |e| e.seq);
     let entries: Vec<_> = entries
         .iter()
         .map(|e| {

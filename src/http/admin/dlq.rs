@@ -8,13 +8,11 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::{Page, DEFAULT_PAGE, MAX_PAGE};
+use super::{next_cursor, page_limit, Page};
 use crate::actors::dispatcher::{PaymentRouter, Routed};
-use crate::actors::order::{Cause, OrderMsg};
-use crate::domain::order::Command;
 use crate::http::auth::{Operator, Viewer};
 use crate::http::error::ApiError;
-use crate::http::orders::route;
+use crate::http::tracking::{apply_update, parse_update_key, Applied};
 use crate::http::{rfc3339, AppState};
 use crate::storage::{DeadLetterView, InboxEntry, ReplayableLetter};
 
@@ -23,15 +21,13 @@ pub(super) async fn list(
     state: web::Data<AppState>,
     page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let limit = page_limit(page.limit);
     let letters = state
         .storage
         .dead_letters(page.after, limit)
         .await
         .map_err(ApiError::storage_unavailable)?;
-    let next = (letters.len() == limit as usize)
-        .then(|| letters.last().map(|l| l.letter.id))
-        .flatten();
+    let next = next_cursor(&letters, limit, |l| l.letter.id);
     let entries: Vec<_> = letters.iter().map(letter_json).collect();
     Ok(HttpResponse::Ok().json(json!({"entries": entries, "next": next})))
 }
@@ -186,13 +182,7 @@ async fn replay_tracking(
     id: i64,
     found: &ReplayableLetter,
 ) -> Result<ReplayOutcome, ApiError> {
-    let parsed = found.letter.event_id.as_deref().and_then(|key| {
-        let mut parts = key.splitn(3, ':');
-        let awb = parts.next()?.to_owned();
-        let status_id = parts.next()?.parse::<i64>().ok()?;
-        let timestamp = parts.next().unwrap_or_default().to_owned();
-        Some((awb, status_id, timestamp))
-    });
+    let parsed = found.letter.event_id.as_deref().and_then(parse_update_key);
     let Some((awb, status_id, timestamp)) = parsed else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -210,17 +200,11 @@ async fn replay_tracking(
             "unknown_shipment: still no order for AWB {awb}"
         )));
     };
-    let command = Command::Track {
-        awb: awb.clone(),
-        status_id,
-        timestamp,
-    };
-    let cause = Cause::named(format!("replay:{id}:tracking:{awb}:{status_id}"));
-    match route(state, order_id, OrderMsg::Command { command, cause }).await {
-        Ok(_) => Ok(ReplayOutcome::resolved("applied")),
-        Err(e) if e.status == StatusCode::CONFLICT => {
-            Ok(ReplayOutcome::resolved(format!("ignored: {}", e.message)))
-        }
-        Err(e) => Err(e),
-    }
+    let cause = format!("replay:{id}:tracking:{awb}:{status_id}");
+    Ok(
+        match apply_update(state, &order_id, awb, status_id, timestamp, cause).await? {
+            Applied::Yes => ReplayOutcome::resolved("applied"),
+            Applied::Ignored(why) => ReplayOutcome::resolved(format!("ignored: {why}")),
+        },
+    )
 }

@@ -85,14 +85,27 @@ async fn status(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, A
     })))
 }
 
+/// `?after=&limit=` of the paged listings.
 #[derive(Deserialize)]
 pub(super) struct Page {
     after: Option<i64>,
     limit: Option<u32>,
 }
 
-pub(super) const DEFAULT_PAGE: u32 = 100;
-pub(super) const MAX_PAGE: u32 = 1000;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+/// How many rows a page holds: the asked-for limit within bounds.
+pub(super) fn page_limit(asked: Option<u32>) -> u32 {
+    asked.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
+}
+
+/// The `next` cursor of a page: the last row's key when the page is full.
+pub(super) fn next_cursor<T>(rows: &[T], limit: u32, key: impl Fn(&T) -> i64) -> Option<i64> {
+    rows.last()
+        .filter(|_| rows.len() == limit as usize)
+        .map(key)
+}
 
 async fn pause(caller: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     set_paused(caller, state, true).await
@@ -141,7 +154,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     m.actors_live_orders
         .set(state.order_actors.live.load(Ordering::Relaxed) as f64);
     m.actors_live_stock_shards
-        .set(state.stock.status().len() as f64);
+        .set(state.stock.shard_count() as f64);
     m.actors_live_ingest
         .set(state.ingest_actors.load(Ordering::Relaxed) as f64);
     HttpResponse::Ok()
@@ -157,13 +170,7 @@ pub(super) fn role_name(role: Role) -> &'static str {
 }
 
 pub(super) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            e.to_string(),
-        )
-    })
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid("body", e.to_string()))
 }
 
 #[derive(Deserialize)]

@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{role_name, DEFAULT_PAGE, MAX_PAGE};
+use super::{next_cursor, page_limit, role_name};
 use crate::actors::order::{Cause, OrderMsg};
 use crate::domain::order::{Command, OrderState};
 use crate::http::auth::{Operator, Role, Viewer};
@@ -36,15 +36,13 @@ pub(super) async fn list(
             .with("fields", json!({"state": ["is not an order state"]}))
         })?),
     };
-    let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let limit = page_limit(page.limit);
     let orders = state
         .storage
         .list_orders(filter, page.after, limit)
         .await
         .map_err(ApiError::storage_unavailable)?;
-    let next = (orders.len() == limit as usize)
-        .then(|| orders.last().map(|o| o.id))
-        .flatten();
+    let next = next_cursor(&orders, limit, |o| o.id);
     let orders: Vec<_> = orders.iter().map(|o| order_json(&o.snapshot)).collect();
     Ok(HttpResponse::Ok().json(json!({"orders": orders, "next": next})))
 }

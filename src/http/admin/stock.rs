@@ -142,11 +142,7 @@ async fn apply_stock(
     reason: String,
 ) -> Result<(), ApiError> {
     if sku.is_empty() || sku.len() > 100 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            "sku must be 1 to 100 characters",
-        ));
+        return Err(ApiError::invalid("sku", "must be 1 to 100 characters"));
     }
     state
         .stock
