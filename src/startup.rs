@@ -16,7 +16,7 @@ use actix_web::{web, App, HttpServer};
 use crate::actors::dispatcher::Dispatcher;
 use crate::actors::ingest::{IngestDeps, WebhookIngest};
 use crate::actors::order::ShippingDeps;
-use crate::actors::order::{Cause, OrderDeps, OrderMsg};
+use crate::actors::order::{OrderDeps, OrderMsg};
 use crate::actors::registry::{OrderRegistry, RegistryStats, Route};
 use crate::actors::shipping::{GatewayHandle, GatewaySettings, ShippingRouter, ShiprocketGateway};
 use crate::actors::stock::StockSupervisor;
@@ -27,7 +27,7 @@ use crate::config::Settings;
 use crate::config::ShippingMode;
 use crate::domain::backoff::Backoff;
 use crate::domain::clock::{SharedClock, SystemClock};
-use crate::domain::order::{Command, OrderState};
+use crate::domain::order::OrderState;
 use crate::domain::signature::WebhookVerifier;
 use crate::http::auth::{AdminTokens, TokenDigest};
 use crate::http::{self, AppState};
@@ -418,22 +418,8 @@ impl Background {
         let repair_storage = self.storage.clone();
         let repair_orders = self.orders.clone();
         let queue_paid = self.ship_paid_orders;
+        let repair_paused = Arc::clone(&self.paused);
         actix_web::rt::spawn(async move {
-            if queue_paid {
-                // Paid while no Shiprocket account was configured (or just before a crash).
-                if let Ok(paid) = repair_storage
-                    .order_ids_in_state(OrderState::Paid, u32::MAX)
-                    .await
-                {
-                    for order_id in paid {
-                        let msg = OrderMsg::Command {
-                            command: Command::QueueShipping { manual: None },
-                            cause: Cause::named("startup:shipping"),
-                        };
-                        let _ = repair_orders.send(Route { order_id, msg }).await;
-                    }
-                }
-            }
             match repair_storage.orders_needing_stock_repair().await {
                 Ok(ids) => {
                     if !ids.is_empty() {
@@ -452,6 +438,22 @@ impl Background {
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot look for interrupted stock steps"),
+            }
+            if queue_paid {
+                // Paid while no Shiprocket account was configured (or just before a
+                // crash). Shipping is order processing: it waits for the kill switch.
+                while repair_paused.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                if let Ok(paid) = repair_storage
+                    .order_ids_in_state(OrderState::Paid, u32::MAX)
+                    .await
+                {
+                    for order_id in paid {
+                        let msg = OrderMsg::QueuePaid;
+                        let _ = repair_orders.send(Route { order_id, msg }).await;
+                    }
+                }
             }
         });
         actix_web::rt::spawn(

@@ -99,6 +99,9 @@ pub enum OrderMsg {
     RepairStock,
     /// Take the next shipping step that is due (timer, or right after payment).
     Ship,
+    /// A paid order found at start goes to shipping by the same rule as a
+    /// fresh payment (paid while no account was configured, or just before a crash).
+    QueuePaid,
     /// Stop now (the registry is over its cap).
     Passivate,
 }
@@ -152,7 +155,6 @@ pub struct OrderActor {
     idle_timer: Option<SpawnHandle>,
 }
 
-#[derive(Clone)]
 struct Loaded {
     order: Option<OrderSnapshot>,
     fingerprint: Option<String>,
@@ -221,9 +223,11 @@ impl Handler<OrderMsg> for OrderActor {
         self.arm_idle_timer(ctx);
         let deps = Arc::clone(&self.deps);
         let order_id = self.order_id.clone();
-        let loaded = self.loaded.clone();
+        // Taken, not copied: the atomic response runs nothing else on this
+        // actor until the completion below puts the (updated) view back.
+        let loaded = self.loaded.take();
         let work = async move {
-            let loaded = match loaded {
+            let mut loaded = match loaded {
                 Some(loaded) => loaded,
                 None => {
                     let stored = deps.storage.load_order(&order_id).await?;
@@ -234,10 +238,8 @@ impl Handler<OrderMsg> for OrderActor {
                     }
                 }
             };
-            let mut loaded_after = loaded.clone();
-            let reply = handle_message(&deps, &order_id, &mut loaded_after, msg).await;
-            // Whatever happened, the actor's view is what storage now holds.
-            Ok::<_, OrderError>((reply, loaded_after))
+            let reply = handle_message(&deps, &order_id, &mut loaded, msg).await;
+            Ok::<_, OrderError>((reply, loaded))
         };
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             move |result, actor, ctx| {
@@ -258,7 +260,11 @@ impl Handler<OrderMsg> for OrderActor {
                                     && o.shipping.attempts == 0
                                     && o.shipping.next_attempt_at_ms.is_some_and(|at| at <= now)
                             });
-                        actor.loaded = Some(loaded);
+                        // After a storage or stock failure part of the work may have
+                        // committed: the next message reads the order afresh.
+                        let in_doubt =
+                            matches!(reply, Err(OrderError::Storage(_) | OrderError::Stock(_)));
+                        actor.loaded = (!in_doubt).then_some(loaded);
                         if terminal {
                             ctx.stop();
                         } else if ship_now && !matches!(reply, Ok(OrderReply::Passivated)) {
@@ -325,6 +331,16 @@ async fn handle_message(
                 return Err(OrderError::NotFound);
             };
             ship(deps, order, loaded.customer.as_ref()).await?;
+            Ok(OrderReply::Order(order.clone()))
+        }
+        OrderMsg::QueuePaid => {
+            if deps.paused.load(Ordering::SeqCst) {
+                return Err(OrderError::Paused);
+            }
+            let Some(order) = loaded.order.as_mut() else {
+                return Err(OrderError::NotFound);
+            };
+            queue_if_paid(deps, order, deps.clock.now_ms()).await?;
             Ok(OrderReply::Order(order.clone()))
         }
         OrderMsg::Passivate => Ok(OrderReply::Passivated),
@@ -555,19 +571,31 @@ async fn commit_events(
     if order.state == OrderState::Cancelled && before != OrderState::Cancelled {
         cancel_at_shiprocket(deps, order).await;
     }
-    if order.state == OrderState::Paid && shipping_configured(deps) {
-        let manual = shipping_blocked(deps);
-        let queue = Command::QueueShipping { manual };
-        if let Outcome::Record(events) = order::decide(order, &queue) {
-            Box::pin(commit_events(
-                deps,
-                order,
-                events,
-                &Cause::named("shipping"),
-                now,
-            ))
-            .await?;
-        }
+    queue_if_paid(deps, order, now).await
+}
+
+/// A paid order goes to shipping, or straight to an operator while shipping
+/// is blocked; without any Shiprocket account it stays `paid`.
+async fn queue_if_paid(
+    deps: &OrderDeps,
+    order: &mut OrderSnapshot,
+    now: i64,
+) -> Result<(), OrderError> {
+    if order.state != OrderState::Paid || !shipping_configured(deps) {
+        return Ok(());
+    }
+    let queue = Command::QueueShipping {
+        manual: shipping_blocked(deps),
+    };
+    if let Outcome::Record(events) = order::decide(order, &queue) {
+        Box::pin(commit_events(
+            deps,
+            order,
+            events,
+            &Cause::named("shipping"),
+            now,
+        ))
+        .await?;
     }
     Ok(())
 }

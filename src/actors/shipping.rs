@@ -277,9 +277,7 @@ impl ShiprocketGateway {
         clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let per_hour =
-            NonZeroU32::new(settings.requests_per_hour.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(settings.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = account_quota(settings.requests_per_hour, settings.burst);
         let breaker = Breaker::new(settings.breaker_threshold, settings.breaker_open);
         Self {
             parts: Parts {
@@ -287,9 +285,7 @@ impl ShiprocketGateway {
                 client,
                 storage,
                 clock,
-                limiter: Arc::new(RateLimiter::direct(
-                    Quota::per_hour(per_hour).allow_burst(burst),
-                )),
+                limiter: Arc::new(RateLimiter::direct(quota)),
                 token: Arc::new(tokio::sync::Mutex::new(TokenSlot::default())),
                 stats: Arc::new(GatewayStats::default()),
             },

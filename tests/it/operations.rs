@@ -822,3 +822,27 @@ async fn errors_raised_before_a_handler_runs_have_the_json_error_shape() {
     );
     assert!(body["fields"]["body"][0].is_string(), "{body}");
 }
+
+#[actix_web::test]
+async fn paid_orders_found_at_a_paused_start_ship_once_resumed() {
+    // Paid while no Shiprocket account was configured.
+    let app = spawn_app().await;
+    app.set_stock("TEE", 5).await;
+    app.checkout(&checkout_body("XVC-Q1", "order_Q1", "TEE", 1))
+        .await;
+    app.post_webhook(&captured_for("pay_Q1", "order_Q1", 74_900), Some("evt_Q1"))
+        .await;
+    app.wait_for_state("XVC-Q1", "paid").await;
+    app.admin_post("/admin/processing/pause", Some(OPERATOR_TOKEN))
+        .await;
+    let dir = app.stop().await;
+
+    // Restarted paused, now with an account: nothing ships until resumed.
+    let (_sandbox, url) = start_sandbox(dropshipd::sandbox::Faults::default());
+    let app = spawn_app_in(dir, |settings| with_shiprocket(settings, &url)).await;
+    settle(&app).await;
+    assert_eq!(app.order_status("XVC-Q1").await["state"], "paid");
+    app.admin_post("/admin/processing/resume", Some(OPERATOR_TOKEN))
+        .await;
+    app.wait_for_state("XVC-Q1", "ready_to_ship").await;
+}
