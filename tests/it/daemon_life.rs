@@ -15,7 +15,6 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::helpers::*;
-use crate::shipping::start_sandbox;
 
 /// Datagrams received on the notify socket within `window`.
 fn receive_for(socket: &UnixDatagram, window: Duration) -> Vec<String> {

@@ -13,11 +13,11 @@ use dropshipd::actors::shipping::{
 use dropshipd::clients::shiprocket::{ShiprocketClient, ShiprocketError};
 use dropshipd::config::Secret;
 use dropshipd::domain::clock::ManualClock;
-use dropshipd::sandbox::{Faults, Sandbox, SandboxServer};
+use dropshipd::sandbox::{Faults, Sandbox};
 use dropshipd::storage::{Storage, StorageOptions};
 use dropshipd::telemetry::Metrics;
 
-use crate::helpers::metric_value;
+use crate::helpers::{metric_value, start_sandbox_seeded};
 
 struct Rig {
     storage: Storage,
@@ -43,10 +43,7 @@ fn rig() -> Rig {
 }
 
 fn sandbox() -> (Arc<Sandbox>, String) {
-    let server = SandboxServer::bind("127.0.0.1:0", Faults::default(), 3, 1).expect("sandbox");
-    let (sandbox, url) = (Arc::clone(&server.sandbox), server.base_url());
-    actix_web::rt::spawn(server.run());
-    (sandbox, url)
+    start_sandbox_seeded(Faults::default(), 3)
 }
 
 fn settings(account: &str, threshold: u32) -> GatewaySettings {

@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dropshipd::actors::registry::{OrderRegistry, RegistryStats};
-use dropshipd::config::{Config, Secret, Secrets, Settings};
+use dropshipd::config::{Config, Secret, SecretRef, Secrets, Settings, ShiprocketAccount};
 use dropshipd::domain::clock::{ManualClock, SharedClock, SystemClock};
 use dropshipd::domain::signature::sign;
+use dropshipd::sandbox::{Faults, Sandbox, SandboxServer};
 use dropshipd::{Application, StopHandle};
 use tempfile::TempDir;
 
@@ -257,6 +258,15 @@ impl TestApp {
                 std::time::Instant::now() < deadline,
                 "{order_id} never reached {state}: {status}"
             );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls `/admin/status` until every accepted webhook has been processed.
+    pub async fn wait_inbox_drained(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.status().await["inbox_pending"] != 0 {
+            assert!(std::time::Instant::now() < deadline, "inbox never drained");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -507,4 +517,46 @@ pub fn order_paid(payment_id: &str, razorpay_order_id: &str, amount_paise: i64) 
     format!(
         r#"{{"entity":"event","account_id":"acc_X","event":"order.paid","contains":["payment","order"],"payload":{{"payment":{{"entity":{{"id":"{payment_id}","entity":"payment","amount":{amount_paise},"currency":"INR","status":"captured","order_id":"{razorpay_order_id}","captured":true,"notes":[]}}}},"order":{{"entity":{{"id":"{razorpay_order_id}","entity":"order","amount":{amount_paise},"amount_paid":{amount_paise},"amount_due":0,"currency":"INR","status":"paid"}}}}}},"created_at":{now}}}"#
     )
+}
+
+/// The `kind` of each journal entry of an admin order detail, in order.
+pub fn journal_kinds(detail: &serde_json::Value) -> Vec<serde_json::Value> {
+    detail["journal"]
+        .as_array()
+        .expect("journal")
+        .iter()
+        .map(|e| e["kind"].clone())
+        .collect()
+}
+
+/// The Shiprocket sandbox on a loopback port in this actix system, its fault
+/// dice seeded with `seed`: the sandbox and its base URL.
+pub fn start_sandbox_seeded(faults: Faults, seed: u64) -> (Arc<Sandbox>, String) {
+    let server = SandboxServer::bind("127.0.0.1:0", faults, seed, 1).expect("sandbox");
+    let (sandbox, url) = (Arc::clone(&server.sandbox), server.base_url());
+    actix_web::rt::spawn(server.run());
+    (sandbox, url)
+}
+
+pub fn start_sandbox(faults: Faults) -> (Arc<Sandbox>, String) {
+    start_sandbox_seeded(faults, 11)
+}
+
+/// One Shiprocket account against the sandbox at `url`, with limits loose
+/// enough never to slow a test and a breaker quick enough to see open.
+pub fn with_shiprocket(settings: &mut Settings, url: &str) {
+    settings.config.shiprocket.base_url = url.to_owned();
+    settings.config.shiprocket.requests_per_hour = 360_000;
+    settings.config.shiprocket.burst = 100;
+    settings.config.shiprocket.request_timeout_ms = 1000;
+    settings.config.shiprocket.breaker_failure_threshold = 2;
+    settings.config.shiprocket.breaker_open_secs = 30;
+    settings.config.shipping.retry_base_ms = 1000;
+    settings.config.shipping.retry_max_ms = 8000;
+    settings.config.shiprocket.accounts = vec![ShiprocketAccount {
+        name: "primary".into(),
+        email: "api@example.com".into(),
+        password: SecretRef::new("env:UNUSED"),
+    }];
+    settings.secrets.shiprocket_passwords = vec![Some(Secret::new("api-password"))];
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
-use crate::shipping::{start_sandbox, with_shiprocket};
 
 const ADMIN_UA: &str = "ops-cli/1.0";
 
@@ -229,10 +228,9 @@ fn path_matches(pattern: &str, path: &str) -> bool {
             .all(|(p, c)| p == c || (p.starts_with('{') && p.ends_with('}')))
 }
 
-async fn settle(app: &TestApp) {
-    // Long enough for the dispatcher and timers to have moved anything they would move.
+/// Long enough for the dispatcher and timers to have moved anything they would move.
+async fn settle() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let _ = app;
 }
 
 #[actix_web::test]
@@ -282,7 +280,7 @@ async fn paused_accepts_and_stores_but_nothing_advances_until_resumed_even_acros
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["processing_paused"], true);
 
-    settle(&app).await;
+    settle().await;
     for id in ["XVC-P1", "XVC-P2", "XVC-P3"] {
         assert_eq!(
             app.order_status(id).await["state"],
@@ -296,7 +294,7 @@ async fn paused_accepts_and_stores_but_nothing_advances_until_resumed_even_acros
     let dir = app.stop().await;
     let app = spawn_app_in(dir, |_| {}).await;
     assert_eq!(app.status().await["processing_paused"], true);
-    settle(&app).await;
+    settle().await;
     for id in ["XVC-P1", "XVC-P2", "XVC-P3"] {
         assert_eq!(
             app.order_status(id).await["state"],
@@ -324,13 +322,13 @@ async fn a_dead_letter_replays_through_the_normal_path_and_records_the_outcome()
     // The payment arrives before the storefront registered its order.
     app.post_webhook(&captured_for("pay_D1", "order_D1", 74_900), Some("evt_D1"))
         .await;
-    let letter = loop {
-        let letters = app.dead_letters().await;
-        if let Some(letter) = letters.into_iter().find(|l| l["event_id"] == "evt_D1") {
-            break letter;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    app.wait_inbox_drained().await;
+    let letter = app
+        .dead_letters()
+        .await
+        .into_iter()
+        .find(|l| l["event_id"] == "evt_D1")
+        .expect("the payment was dead-lettered");
     assert_eq!(letter["reason"], "unknown_order");
     let id = letter["id"].as_i64().expect("id");
     let replay = |app: &TestApp| {
@@ -840,7 +838,7 @@ async fn paid_orders_found_at_a_paused_start_ship_once_resumed() {
     // Restarted paused, now with an account: nothing ships until resumed.
     let (_sandbox, url) = start_sandbox(dropshipd::sandbox::Faults::default());
     let app = spawn_app_in(dir, |settings| with_shiprocket(settings, &url)).await;
-    settle(&app).await;
+    settle().await;
     assert_eq!(app.order_status("XVC-Q1").await["state"], "paid");
     app.admin_post("/admin/processing/resume", Some(OPERATOR_TOKEN))
         .await;

@@ -137,7 +137,7 @@ async fn captured_order_paid_and_callback_pay_an_order_once() {
         .expect("callback");
     assert_eq!(response.status(), 400);
 
-    wait_until_inbox_drained(&app).await;
+    app.wait_inbox_drained().await;
     let detail = app.admin_order("XVC-10", OPERATOR_TOKEN).await;
     assert_eq!(detail["order"]["state"], "paid");
     assert_eq!(paid_events(&detail), 1, "{detail}");
@@ -149,14 +149,6 @@ async fn captured_order_paid_and_callback_pay_an_order_once() {
     let status = app.order_status("XVC-10").await;
     assert_eq!(status["awb"], Value::Null);
     assert_eq!(status["amount_paise"], amount);
-}
-
-async fn wait_until_inbox_drained(app: &TestApp) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while app.status().await["inbox_pending"] != 0 {
-        assert!(std::time::Instant::now() < deadline, "inbox never drained");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 #[actix_web::test]
@@ -183,7 +175,7 @@ async fn failed_then_captured_pays_and_mismatches_and_strangers_go_to_the_dlq() 
         Some("evt_F4"),
     )
     .await;
-    wait_until_inbox_drained(&app).await;
+    app.wait_inbox_drained().await;
     assert_eq!(app.order_status("XVC-21").await["state"], "pending_payment");
     let reasons: Vec<(String, String)> = app
         .dead_letters()
@@ -377,12 +369,7 @@ async fn admin_lists_orders_and_shows_journals_with_pii_masked_for_viewers() {
         operator["order"]["customer"]["customer"]["email"],
         "asha@example.com"
     );
-    let kinds: Vec<_> = operator["journal"]
-        .as_array()
-        .expect("journal")
-        .iter()
-        .map(|e| e["kind"].clone())
-        .collect();
+    let kinds = journal_kinds(&operator);
     assert_eq!(kinds, vec!["created", "paid"]);
     assert_eq!(operator["journal"][1]["cause"], "webhook:evt_L60");
     assert_eq!(operator["journal"][1]["seq"], 2);
@@ -478,7 +465,7 @@ async fn a_partial_refund_is_journaled_and_a_full_one_refunds() {
         Some("evt_RF2-again"),
     )
     .await;
-    wait_until_inbox_drained(&app).await;
+    app.wait_inbox_drained().await;
     assert_eq!(app.order_status("XVC-70").await["state"], "paid");
     app.post_webhook(
         &refund_processed("rfnd_2", "pay_RF70", "order_RF70", 119_800, 149_800),
@@ -487,12 +474,7 @@ async fn a_partial_refund_is_journaled_and_a_full_one_refunds() {
     .await;
     app.wait_for_state("XVC-70", "refunded").await;
     let detail = app.admin_order("XVC-70", OPERATOR_TOKEN).await;
-    let kinds: Vec<_> = detail["journal"]
-        .as_array()
-        .expect("journal")
-        .iter()
-        .map(|e| e["kind"].clone())
-        .collect();
+    let kinds = journal_kinds(&detail);
     assert_eq!(
         kinds,
         vec!["created", "paid", "refund_recorded", "refund_recorded"]

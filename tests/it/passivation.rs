@@ -98,12 +98,7 @@ async fn fifty_thousand_orders_never_exceed_the_live_actor_cap() {
     // was handled by a fresh actor loaded from storage, and a cancellation now
     // by yet another.
     let detail = app.admin_order("P-0", OPERATOR_TOKEN).await;
-    let kinds: Vec<_> = detail["journal"]
-        .as_array()
-        .expect("journal")
-        .iter()
-        .map(|e| e["kind"].clone())
-        .collect();
+    let kinds = journal_kinds(&detail);
     assert_eq!(kinds, vec!["created", "paid"]);
     let cancelled = app
         .admin_post("/admin/orders/P-0/cancel", Some(OPERATOR_TOKEN))

@@ -76,11 +76,7 @@ async fn unpaid_orders_with_a_captured_payment_are_confirmed() {
         Some("evt_RC1"),
     )
     .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.status().await["inbox_pending"] != 0 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.wait_inbox_drained().await;
     let detail = app.admin_order("XVC-RC1", OPERATOR_TOKEN).await;
     assert_eq!(detail["journal"].as_array().map(Vec::len), Some(2));
 }

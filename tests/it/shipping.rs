@@ -1,38 +1,12 @@
 //! Paid orders to Shiprocket, against the in-process sandbox over real HTTP:
 //! the healthy path, outages, unknown outcomes, refusals, manual mode.
 
-use std::sync::Arc;
-
-use dropshipd::config::{Secret, SecretRef, Settings, ShiprocketAccount};
+use dropshipd::config::Secret;
 use dropshipd::domain::clock::ManualClock;
-use dropshipd::sandbox::{DuplicatePolicy, Faults, Sandbox, SandboxServer};
+use dropshipd::sandbox::{DuplicatePolicy, Faults, Sandbox};
 use serde_json::json;
 
 use crate::helpers::*;
-
-pub fn start_sandbox(faults: Faults) -> (Arc<Sandbox>, String) {
-    let server = SandboxServer::bind("127.0.0.1:0", faults, 11, 1).expect("sandbox");
-    let (sandbox, url) = (Arc::clone(&server.sandbox), server.base_url());
-    actix_web::rt::spawn(server.run());
-    (sandbox, url)
-}
-
-pub fn with_shiprocket(settings: &mut Settings, url: &str) {
-    settings.config.shiprocket.base_url = url.to_owned();
-    settings.config.shiprocket.requests_per_hour = 360_000;
-    settings.config.shiprocket.burst = 100;
-    settings.config.shiprocket.request_timeout_ms = 1000;
-    settings.config.shiprocket.breaker_failure_threshold = 2;
-    settings.config.shiprocket.breaker_open_secs = 30;
-    settings.config.shipping.retry_base_ms = 1000;
-    settings.config.shipping.retry_max_ms = 8000;
-    settings.config.shiprocket.accounts = vec![ShiprocketAccount {
-        name: "primary".into(),
-        email: "api@example.com".into(),
-        password: SecretRef::new("env:UNUSED"),
-    }];
-    settings.secrets.shiprocket_passwords = vec![Some(Secret::new("api-password"))];
-}
 
 async fn pay(app: &TestApp, n: u32) {
     app.set_stock("TEE", 100).await;
@@ -80,12 +54,7 @@ async fn a_paid_order_becomes_ready_to_ship_with_its_awb() {
     assert!(order.pickup_requested);
 
     let detail = app.admin_order("XVC-SH1", OPERATOR_TOKEN).await;
-    let kinds: Vec<_> = detail["journal"]
-        .as_array()
-        .expect("journal")
-        .iter()
-        .map(|e| e["kind"].clone())
-        .collect();
+    let kinds = journal_kinds(&detail);
     assert_eq!(
         kinds,
         vec![

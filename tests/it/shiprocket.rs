@@ -8,12 +8,10 @@ use std::time::Duration;
 use dropshipd::clients::shiprocket::{
     ShipmentItem, ShipmentRequest, ShiprocketClient, ShiprocketError,
 };
-use dropshipd::sandbox::{DuplicatePolicy, Faults, Sandbox, SandboxServer};
+use dropshipd::sandbox::{DuplicatePolicy, Faults, Sandbox};
 
 fn start(faults: Faults) -> (ShiprocketClient, Arc<Sandbox>, String) {
-    let server = SandboxServer::bind("127.0.0.1:0", faults, 7, 1).expect("bind sandbox");
-    let (sandbox, url) = (Arc::clone(&server.sandbox), server.base_url());
-    actix_web::rt::spawn(server.run());
+    let (sandbox, url) = crate::helpers::start_sandbox_seeded(faults, 7);
     let client = ShiprocketClient::new(&url, Duration::from_millis(500)).expect("client");
     (client, sandbox, url)
 }
