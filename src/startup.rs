@@ -147,7 +147,7 @@ impl Application {
                 .unwrap_or(i64::MAX),
             idle: Duration::from_millis(config.processing.order_actor_idle_ms),
             paused: Arc::clone(&processing_paused),
-            shipping: Some(shipping),
+            shipping,
         });
         let orders = OrderRegistry::new(
             order_deps,

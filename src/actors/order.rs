@@ -46,7 +46,7 @@ pub struct OrderDeps {
     /// The kill switch: while set, nothing advances an order.
     pub paused: Arc<AtomicBool>,
     /// Shiprocket, when configured.
-    pub shipping: Option<ShippingDeps>,
+    pub shipping: ShippingDeps,
 }
 
 /// What the shipping steps need.
@@ -603,14 +603,14 @@ async fn queue_if_paid(
 /// A cancelled order's Shiprocket order is cancelled there too. Best effort:
 /// a failure is logged for an operator, the cancellation here stands.
 async fn cancel_at_shiprocket(deps: &OrderDeps, order: &OrderSnapshot) {
-    let (Some(shipping), Some(account), Some(sr_order_id)) = (
-        deps.shipping.as_ref(),
+    let (Some(account), Some(sr_order_id)) = (
         order.shipping.account.as_deref(),
         order.shipping.sr_order_id,
     ) else {
         return;
     };
-    match shipping
+    match deps
+        .shipping
         .router
         .call_on(account, ShiprocketCall::Cancel(vec![sr_order_id]))
         .await
@@ -628,16 +628,17 @@ async fn cancel_at_shiprocket(deps: &OrderDeps, order: &OrderSnapshot) {
 /// stay `paid` (a store that ships by other means); a start with accounts
 /// queues them.
 fn shipping_configured(deps: &OrderDeps) -> bool {
-    deps.shipping.as_ref().is_some_and(|s| !s.router.is_empty())
+    !deps.shipping.router.is_empty()
 }
 
 /// Why paid orders cannot go to Shiprocket automatically right now, if so.
 fn shipping_blocked(deps: &OrderDeps) -> Option<String> {
-    match &deps.shipping {
-        None => Some("no Shiprocket account is configured".into()),
-        Some(s) if s.router.is_empty() => Some("no Shiprocket account is configured".into()),
-        Some(s) if s.manual.load(Ordering::SeqCst) => Some("shipping mode is manual".into()),
-        Some(_) => None,
+    if !shipping_configured(deps) {
+        Some("no Shiprocket account is configured".into())
+    } else if deps.shipping.manual.load(Ordering::SeqCst) {
+        Some("shipping mode is manual".into())
+    } else {
+        None
     }
 }
 
@@ -730,9 +731,7 @@ async fn ship(
         }
         return Ok(());
     }
-    let Some(shipping) = deps.shipping.as_ref() else {
-        return Ok(());
-    };
+    let shipping = &deps.shipping;
     let mut assign_attempt_recorded = false;
     for _ in 0..2 {
         let now = deps.clock.now_ms();
@@ -961,11 +960,12 @@ async fn shipment_request(
             hsn: facts.hsn.clone(),
         });
     }
-    let order_date = crate::http::rfc3339(order.shipping.paid_at_ms.unwrap_or(order.created_at_ms))
-        .replace('T', " ")
-        .chars()
-        .take(16)
-        .collect();
+    let order_date =
+        crate::domain::clock::rfc3339(order.shipping.paid_at_ms.unwrap_or(order.created_at_ms))
+            .replace('T', " ")
+            .chars()
+            .take(16)
+            .collect();
     Ok(ShipmentRequest {
         channel_order_id: order.order_id.clone(),
         order_date,

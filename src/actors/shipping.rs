@@ -493,7 +493,7 @@ impl ShippingRouter {
                     limiter_available: g.stats.available(g.requests_per_hour, g.burst),
                     last_error: g.stats.last_error.lock().ok().and_then(|e| e.clone()),
                     token_expires_at: (issued > 0)
-                        .then(|| crate::http::rfc3339(issued + TOKEN_LIFETIME_MS)),
+                        .then(|| crate::domain::clock::rfc3339(issued + TOKEN_LIFETIME_MS)),
                 }
             })
             .collect()

@@ -279,20 +279,9 @@ pub fn load(
     source: &ConfigSource,
     vars: BTreeMap<String, String>,
 ) -> Result<Settings, ConfigError> {
-    let mut file_missing = false;
-    let text = match std::fs::read_to_string(&source.path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.explicit => {
-            file_missing = true;
-            String::new()
-        }
-        Err(e) => {
-            return Err(ConfigError::one(format!(
-                "cannot read config file {}: {e}",
-                source.path.display()
-            )))
-        }
-    };
+    let text = read_text(source)?;
+    let file_missing = text.is_none();
+    let text = text.unwrap_or_default();
     let base_dir = source
         .path
         .parent()
@@ -310,22 +299,26 @@ pub fn load(
     Ok(settings)
 }
 
+/// The config file's text; `None` when the implicit default file is absent
+/// (then defaults and overrides apply). A file the operator named must exist.
+fn read_text(source: &ConfigSource) -> Result<Option<String>, ConfigError> {
+    match std::fs::read_to_string(&source.path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.explicit => Ok(None),
+        Err(e) => Err(ConfigError::one(format!(
+            "cannot read config file {}: {e}",
+            source.path.display()
+        ))),
+    }
+}
+
 /// Where the database is, from the config file and overrides alone: tools that
 /// only read the database (`audit verify`) need no secrets.
 pub fn storage_path(
     source: &ConfigSource,
     vars: &BTreeMap<String, String>,
 ) -> Result<PathBuf, ConfigError> {
-    let text = match std::fs::read_to_string(&source.path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.explicit => String::new(),
-        Err(e) => {
-            return Err(ConfigError::one(format!(
-                "cannot read config file {}: {e}",
-                source.path.display()
-            )))
-        }
-    };
+    let text = read_text(source)?.unwrap_or_default();
     let path = parse(&text, vars)?.storage.path;
     Ok(
         match source.path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -48,3 +48,10 @@ impl Clock for ManualClock {
 }
 
 pub type SharedClock = Arc<dyn Clock>;
+
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds: the time
+/// format of every JSON answer and of the times sent to Shiprocket.
+pub fn rfc3339(ms: i64) -> String {
+    let at = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}

@@ -67,8 +67,5 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(admin::routes).configure(health::routes);
 }
 
-/// Milliseconds since the epoch as RFC 3339 UTC, the time format of every JSON answer.
-pub fn rfc3339(ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
-}
+/// The time format of every JSON answer.
+pub use crate::domain::clock::rfc3339;
