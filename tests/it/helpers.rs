@@ -262,6 +262,23 @@ impl TestApp {
         }
     }
 
+    /// Checks out one TEE for ₹749 as order `XVC-<tag>` (Razorpay order
+    /// `order_<tag>`) and sends its signed `payment.captured` (`pay_<tag>`,
+    /// event `evt_<tag>`). The order id; waiting for its state is the caller's.
+    pub async fn checkout_and_pay(&self, tag: &str) -> String {
+        let (order_id, rzp) = (format!("XVC-{tag}"), format!("order_{tag}"));
+        let created = self
+            .checkout(&checkout_body(&order_id, &rzp, "TEE", 1))
+            .await;
+        assert_eq!(created.status(), 201, "checkout {order_id}");
+        self.post_webhook(
+            &captured_for(&format!("pay_{tag}"), &rzp, 74_900),
+            Some(&format!("evt_{tag}")),
+        )
+        .await;
+        order_id
+    }
+
     /// Polls `/admin/status` until every accepted webhook has been processed.
     pub async fn wait_inbox_drained(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -433,10 +433,7 @@ fn tamper(db: &Path, sql: &str) {
 async fn the_audit_chain_records_money_and_actions_and_catches_edits_and_deletions() {
     let app = spawn_app().await;
     app.set_stock("TEE", 5).await;
-    app.checkout(&checkout_body("XVC-A1", "order_A1", "TEE", 1))
-        .await;
-    app.post_webhook(&captured_for("pay_A1", "order_A1", 74_900), Some("evt_A1"))
-        .await;
+    app.checkout_and_pay("A1").await;
     app.wait_for_state("XVC-A1", "paid").await;
     app.admin_post("/admin/processing/pause", Some(OPERATOR_TOKEN))
         .await;
@@ -649,13 +646,7 @@ async fn scrape_after_one_shipped_order(tag: &str) -> String {
     let (_sandbox, url) = start_sandbox(dropshipd::sandbox::Faults::default());
     let app = spawn_app_with(|settings| with_shiprocket(settings, &url)).await;
     app.set_stock("TEE", 5).await;
-    let (id, rzp) = (format!("XVC-{tag}"), format!("order_{tag}"));
-    app.checkout(&checkout_body(&id, &rzp, "TEE", 1)).await;
-    app.post_webhook(
-        &captured_for(&format!("pay_{tag}"), &rzp, 74_900),
-        Some(&format!("evt_{tag}")),
-    )
-    .await;
+    let id = app.checkout_and_pay(tag).await;
     app.wait_for_state(&id, "ready_to_ship").await;
     app.metrics().await
 }
@@ -751,10 +742,7 @@ async fn a_payment_held_by_the_kill_switch_beats_the_reservation_clock_on_resume
     app.set_stock("TEE", 1).await;
     app.admin_post("/admin/processing/pause", Some(OPERATOR_TOKEN))
         .await;
-    app.checkout(&checkout_body("XVC-K1", "order_K1", "TEE", 1))
-        .await;
-    app.post_webhook(&captured_for("pay_K1", "order_K1", 74_900), Some("evt_K1"))
-        .await;
+    app.checkout_and_pay("K1").await;
     // The pause outlasts the reservation.
     clock.advance_ms(3_600_000);
     app.admin_post("/admin/processing/resume", Some(OPERATOR_TOKEN))
@@ -826,10 +814,7 @@ async fn paid_orders_found_at_a_paused_start_ship_once_resumed() {
     // Paid while no Shiprocket account was configured.
     let app = spawn_app().await;
     app.set_stock("TEE", 5).await;
-    app.checkout(&checkout_body("XVC-Q1", "order_Q1", "TEE", 1))
-        .await;
-    app.post_webhook(&captured_for("pay_Q1", "order_Q1", 74_900), Some("evt_Q1"))
-        .await;
+    app.checkout_and_pay("Q1").await;
     app.wait_for_state("XVC-Q1", "paid").await;
     app.admin_post("/admin/processing/pause", Some(OPERATOR_TOKEN))
         .await;

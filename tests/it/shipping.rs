@@ -10,19 +10,7 @@ use crate::helpers::*;
 
 async fn pay(app: &TestApp, n: u32) {
     app.set_stock("TEE", 100).await;
-    let id = format!("XVC-SH{n}");
-    let rzp = format!("order_SH{n}");
-    assert_eq!(
-        app.checkout(&checkout_body(&id, &rzp, "TEE", 1))
-            .await
-            .status(),
-        201
-    );
-    app.post_webhook(
-        &captured_for(&format!("pay_SH{n}"), &rzp, 74_900),
-        Some(&format!("evt_SH{n}")),
-    )
-    .await;
+    app.checkout_and_pay(&format!("SH{n}")).await;
 }
 
 fn creates(sandbox: &Sandbox, channel_order_id: &str) -> usize {
@@ -274,17 +262,26 @@ fn update(order_id: &str, awb: &str, status_id: i64, timestamp: &str) -> serde_j
            "order_id": order_id, "sr_order_id": 640000001, "scans": [], "is_return": 0, "channel_id": 3422553})
 }
 
-#[actix_web::test]
-async fn tracking_updates_move_orders_forward_once() {
+/// Order `XVC-SH<n>` paid and ready to ship against the sandbox, on a daemon
+/// that takes tracking webhooks (`x-api-key: track-token`): the app and the AWB.
+async fn ready_with_tracking(n: u32) -> (TestApp, String) {
     let (_sandbox, url) = start_sandbox(Faults::default());
     let app = spawn_app_with(|s| {
         with_shiprocket(s, &url);
         s.secrets.tracking_token = Some(Secret::new("track-token"));
     })
     .await;
-    pay(&app, 50).await;
-    let status = app.wait_for_state("XVC-SH50", "ready_to_ship").await;
+    pay(&app, n).await;
+    let status = app
+        .wait_for_state(&format!("XVC-SH{n}"), "ready_to_ship")
+        .await;
     let awb = status["awb"].as_str().expect("awb").to_owned();
+    (app, awb)
+}
+
+#[actix_web::test]
+async fn tracking_updates_move_orders_forward_once() {
+    let (app, awb) = ready_with_tracking(50).await;
 
     let (code, _) = track(
         &app,
@@ -384,16 +381,8 @@ async fn tracking_updates_move_orders_forward_once() {
 
 #[actix_web::test]
 async fn a_courier_cancellation_returns_unshipped_stock() {
-    let (_sandbox, url) = start_sandbox(Faults::default());
-    let app = spawn_app_with(|s| {
-        with_shiprocket(s, &url);
-        s.secrets.tracking_token = Some(Secret::new("track-token"));
-    })
-    .await;
-    pay(&app, 60).await;
-    let status = app.wait_for_state("XVC-SH60", "ready_to_ship").await;
+    let (app, awb) = ready_with_tracking(60).await;
     assert_eq!(app.stock("TEE").await["on_hand"], 99);
-    let awb = status["awb"].as_str().expect("awb").to_owned();
     track(
         &app,
         "track-token",
