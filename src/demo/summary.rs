@@ -207,6 +207,12 @@ impl Summary {
         let journal_of = |r: &&OrderRecord| journals.get(&r.plan.order_id());
         let span =
             |from: Option<i64>, to: Option<i64>| from.zip(to).map(|(from, to)| (to - from) as f64);
+        // Orders whose shipping had to wait (the outage held them back).
+        let waited: Vec<_> = created
+            .iter()
+            .filter_map(journal_of)
+            .filter(|j| j.deferrals > 0)
+            .collect();
         let latency = vec![
             Latency::of(
                 "checkout: POST /api/orders answered",
@@ -240,10 +246,8 @@ impl Summary {
             ),
             Latency::of(
                 "paid to ready_to_ship, held up by the outage",
-                created
+                waited
                     .iter()
-                    .filter_map(journal_of)
-                    .filter(|j| j.deferrals > 0)
                     .filter_map(|j| span(j.paid_at_ms, j.ready_at_ms))
                     .collect(),
             ),
@@ -283,11 +287,6 @@ impl Summary {
             daemon_accepted: evidence.webhooks_accepted as u64,
         };
 
-        let waited: Vec<_> = created
-            .iter()
-            .filter_map(journal_of)
-            .filter(|j| j.deferrals > 0)
-            .collect();
         let shiprocket_outage = ShiprocketOutage {
             began_after_secs: run.outage.began_after.as_secs_f64(),
             lasted_secs: run.outage.lasted.as_secs_f64(),

@@ -71,6 +71,21 @@ impl Default for Faults {
     }
 }
 
+impl Faults {
+    /// Whether the faults apply to `call` (`only_calls` empty means every call).
+    pub fn applies_to(&self, call: &str) -> bool {
+        self.only_calls.is_empty() || self.only_calls.iter().any(|c| c == call)
+    }
+
+    /// The rate-limit bucket's tokens when the faults are set: the burst, else
+    /// one second's worth.
+    pub fn initial_bucket(&self) -> f64 {
+        self.rate_limit_burst
+            .or(self.rate_limit_per_sec)
+            .unwrap_or(0.0)
+    }
+}
+
 /// A small, seeded generator: fault injection must be reproducible, not secure.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

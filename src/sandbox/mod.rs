@@ -67,10 +67,7 @@ enum Gate {
 
 impl Sandbox {
     pub fn new(faults: Faults, seed: u64) -> Arc<Self> {
-        let bucket = faults
-            .rate_limit_burst
-            .or(faults.rate_limit_per_sec)
-            .unwrap_or(0.0);
+        let bucket = faults.initial_bucket();
         Arc::new(Self {
             state: Mutex::new(State {
                 faults,
@@ -95,12 +92,8 @@ impl Sandbox {
 
     pub fn set_faults(&self, faults: Faults) {
         self.with(|s| {
+            s.bucket = faults.initial_bucket();
             s.faults = faults;
-            s.bucket = s
-                .faults
-                .rate_limit_burst
-                .or(s.faults.rate_limit_per_sec)
-                .unwrap_or(0.0);
         });
     }
 
@@ -133,7 +126,7 @@ impl Sandbox {
     /// Rate limit, injected 429s, 500s and hangs, in that order.
     fn gate(&self, call: &str) -> Gate {
         self.with(|s| {
-            if !s.faults.only_calls.is_empty() && !s.faults.only_calls.iter().any(|c| c == call) {
+            if !s.faults.applies_to(call) {
                 return Gate::Proceed;
             }
             if let Some(rate) = s.faults.rate_limit_per_sec {
@@ -217,9 +210,7 @@ async fn call(
         Gate::Proceed if needs_token && !sandbox.authorized(req) => unauthenticated(),
         Gate::Proceed => {
             let response = work();
-            let targeted = sandbox.with(|s| {
-                s.faults.only_calls.is_empty() || s.faults.only_calls.iter().any(|c| c == name)
-            });
+            let targeted = sandbox.with(|s| s.faults.applies_to(name));
             let lost = WRITES.contains(&name)
                 && targeted
                 && response.status().is_success()
