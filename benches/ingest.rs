@@ -15,6 +15,7 @@
 //! Options after `--`: `--duration SECS` (5), `--reps N` (3),
 //! `--concurrency 16,64,256`, `--dir PATH` (where the database goes).
 
+use dropshipd::domain::clock::{Clock, SystemClock};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc;
@@ -276,10 +277,7 @@ fn main() {
     });
     let ceiling_url = rx.recv().expect("ceiling address");
 
-    let created_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let created_at = SystemClock.now_secs();
     let body = body(created_at);
     let script = dir.path().join("ingest.lua");
     std::fs::write(

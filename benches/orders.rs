@@ -8,6 +8,7 @@
 //! Run: `cargo bench --bench orders` (options after `--`: `--orders 100000`,
 //! `--concurrency 64`).
 
+use dropshipd::domain::clock::{Clock, SystemClock};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,10 +99,7 @@ fn main() {
         }
         let next = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = SystemClock.now_secs();
         let workers: Vec<_> = (0..concurrency)
             .map(|_| {
                 let (client, next, public) = (client.clone(), Arc::clone(&next), public.clone());

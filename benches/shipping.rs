@@ -9,6 +9,7 @@
 //! Run: `cargo bench --bench shipping` (options after `--`: `--backlog 200`,
 //! `--orders 2000`, `--skip-limiter`).
 
+use dropshipd::domain::clock::{Clock, SystemClock};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -105,7 +106,7 @@ fn scenario(
             .expect("stock");
         let started = Instant::now();
         let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let now = SystemClock.now_secs();
         let workers: Vec<_> = (0..concurrency)
             .map(|_| {
                 let (client, next, public) = (client.clone(), next.clone(), public.clone());
