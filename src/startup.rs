@@ -15,10 +15,12 @@ use actix_web::{web, App, HttpServer};
 
 use crate::actors::dispatcher::Dispatcher;
 use crate::actors::ingest::{IngestDeps, WebhookIngest};
-use crate::actors::order::ShippingDeps;
-use crate::actors::order::{OrderDeps, OrderMsg};
+use crate::actors::order::{OrderDeps, OrderMsg, ShippingDeps};
 use crate::actors::registry::{OrderRegistry, RegistryStats, Route};
-use crate::actors::shipping::{GatewayHandle, GatewaySettings, ShippingRouter, ShiprocketGateway};
+use crate::actors::shipping::{
+    AccountHandle, GatewaySettings, GatewayStats, ShippingQueue, ShippingRouter, ShiprocketGateway,
+    Work,
+};
 use crate::actors::stock::StockSupervisor;
 use crate::actors::timers;
 use crate::clients::razorpay::RazorpayClient;
@@ -28,6 +30,7 @@ use crate::config::ShippingMode;
 use crate::domain::backoff::Backoff;
 use crate::domain::clock::{SharedClock, SystemClock};
 use crate::domain::order::OrderState;
+use crate::domain::shipping::{ParcelDefaults, ShippingPolicy};
 use crate::domain::signature::WebhookVerifier;
 use crate::http::auth::{AdminTokens, TokenDigest};
 use crate::http::{self, AppState};
@@ -122,19 +125,51 @@ impl Application {
             config.shipping.mode == ShippingMode::Manual
                 || storage.shipping_manual().await?.unwrap_or(false),
         ));
-        let router = start_gateways(&settings, &storage, &clock, &metrics)?;
+        let accounts = configured_accounts(&settings);
+        let router = ShippingRouter::new(
+            accounts
+                .iter()
+                .map(|(gateway, _)| AccountHandle {
+                    account: gateway.account.clone(),
+                    stats: Arc::new(GatewayStats::default()),
+                    requests_per_hour: gateway.requests_per_hour,
+                    burst: gateway.burst,
+                })
+                .collect(),
+            Arc::clone(&clock),
+        );
+        let failover_after_ms =
+            i64::try_from(config.shipping.failover_after_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX);
+        let shipping_queue = ShippingQueue::new(
+            storage.clone(),
+            router.clone(),
+            Arc::clone(&clock),
+            failover_after_ms,
+        );
         let shipping = ShippingDeps {
-            router: router.clone(),
-            backoff: Backoff {
-                base: Duration::from_millis(config.shipping.retry_base_ms),
-                max: Duration::from_millis(config.shipping.retry_max_ms),
-                max_attempts: config.shipping.max_attempts,
+            queue: shipping_queue.clone(),
+            policy: ShippingPolicy {
+                backoff: Backoff {
+                    base: Duration::from_millis(config.shipping.retry_base_ms),
+                    max: Duration::from_millis(config.shipping.retry_max_ms),
+                    max_attempts: config.shipping.max_attempts,
+                },
+                failover_after_ms,
+                // Longer than a call with its login and one re-login can take.
+                call_lease_ms: i64::try_from(
+                    config.shiprocket.request_timeout_ms.saturating_mul(3),
+                )
+                .unwrap_or(i64::MAX)
+                .saturating_add(5_000),
             },
-            pickup_location: config.shipping.pickup_location.clone(),
-            default_weight_kg: config.shipping.default_weight_kg,
-            default_dims_cm: match config.shipping.default_dims_cm.as_slice() {
-                [l, b, h] => [*l, *b, *h],
-                _ => [20.0, 15.0, 10.0],
+            parcel: ParcelDefaults {
+                pickup_location: config.shipping.pickup_location.clone(),
+                weight_kg: config.shipping.default_weight_kg,
+                dims_cm: match config.shipping.default_dims_cm.as_slice() {
+                    [l, b, h] => [*l, *b, *h],
+                    _ => [20.0, 15.0, 10.0],
+                },
             },
             manual: Arc::clone(&shipping_manual),
         };
@@ -155,6 +190,25 @@ impl Application {
             Arc::clone(&order_actor_stats),
         )
         .start();
+        let work = Work {
+            queue: shipping_queue.clone(),
+            orders: orders.clone(),
+            paused: Arc::clone(&processing_paused),
+            manual: Arc::clone(&shipping_manual),
+        };
+        for ((gateway, client), handle) in accounts.into_iter().zip(router.accounts()) {
+            let client = client?;
+            ShiprocketGateway::new(
+                gateway,
+                client,
+                storage.clone(),
+                Arc::clone(&clock),
+                Arc::clone(&metrics),
+                Arc::clone(&handle.stats),
+            )
+            .with_work(work.clone())
+            .start();
+        }
         let dispatcher_heartbeat = Arc::new(Heartbeat::new());
         let background = Background {
             heartbeat: Arc::clone(&dispatcher_heartbeat),
@@ -181,6 +235,7 @@ impl Application {
                 _ => None,
             },
             ship_paid_orders: !router.is_empty(),
+            shipping_manual: Arc::clone(&shipping_manual),
             reconcile_after_ms: i64::try_from(
                 config.razorpay.reconcile_after_secs.saturating_mul(1000),
             )
@@ -241,7 +296,8 @@ impl Application {
             orders,
             order_actors: order_actor_stats,
             router,
-            shipping_manual,
+            shipping_queue,
+            shipping_manual: Arc::clone(&shipping_manual),
             health,
             storefront_token,
             tracking_token,
@@ -403,11 +459,12 @@ struct Background {
     razorpay: Option<RazorpayClient>,
     /// Shiprocket is configured: paid orders found at start go to shipping.
     ship_paid_orders: bool,
+    shipping_manual: Arc<AtomicBool>,
     reconcile_after_ms: i64,
     reconcile_every: Duration,
 }
 
-/// How often orders with a Shiprocket call due are looked for.
+/// How often manual mode looks for queued shipments to hand to operators.
 const SHIPPING_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the ledger is checked against the levels.
@@ -481,11 +538,12 @@ impl Background {
                 .run(),
             );
         }
-        actix_web::rt::spawn(timers::ship_due(
+        actix_web::rt::spawn(timers::hold_shipments(
             self.storage.clone(),
             self.orders.clone(),
             Arc::clone(&self.clock),
             Arc::clone(&self.paused),
+            self.shipping_manual,
             SHIPPING_CHECK_EVERY,
         ));
         actix_web::rt::spawn(timers::expire_reservations(
@@ -503,15 +561,13 @@ impl Background {
     }
 }
 
-/// One gateway actor per `[[shiprocket.accounts]]` with a password, and the router.
-fn start_gateways(
+/// Each `[[shiprocket.accounts]]` with a password: its gateway's settings
+/// and HTTP client.
+fn configured_accounts(
     settings: &Settings,
-    storage: &Storage,
-    clock: &SharedClock,
-    metrics: &Arc<Metrics>,
-) -> Result<ShippingRouter, StartupError> {
+) -> Vec<(GatewaySettings, Result<ShiprocketClient, StartupError>)> {
     let sr = &settings.config.shiprocket;
-    let mut handles = Vec::new();
+    let mut accounts = Vec::new();
     for (i, account) in sr.accounts.iter().enumerate() {
         let Some(password) = settings
             .secrets
@@ -525,8 +581,8 @@ fn start_gateways(
         };
         let client =
             ShiprocketClient::new(&sr.base_url, Duration::from_millis(sr.request_timeout_ms))
-                .map_err(|e| StartupError::Client(e.to_string()))?;
-        let gateway_settings = GatewaySettings {
+                .map_err(|e| StartupError::Client(e.to_string()));
+        let gateway = GatewaySettings {
             account: account.name.clone(),
             email: account.email.clone(),
             password,
@@ -538,23 +594,9 @@ fn start_gateways(
             breaker_threshold: sr.breaker_failure_threshold,
             breaker_open: Duration::from_secs(sr.breaker_open_secs),
         };
-        let gateway = ShiprocketGateway::new(
-            gateway_settings,
-            client,
-            storage.clone(),
-            Arc::clone(clock),
-            Arc::clone(metrics),
-        );
-        let stats = gateway.stats();
-        handles.push(GatewayHandle {
-            account: account.name.clone(),
-            addr: gateway.start(),
-            stats,
-            requests_per_hour: sr.requests_per_hour,
-            burst: sr.burst,
-        });
+        accounts.push((gateway, client));
     }
-    Ok(ShippingRouter::new(handles, Arc::clone(clock)))
+    accounts
 }
 
 fn first_addr(addrs: &[SocketAddr], listen: &str) -> Result<SocketAddr, StartupError> {

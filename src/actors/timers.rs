@@ -1,5 +1,7 @@
-//! Timers: reservation expiry (SPEC §7) and the hourly stock reconciliation.
-//! Both read the injected clock, so tests move time instead of waiting for it.
+//! Timers: reservation expiry (SPEC §7), manual shipping mode's hand-over of
+//! queued shipments, payment reconciliation and the hourly stock
+//! reconciliation. They read the injected clock, so tests move time instead
+//! of waiting for it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use crate::telemetry::Metrics;
 
 /// Orders expired per tick at most; the rest wait for the next tick.
 const EXPIRY_BATCH: u32 = 1000;
-/// Orders handed a due shipping step per tick at most.
+/// Queued shipments handed to operators per tick at most (manual mode).
 const SHIPPING_BATCH: u32 = 500;
 
 /// The loop both order timers share: every `every`, unless paused, ask
@@ -92,22 +94,41 @@ pub async fn expire_reservations(
     .await;
 }
 
-/// Sends every order with a Shiprocket call due (a retry after backoff, a step
-/// a restart interrupted) its next shipping step, every `every`.
-pub async fn ship_due(
+/// While shipping is in manual mode, hands every queued shipment that comes
+/// due to an operator (`manual_required`), every `every`; gateways make no
+/// call meanwhile.
+pub async fn hold_shipments(
     storage: Storage,
     registry: Addr<OrderRegistry>,
     clock: SharedClock,
     paused: Arc<AtomicBool>,
+    manual: Arc<AtomicBool>,
     every: Duration,
 ) {
     let find = |now| {
-        let storage = storage.clone();
-        async move { storage.orders_due_for_shipping(now, SHIPPING_BATCH).await }
+        let (storage, manual) = (storage.clone(), Arc::clone(&manual));
+        async move {
+            if !manual.load(Ordering::SeqCst) {
+                return Ok(Vec::new());
+            }
+            storage.shipments_due(now, SHIPPING_BATCH).await
+        }
     };
-    send_due(registry, clock, paused, every, "shipping", find, |_| {
-        OrderMsg::Ship
-    })
+    let message = |_| OrderMsg::Command {
+        command: Command::HoldShipping {
+            reason: "shipping mode is manual".into(),
+        },
+        cause: Cause::named("shipping:manual_mode"),
+    };
+    send_due(
+        registry,
+        clock,
+        paused,
+        every,
+        "hold_shipments",
+        find,
+        message,
+    )
     .await;
 }
 

@@ -13,6 +13,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::domain::shipping::{
+    AssignedAwb, CreatedShipment, FoundOrder, ShipmentItem, ShipmentRequest,
+};
+
 pub const API_PREFIX: &str = "/v1/external";
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -41,39 +45,6 @@ impl ShiprocketError {
             Self::Permanent(_) => "rejected",
         }
     }
-}
-
-/// A shipment to create, in dropshipd's terms.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShipmentRequest {
-    /// Our order id: Shiprocket's channel `order_id`.
-    pub channel_order_id: String,
-    /// `yyyy-mm-dd hh:mm`.
-    pub order_date: String,
-    pub pickup_location: String,
-    pub cod: bool,
-    pub amount_paise: i64,
-    pub customer_name: String,
-    pub email: String,
-    pub phone: String,
-    pub line1: String,
-    pub line2: String,
-    pub city: String,
-    pub state: String,
-    pub pincode: String,
-    pub country: String,
-    pub items: Vec<ShipmentItem>,
-    pub weight_kg: f64,
-    pub dims_cm: [f64; 3],
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShipmentItem {
-    pub sku: String,
-    pub name: String,
-    pub units: u32,
-    pub unit_price_paise: i64,
-    pub hsn: Option<String>,
 }
 
 /// `POST orders/create/adhoc`, as Shiprocket names things.
@@ -116,42 +87,42 @@ fn rupees(paise: i64) -> f64 {
     paise as f64 / 100.0
 }
 
-impl ShipmentRequest {
-    /// The wire form. Fails on data Shiprocket would refuse (a phone or PIN
-    /// that is not digits), before any call is made.
-    pub fn to_adhoc(&self) -> Result<AdhocOrder, ShiprocketError> {
-        let pincode = self
+impl AdhocOrder {
+    /// The wire form of `request`. Fails on data Shiprocket would refuse (a
+    /// phone or PIN that is not digits), before any call is made.
+    pub fn from_request(request: &ShipmentRequest) -> Result<Self, ShiprocketError> {
+        let pincode = request
             .pincode
             .parse::<u32>()
             .ok()
             .filter(|p| (100_000..=999_999).contains(p))
             .ok_or_else(|| {
-                ShiprocketError::Permanent(format!("pincode {:?} is not 6 digits", self.pincode))
+                ShiprocketError::Permanent(format!("pincode {:?} is not 6 digits", request.pincode))
             })?;
-        let phone = Some(self.phone.as_str())
+        let phone = Some(request.phone.as_str())
             .filter(|p| p.len() == 10)
             .and_then(|p| p.parse::<u64>().ok())
             .ok_or_else(|| ShiprocketError::Permanent("phone is not 10 digits".into()))?;
-        let (first, last) = match self.customer_name.trim().rsplit_once(' ') {
+        let (first, last) = match request.customer_name.trim().rsplit_once(' ') {
             Some((first, last)) => (first.to_owned(), last.to_owned()),
-            None => (self.customer_name.trim().to_owned(), String::new()),
+            None => (request.customer_name.trim().to_owned(), String::new()),
         };
         Ok(AdhocOrder {
-            order_id: self.channel_order_id.clone(),
-            order_date: self.order_date.clone(),
-            pickup_location: self.pickup_location.clone(),
+            order_id: request.channel_order_id.clone(),
+            order_date: request.order_date.clone(),
+            pickup_location: request.pickup_location.clone(),
             billing_customer_name: first,
             billing_last_name: last,
-            billing_address: self.line1.clone(),
-            billing_address_2: self.line2.clone(),
-            billing_city: self.city.chars().take(30).collect(),
+            billing_address: request.line1.clone(),
+            billing_address_2: request.line2.clone(),
+            billing_city: request.city.chars().take(30).collect(),
             billing_pincode: pincode,
-            billing_state: self.state.clone(),
-            billing_country: self.country.clone(),
-            billing_email: self.email.clone(),
+            billing_state: request.state.clone(),
+            billing_country: request.country.clone(),
+            billing_email: request.email.clone(),
             billing_phone: phone,
             shipping_is_billing: true,
-            order_items: self
+            order_items: request
                 .items
                 .iter()
                 .map(|i| AdhocItem {
@@ -166,38 +137,14 @@ impl ShipmentRequest {
                     hsn: i.hsn.clone(),
                 })
                 .collect(),
-            payment_method: if self.cod { "COD" } else { "Prepaid" }.into(),
-            sub_total: rupees(self.amount_paise),
-            length: self.dims_cm[0].max(0.5),
-            breadth: self.dims_cm[1].max(0.5),
-            height: self.dims_cm[2].max(0.5),
-            weight: self.weight_kg.max(0.01),
+            payment_method: if request.cod { "COD" } else { "Prepaid" }.into(),
+            sub_total: rupees(request.amount_paise),
+            length: request.dims_cm[0].max(0.5),
+            breadth: request.dims_cm[1].max(0.5),
+            height: request.dims_cm[2].max(0.5),
+            weight: request.weight_kg.max(0.01),
         })
     }
-}
-
-/// Shiprocket's ids for a created order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CreatedShipment {
-    pub sr_order_id: i64,
-    pub shipment_id: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AssignedAwb {
-    pub awb_code: String,
-    pub courier_name: String,
-}
-
-/// An order found by `GET orders?search=`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoundOrder {
-    pub sr_order_id: i64,
-    pub channel_order_id: String,
-    pub cancelled: bool,
-    pub shipment_id: Option<i64>,
-    pub awb: Option<String>,
-    pub courier: Option<String>,
 }
 
 /// Classifies a non-2xx answer. `body` is whatever came back.
@@ -529,7 +476,7 @@ mod tests {
 
     #[test]
     fn adhoc_order_speaks_rupees_and_integers() {
-        let adhoc = request().to_adhoc().unwrap();
+        let adhoc = AdhocOrder::from_request(&request()).unwrap();
         let wire = serde_json::to_value(&adhoc).unwrap();
         assert_eq!(wire["order_id"], "XVC-100231");
         assert_eq!(wire["sub_total"], 1498.0);
@@ -544,7 +491,10 @@ mod tests {
 
         let mut bad = request();
         bad.pincode = "56001".into();
-        assert!(matches!(bad.to_adhoc(), Err(ShiprocketError::Permanent(_))));
+        assert!(matches!(
+            AdhocOrder::from_request(&bad),
+            Err(ShiprocketError::Permanent(_))
+        ));
     }
 
     #[test]

@@ -157,6 +157,8 @@ pub struct ShippingConfig {
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// An order in doubt on an account unusable this long may go to another (SPEC §8).
+    pub failover_after_secs: u64,
     pub pickup_location: String,
     pub default_weight_kg: f64,
     pub default_dims_cm: Vec<f64>,
@@ -169,6 +171,7 @@ impl Default for ShippingConfig {
             max_attempts: 8,
             retry_base_ms: 1000,
             retry_max_ms: 300_000,
+            failover_after_secs: 600,
             pickup_location: "Primary".into(),
             default_weight_kg: 0.5,
             default_dims_cm: vec![20.0, 15.0, 10.0],

@@ -118,6 +118,9 @@ pub(super) fn settle(mut config: Config, env: SecretEnv) -> Result<Settings, Con
             "shipping.retry_base_ms: must be at least 1 and at most shipping.retry_max_ms".into(),
         );
     }
+    if sh.failover_after_secs == 0 {
+        problems.push("shipping.failover_after_secs: must be at least 1".into());
+    }
     if sh.pickup_location.trim().is_empty() {
         problems.push("shipping.pickup_location: must not be empty".into());
     }
@@ -349,6 +352,10 @@ impl Settings {
         line("razorpay.api_base_url", c.razorpay.api_base_url.clone());
         line("shipping.mode", c.shipping.mode.as_str().to_owned());
         line("shipping.max_attempts", c.shipping.max_attempts.to_string());
+        line(
+            "shipping.failover_after_secs",
+            c.shipping.failover_after_secs.to_string(),
+        );
         line("shiprocket.base_url", c.shiprocket.base_url.clone());
         line(
             "shiprocket.requests_per_hour",

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -14,7 +14,7 @@ pub const SUPPORTED_CURRENCIES: &[&str] = &["INR"];
 const MAX_ORDER_ID_LEN: usize = 50;
 const MAX_LINES: usize = 100;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Customer {
     pub name: String,
     pub email: String,
@@ -22,7 +22,7 @@ pub struct Customer {
     pub phone: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
     pub line1: String,
     pub line2: String,
@@ -30,6 +30,13 @@ pub struct Address {
     pub state: String,
     pub pincode: String,
     pub country: String,
+}
+
+/// Who the order goes to, as stored (sealed) with the order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerRecord {
+    pub customer: Customer,
+    pub shipping_address: Address,
 }
 
 /// A checkout that passed every rule.

@@ -165,12 +165,14 @@ pub struct OrderSnapshot {
     pub shipping: Shipping,
 }
 
-/// The shipping side of an order (SPEC §6, §8).
+/// The shipping side of an order (SPEC §6, §8). Everything the shipping
+/// decisions of [`crate::domain::shipping`] read, and nothing they could derive.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shipping {
-    /// Calls made toward Shiprocket for this order (creates and AWB assignments).
+    /// Calls made toward Shiprocket to ship this order: searches, creates and
+    /// AWB assignments. `shipping.max_attempts` bounds it.
     pub attempts: u32,
-    /// When the shipping timer should try again; none while nothing is due.
+    /// When the next shipping call is due; none while nothing is due.
     pub next_attempt_at_ms: Option<i64>,
     /// The Shiprocket account that holds (or may hold) the order.
     pub account: Option<String>,
@@ -179,13 +181,102 @@ pub struct Shipping {
     pub awb: Option<String>,
     pub courier: Option<String>,
     pub last_error: Option<String>,
-    /// A call was journaled whose outcome is not known (timeout, 5xx, crash):
-    /// search Shiprocket before calling again.
+    /// A call to `account` was journaled whose outcome is not known (timeout,
+    /// 5xx, crash): only an answered search of that account clears it.
     pub in_doubt: bool,
-    /// When the order became paid, for `dropship_shipping_creation_seconds`.
+    /// When the order became paid: the shipping queue's order, oldest first,
+    /// and `dropship_shipping_creation_seconds`.
     pub paid_at_ms: Option<i64>,
     /// The newest tracking update applied: (Shiprocket timestamp, status id).
     pub last_tracking: Option<(String, i64)>,
+    /// When a courier pickup is to be requested (after the AWB).
+    #[serde(default)]
+    pub pickup_due_at_ms: Option<i64>,
+    /// When the shipping call journaled last was made, while its answer is
+    /// not recorded: a call a crash interrupted is due again at the next start.
+    #[serde(default)]
+    pub call_started_at_ms: Option<i64>,
+    /// When the parcel left with the courier (or an operator said so): from
+    /// then on a refund or return leaves the units where they are.
+    #[serde(default)]
+    pub shipped_at_ms: Option<i64>,
+    /// Shiprocket orders to cancel, one entry per account: the order's own after
+    /// a cancellation or refund, duplicates left on an account it failed over from.
+    #[serde(default)]
+    pub cleanups: Vec<Cleanup>,
+}
+
+impl Shipping {
+    /// The pending cleanup on `account`, if any.
+    pub fn cleanup_on(&self, account: &str) -> Option<&Cleanup> {
+        self.cleanups.iter().find(|c| c.account == account)
+    }
+
+    /// Whether Shiprocket has, or may have, an order for this one on its account.
+    pub fn may_exist_at_shiprocket(&self) -> bool {
+        self.account.is_some() && (self.sr_order_id.is_some() || self.in_doubt)
+    }
+
+    fn cleanup_mut(&mut self, account: &str) -> Option<&mut Cleanup> {
+        self.cleanups.iter_mut().find(|c| c.account == account)
+    }
+
+    fn drop_cleanup(&mut self, account: &str) {
+        self.cleanups.retain(|c| c.account != account);
+    }
+}
+
+/// Why Shiprocket orders are being cancelled on an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupPurpose {
+    /// Created (or maybe created) on an account the order failed over from.
+    Duplicate,
+    /// The order was cancelled or refunded here: its shipment must not go out.
+    Cancel,
+}
+
+/// A durable promise to leave no live Shiprocket order for this channel order
+/// id on `account`: search when what exists there is not known, then cancel
+/// every live match. Retried with backoff until Shiprocket confirms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cleanup {
+    pub account: String,
+    pub purpose: CleanupPurpose,
+    /// Shiprocket order ids known to be live there.
+    pub sr_order_ids: Vec<i64>,
+    /// What the account holds is not known: search before cancelling.
+    pub search_first: bool,
+    pub attempts: u32,
+    pub next_at_ms: i64,
+    pub last_error: Option<String>,
+    /// When the cleanup call journaled last was made, while its answer is not recorded.
+    #[serde(default)]
+    pub call_started_at_ms: Option<i64>,
+}
+
+/// The Shiprocket calls an order makes, as journaled and as the `call` label
+/// of the Shiprocket metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallKind {
+    Search,
+    CreateOrder,
+    AssignAwb,
+    GeneratePickup,
+    Cancel,
+}
+
+impl CallKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Search => "search",
+            Self::CreateOrder => "create_order",
+            Self::AssignAwb => "assign_awb",
+            Self::GeneratePickup => "generate_pickup",
+            Self::Cancel => "cancel",
+        }
+    }
 }
 
 /// A journal event: what happened to an order. Serialized into the journal.
@@ -230,13 +321,16 @@ pub enum OrderEvent {
         payment_refunded_paise: i64,
         full: bool,
     },
-    /// Paid and handed to shipping.
+    /// Paid and handed to shipping: the order enters the shipping queue.
     ShippingQueued,
-    /// A Shiprocket call is about to be made (recorded before the call).
+    /// A shipping call is about to be made (recorded before the call).
     ShippingAttempt {
         account: String,
-        call: String,
+        call: CallKind,
         attempt: u32,
+        /// If no outcome is recorded by then (a crash), the step is due again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_at_ms: Option<i64>,
     },
     /// Shiprocket holds the order (created now, or found by search and adopted).
     ShipmentCreated {
@@ -244,6 +338,10 @@ pub enum OrderEvent {
         sr_order_id: i64,
         shipment_id: i64,
         adopted: bool,
+    },
+    /// A search of the account in doubt answered: it holds no order for this one.
+    DoubtCleared {
+        account: String,
     },
     AwbAssigned {
         awb: String,
@@ -253,10 +351,15 @@ pub enum OrderEvent {
     ShippingDeferred {
         error: String,
         next_attempt_at_ms: i64,
-        /// The call was never made (every circuit open): it does not count.
+        /// The call never happened (429, a refused token): it does not count.
         not_attempted: bool,
-        /// The call's outcome is unknown: search before the next one.
+        /// Whether the order is in doubt on its account after this.
         in_doubt: bool,
+    },
+    /// The account in doubt stayed unusable for `shipping.failover_after_secs`:
+    /// the order goes to another account, and `from` gets a duplicate check.
+    FailedOver {
+        from: String,
     },
     /// Automatic shipping stopped: an operator decides.
     ShippingManual {
@@ -264,6 +367,15 @@ pub enum OrderEvent {
     },
     /// An operator sent the order back to automatic shipping.
     ShippingRetried,
+    PickupRequested,
+    /// The pickup request failed; it can be made from Shiprocket's panel.
+    PickupFailed {
+        error: String,
+    },
+    PickupDeferred {
+        error: String,
+        next_at_ms: i64,
+    },
     /// Handed to the courier, by tracking or by an operator.
     Shipped {
         awb: Option<String>,
@@ -276,6 +388,49 @@ pub enum OrderEvent {
         status_id: i64,
         timestamp: String,
         to: Option<OrderState>,
+    },
+    /// Shiprocket orders on `account` must be cancelled (recorded with the
+    /// cancellation, refund or failover that makes it so).
+    CleanupScheduled {
+        account: String,
+        purpose: CleanupPurpose,
+        sr_order_ids: Vec<i64>,
+        search_first: bool,
+    },
+    /// A cleanup call is about to be made (recorded before the call).
+    CleanupAttempt {
+        account: String,
+        call: CallKind,
+        attempt: u32,
+        resume_at_ms: i64,
+    },
+    /// A search for the cleanup answered: these orders are live there (none: done).
+    CleanupSearched {
+        account: String,
+        live: Vec<i64>,
+    },
+    /// Shiprocket confirmed the cancellation of the order's own Shiprocket order.
+    ShiprocketCancelled {
+        account: String,
+        sr_order_ids: Vec<i64>,
+    },
+    /// Duplicates on an account the order failed over from were cancelled.
+    DuplicateCancelled {
+        account: String,
+        sr_order_ids: Vec<i64>,
+    },
+    CleanupDeferred {
+        account: String,
+        error: String,
+        next_at_ms: i64,
+        search_first: bool,
+        not_attempted: bool,
+    },
+    /// Shiprocket refused the cancellation for good (picked up already, ...):
+    /// filed in the dead-letter queue as `shiprocket_cancel_failed`.
+    ShiprocketCancelFailed {
+        account: String,
+        error: String,
     },
 }
 
@@ -294,12 +449,24 @@ impl OrderEvent {
             Self::ShippingQueued => "shipping_queued",
             Self::ShippingAttempt { .. } => "shipping_attempt",
             Self::ShipmentCreated { .. } => "shipment_created",
+            Self::DoubtCleared { .. } => "doubt_cleared",
             Self::AwbAssigned { .. } => "awb_assigned",
             Self::ShippingDeferred { .. } => "shipping_deferred",
+            Self::FailedOver { .. } => "failed_over",
             Self::ShippingManual { .. } => "manual_required",
             Self::ShippingRetried => "shipping_retried",
+            Self::PickupRequested => "pickup_requested",
+            Self::PickupFailed { .. } => "pickup_failed",
+            Self::PickupDeferred { .. } => "pickup_deferred",
             Self::Shipped { .. } => "shipped",
             Self::Tracking { .. } => "tracking",
+            Self::CleanupScheduled { .. } => "cleanup_scheduled",
+            Self::CleanupAttempt { .. } => "cleanup_attempt",
+            Self::CleanupSearched { .. } => "cleanup_searched",
+            Self::ShiprocketCancelled { .. } => "shiprocket_cancelled",
+            Self::DuplicateCancelled { .. } => "duplicate_cancelled",
+            Self::CleanupDeferred { .. } => "cleanup_deferred",
+            Self::ShiprocketCancelFailed { .. } => "shiprocket_cancel_failed",
         }
     }
 
@@ -316,6 +483,9 @@ impl OrderEvent {
                 | Self::ShipmentCreated { .. }
                 | Self::AwbAssigned { .. }
                 | Self::Shipped { .. }
+                | Self::ShiprocketCancelled { .. }
+                | Self::DuplicateCancelled { .. }
+                | Self::ShiprocketCancelFailed { .. }
         )
     }
 
@@ -340,7 +510,19 @@ impl OrderEvent {
             | Self::ExtraPayment { .. }
             | Self::RefundRecorded { full: false, .. }
             | Self::ShippingAttempt { .. }
-            | Self::ShippingDeferred { .. } => None,
+            | Self::DoubtCleared { .. }
+            | Self::ShippingDeferred { .. }
+            | Self::FailedOver { .. }
+            | Self::PickupRequested
+            | Self::PickupFailed { .. }
+            | Self::PickupDeferred { .. }
+            | Self::CleanupScheduled { .. }
+            | Self::CleanupAttempt { .. }
+            | Self::CleanupSearched { .. }
+            | Self::ShiprocketCancelled { .. }
+            | Self::DuplicateCancelled { .. }
+            | Self::CleanupDeferred { .. }
+            | Self::ShiprocketCancelFailed { .. } => None,
         }
     }
 }
@@ -381,12 +563,16 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
     if let Some(to) = event.target() {
         order.state = to;
     }
+    let shipping = &mut order.shipping;
+    if ends_shipping_call(event) {
+        shipping.call_started_at_ms = None;
+    }
     match event {
         OrderEvent::Created { .. } => {}
         OrderEvent::Paid { payment_id, .. } => {
             order.payment_id = Some(payment_id.clone());
             order.reserved_until_ms = None;
-            order.shipping.paid_at_ms = Some(at_ms);
+            shipping.paid_at_ms = Some(at_ms);
         }
         OrderEvent::PaidOutOfStock { payment_id } => {
             order.payment_id = Some(payment_id.clone());
@@ -397,7 +583,8 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
         OrderEvent::ReservationExpired => order.reserved_until_ms = None,
         OrderEvent::Cancelled => {
             order.reserved_until_ms = None;
-            order.shipping.next_attempt_at_ms = None;
+            shipping.next_attempt_at_ms = None;
+            shipping.pickup_due_at_ms = None;
             if order.payment_id.is_some() && order.refunded_paise < order.amount_paise {
                 order.refund_due = true;
             }
@@ -411,22 +598,29 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
             order.refunded_paise = *payment_refunded_paise;
             if *full {
                 order.refund_due = false;
-                order.shipping.next_attempt_at_ms = None;
+                shipping.next_attempt_at_ms = None;
+                shipping.pickup_due_at_ms = None;
             }
         }
         OrderEvent::ShippingQueued | OrderEvent::ShippingRetried => {
-            let shipping = &mut order.shipping;
             if matches!(event, OrderEvent::ShippingRetried) {
                 shipping.attempts = 0;
             }
             shipping.next_attempt_at_ms = Some(at_ms);
             shipping.last_error = None;
         }
-        OrderEvent::ShippingAttempt { account, .. } => {
-            let shipping = &mut order.shipping;
+        OrderEvent::ShippingAttempt {
+            account,
+            resume_at_ms,
+            ..
+        } => {
             shipping.attempts += 1;
             shipping.account = Some(account.clone());
             shipping.in_doubt = true;
+            shipping.call_started_at_ms = Some(at_ms);
+            if resume_at_ms.is_some() {
+                shipping.next_attempt_at_ms = *resume_at_ms;
+            }
         }
         OrderEvent::ShipmentCreated {
             account,
@@ -434,20 +628,23 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
             shipment_id,
             ..
         } => {
-            let shipping = &mut order.shipping;
             shipping.account = Some(account.clone());
             shipping.sr_order_id = Some(*sr_order_id);
             shipping.shipment_id = Some(*shipment_id);
             shipping.in_doubt = false;
             shipping.next_attempt_at_ms = Some(at_ms);
         }
+        OrderEvent::DoubtCleared { .. } => {
+            shipping.in_doubt = false;
+            shipping.next_attempt_at_ms = Some(at_ms);
+        }
         OrderEvent::AwbAssigned { awb, courier } => {
-            let shipping = &mut order.shipping;
             shipping.awb = Some(awb.clone());
             shipping.courier = Some(courier.clone());
             shipping.in_doubt = false;
             shipping.next_attempt_at_ms = None;
             shipping.last_error = None;
+            shipping.pickup_due_at_ms = Some(at_ms);
         }
         OrderEvent::ShippingDeferred {
             error,
@@ -455,7 +652,6 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
             not_attempted,
             in_doubt,
         } => {
-            let shipping = &mut order.shipping;
             if *not_attempted {
                 shipping.attempts = shipping.attempts.saturating_sub(1);
             }
@@ -463,12 +659,26 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
             shipping.last_error = Some(error.clone());
             shipping.next_attempt_at_ms = Some(*next_attempt_at_ms);
         }
+        OrderEvent::FailedOver { from } => {
+            upsert_cleanup(shipping, from, CleanupPurpose::Duplicate, &[], true, at_ms);
+            shipping.in_doubt = false;
+            shipping.account = None;
+        }
         OrderEvent::ShippingManual { reason } => {
-            order.shipping.last_error = Some(reason.clone());
-            order.shipping.next_attempt_at_ms = None;
+            shipping.last_error = Some(reason.clone());
+            shipping.next_attempt_at_ms = None;
+        }
+        OrderEvent::PickupRequested | OrderEvent::PickupFailed { .. } => {
+            shipping.pickup_due_at_ms = None;
+            if let OrderEvent::PickupFailed { error } = event {
+                shipping.last_error = Some(error.clone());
+            }
+        }
+        OrderEvent::PickupDeferred { error, next_at_ms } => {
+            shipping.pickup_due_at_ms = Some(*next_at_ms);
+            shipping.last_error = Some(error.clone());
         }
         OrderEvent::Shipped { awb, courier, .. } => {
-            let shipping = &mut order.shipping;
             if awb.is_some() {
                 shipping.awb = awb.clone();
             }
@@ -476,19 +686,137 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
                 shipping.courier = courier.clone();
             }
             shipping.next_attempt_at_ms = None;
+            shipping.pickup_due_at_ms = None;
+            shipping.shipped_at_ms.get_or_insert(at_ms);
         }
         OrderEvent::Tracking {
             status_id,
             timestamp,
+            to,
             ..
         } => {
-            order.shipping.last_tracking = Some((timestamp.clone(), *status_id));
+            shipping.last_tracking = Some((timestamp.clone(), *status_id));
+            if matches!(
+                to,
+                Some(OrderState::Shipped | OrderState::Delivered | OrderState::Returned)
+            ) {
+                shipping.shipped_at_ms.get_or_insert(at_ms);
+            }
+            if to.is_some() {
+                // Picked up, delivered, cancelled or returned: no pickup to ask for.
+                shipping.pickup_due_at_ms = None;
+                shipping.next_attempt_at_ms = None;
+            }
+        }
+        OrderEvent::CleanupScheduled {
+            account,
+            purpose,
+            sr_order_ids,
+            search_first,
+        } => upsert_cleanup(
+            shipping,
+            account,
+            *purpose,
+            sr_order_ids,
+            *search_first,
+            at_ms,
+        ),
+        OrderEvent::CleanupAttempt {
+            account,
+            resume_at_ms,
+            ..
+        } => {
+            if let Some(cleanup) = shipping.cleanup_mut(account) {
+                cleanup.attempts += 1;
+                cleanup.next_at_ms = *resume_at_ms;
+                cleanup.call_started_at_ms = Some(at_ms);
+            }
+        }
+        OrderEvent::CleanupSearched { account, live } => {
+            if live.is_empty() {
+                shipping.drop_cleanup(account);
+            } else if let Some(cleanup) = shipping.cleanup_mut(account) {
+                cleanup.sr_order_ids = live.clone();
+                cleanup.search_first = false;
+                cleanup.next_at_ms = at_ms;
+                cleanup.call_started_at_ms = None;
+            }
+        }
+        OrderEvent::ShiprocketCancelled { account, .. }
+        | OrderEvent::DuplicateCancelled { account, .. }
+        | OrderEvent::ShiprocketCancelFailed { account, .. } => shipping.drop_cleanup(account),
+        OrderEvent::CleanupDeferred {
+            account,
+            error,
+            next_at_ms,
+            search_first,
+            not_attempted,
+        } => {
+            if let Some(cleanup) = shipping.cleanup_mut(account) {
+                if *not_attempted {
+                    cleanup.attempts = cleanup.attempts.saturating_sub(1);
+                }
+                cleanup.search_first = *search_first;
+                cleanup.next_at_ms = *next_at_ms;
+                cleanup.last_error = Some(error.clone());
+                cleanup.call_started_at_ms = None;
+            }
         }
     }
     order.version += 1;
     order.updated_at_ms = at_ms;
 }
 
+/// Whether `event` records the answer to the order's shipping call (or ends
+/// its shipping), so no call of it is in flight any more.
+fn ends_shipping_call(event: &OrderEvent) -> bool {
+    matches!(
+        event,
+        OrderEvent::ShippingQueued
+            | OrderEvent::ShippingRetried
+            | OrderEvent::ShipmentCreated { .. }
+            | OrderEvent::DoubtCleared { .. }
+            | OrderEvent::AwbAssigned { .. }
+            | OrderEvent::ShippingDeferred { .. }
+            | OrderEvent::ShippingManual { .. }
+            | OrderEvent::Cancelled
+            | OrderEvent::RefundRecorded { full: true, .. }
+    )
+}
+
+/// Adds a cleanup on `account`, or widens the one there: the stronger purpose,
+/// every id known, and a search if either side needed one.
+fn upsert_cleanup(
+    shipping: &mut Shipping,
+    account: &str,
+    purpose: CleanupPurpose,
+    sr_order_ids: &[i64],
+    search_first: bool,
+    at_ms: i64,
+) {
+    match shipping.cleanup_mut(account) {
+        Some(cleanup) => {
+            cleanup.purpose = cleanup.purpose.max(purpose);
+            for id in sr_order_ids {
+                if !cleanup.sr_order_ids.contains(id) {
+                    cleanup.sr_order_ids.push(*id);
+                }
+            }
+            cleanup.search_first |= search_first;
+            cleanup.next_at_ms = cleanup.next_at_ms.min(at_ms);
+        }
+        None => shipping.cleanups.push(Cleanup {
+            account: account.to_owned(),
+            purpose,
+            sr_order_ids: sr_order_ids.to_vec(),
+            search_first: search_first || sr_order_ids.is_empty(),
+            attempts: 0,
+            next_at_ms: at_ms,
+            last_error: None,
+            call_started_at_ms: None,
+        }),
+    }
+}
 /// Rebuilds a snapshot from its journal (`(event, at_ms)` in sequence order).
 pub fn replay<'a>(
     order_id: &str,
@@ -536,6 +864,10 @@ pub enum Command {
     },
     /// An operator sends a `manual_required` order back to automatic shipping.
     RetryShipping,
+    /// Shipping is stopped (manual mode): a queued order goes to an operator.
+    HoldShipping {
+        reason: String,
+    },
     /// An operator fulfilled the order by hand.
     MarkShipped {
         awb: Option<String>,
@@ -583,6 +915,27 @@ fn record_all(from: OrderState, events: Vec<OrderEvent>) -> Outcome {
         }
     }
     Outcome::Record(events)
+}
+
+/// `events` (a cancellation or a refund), followed by the durable Shiprocket
+/// cancellation they imply when Shiprocket has, or may have, an order for this
+/// one (SPEC §6). `reported_cancelled`: Shiprocket itself said so (tracking
+/// status 8), so a search confirms it before anything is cancelled.
+pub fn with_shiprocket_cancellation(
+    order: &OrderSnapshot,
+    mut events: Vec<OrderEvent>,
+    reported_cancelled: bool,
+) -> Vec<OrderEvent> {
+    let shipping = &order.shipping;
+    if let (true, Some(account)) = (shipping.may_exist_at_shiprocket(), &shipping.account) {
+        events.push(OrderEvent::CleanupScheduled {
+            account: account.clone(),
+            purpose: CleanupPurpose::Cancel,
+            sr_order_ids: shipping.sr_order_id.into_iter().collect(),
+            search_first: shipping.in_doubt || reported_cancelled,
+        });
+    }
+    events
 }
 
 /// Decides what `command` does to `order`. Pure; see the module docs.
@@ -651,7 +1004,19 @@ pub fn decide(order: &OrderSnapshot, command: &Command) -> Outcome {
             }
             _ => Outcome::Ignored,
         },
-        Command::Cancel => record(order.state, OrderEvent::Cancelled),
+        Command::Cancel => record_all(
+            order.state,
+            with_shiprocket_cancellation(order, vec![OrderEvent::Cancelled], false),
+        ),
+        Command::HoldShipping { reason } => match order.state {
+            S::AwaitingShipment | S::ShipmentCreated => record(
+                order.state,
+                OrderEvent::ShippingManual {
+                    reason: reason.clone(),
+                },
+            ),
+            _ => Outcome::Ignored,
+        },
         Command::QueueShipping { manual } => {
             let mut events = vec![OrderEvent::ShippingQueued];
             if let Some(reason) = manual {
@@ -695,7 +1060,13 @@ pub fn decide(order: &OrderSnapshot, command: &Command) -> Outcome {
                 payment_refunded_paise: *payment_refunded_paise,
                 full,
             };
-            record(order.state, event)
+            // Refunded before it shipped: the shipment must not go out either.
+            let events = if full && order.state.holds_unshipped_sale() {
+                with_shiprocket_cancellation(order, vec![event], false)
+            } else {
+                vec![event]
+            };
+            record_all(order.state, events)
         }
     }
 }

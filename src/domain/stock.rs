@@ -6,6 +6,15 @@
 
 use serde::Serialize;
 
+/// Facts about a product that shipping reads (SPEC §9, `PUT /admin/stock/{sku}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProductFacts {
+    pub name: Option<String>,
+    pub weight_kg: Option<f64>,
+    pub dims_cm: Option<Vec<f64>>,
+    pub hsn: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StockLevel {
     pub on_hand: i64,

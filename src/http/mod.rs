@@ -22,7 +22,7 @@ use actix::Addr;
 use actix_web::web;
 
 use crate::actors::registry::{OrderRegistry, RegistryStats};
-use crate::actors::shipping::ShippingRouter;
+use crate::actors::shipping::{ShippingQueue, ShippingRouter};
 use crate::actors::stock::StockSupervisor;
 use crate::config::Settings;
 use crate::domain::clock::SharedClock;
@@ -45,6 +45,8 @@ pub struct AppState {
     pub orders: Addr<OrderRegistry>,
     pub order_actors: Arc<RegistryStats>,
     pub router: ShippingRouter,
+    /// The durable shipping queue's backlog, for status and metrics.
+    pub shipping_queue: ShippingQueue,
     /// Manual shipping mode (SPEC §9 `PUT /admin/shipping-mode`), persisted.
     pub shipping_manual: Arc<AtomicBool>,
     /// The actor system's health: `/readyz` and the systemd watchdog ask it.

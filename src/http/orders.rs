@@ -149,7 +149,7 @@ pub fn replied_order(reply: OrderReply) -> Result<OrderSnapshot, ApiError> {
         OrderReply::Created(order) | OrderReply::Existing(order) | OrderReply::Order(order) => {
             Ok(order)
         }
-        OrderReply::Passivated => Err(ApiError::new(
+        OrderReply::Passivated | OrderReply::Planned(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "orders_unavailable",
             "the order's actor stopped; retry",

@@ -48,6 +48,8 @@ struct State {
     orders: Vec<SandboxOrder>,
     next_id: i64,
     calls: BTreeMap<String, u64>,
+    /// Requests by endpoint as they arrive, answered or not yet.
+    arrivals: BTreeMap<String, u64>,
     /// Token bucket for `rate_limit_per_sec`.
     bucket: f64,
     refilled: Instant,
@@ -76,6 +78,7 @@ impl Sandbox {
                 orders: Vec::new(),
                 next_id: 640_000_000,
                 calls: BTreeMap::new(),
+                arrivals: BTreeMap::new(),
                 bucket,
                 refilled: Instant::now(),
             }),
@@ -104,6 +107,12 @@ impl Sandbox {
     /// Calls answered so far, by endpoint and outcome (`create:200`, `login:429`, ...).
     pub fn calls(&self) -> BTreeMap<String, u64> {
         self.with(|s| s.calls.clone())
+    }
+
+    /// Requests received so far, by endpoint (`create`, `search`, ...), counted
+    /// on arrival: a call still hanging is in here and not yet in [`Sandbox::calls`].
+    pub fn arrivals(&self) -> BTreeMap<String, u64> {
+        self.with(|s| s.arrivals.clone())
     }
 
     pub fn orders(&self) -> Vec<SandboxOrder> {
@@ -197,7 +206,10 @@ async fn call(
     needs_token: bool,
     work: impl FnOnce() -> HttpResponse,
 ) -> HttpResponse {
-    let latency = sandbox.with(|s| s.faults.latency_ms);
+    let latency = sandbox.with(|s| {
+        *s.arrivals.entry(name.to_owned()).or_default() += 1;
+        s.faults.latency_ms
+    });
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }

@@ -166,6 +166,37 @@ const MIGRATIONS: &[&str] = &[
         WHERE processed_at_ms IS NULL;
     CREATE INDEX deferred_commands_by_order ON deferred_commands (order_id);
     ",
+    // 7: the durable shipping queue (SPEC §8). A row per order and account it
+    // has Shiprocket work for ('' while any account may take it), rewritten in
+    // the same commit as the order's snapshot (`domain::shipping::queue`).
+    // Gateways pull due rows oldest paid first, per account; a row whose call
+    // was in flight before the daemon started is due at once. Orders already
+    // queued by an older dropshipd are carried over from their snapshots.
+    "
+    CREATE TABLE shipping_queue (
+        order_id   TEXT NOT NULL,
+        account    TEXT NOT NULL,
+        due_at_ms  INTEGER NOT NULL,
+        paid_at_ms INTEGER NOT NULL,
+        failover   INTEGER NOT NULL,
+        calls_left INTEGER NOT NULL,
+        leased_at_ms INTEGER,                -- a call in flight since then
+        PRIMARY KEY (order_id, account)
+    ) WITHOUT ROWID;
+    CREATE INDEX shipping_queue_by_account ON shipping_queue (account, paid_at_ms);
+
+    INSERT INTO shipping_queue (order_id, account, due_at_ms, paid_at_ms, failover, calls_left)
+    SELECT order_id,
+           CASE WHEN json_extract(snapshot, '$.shipping.in_doubt')
+                  OR state = 'shipment_created'
+                THEN coalesce(json_extract(snapshot, '$.shipping.account'), '') ELSE '' END,
+           next_attempt_at_ms,
+           coalesce(json_extract(snapshot, '$.shipping.paid_at_ms'), created_at_ms),
+           0,
+           CASE state WHEN 'shipment_created' THEN 2 ELSE 3 END
+    FROM orders
+    WHERE state IN ('awaiting_shipment', 'shipment_created') AND next_attempt_at_ms IS NOT NULL;
+    ",
 ];
 
 /// Brings the schema to the latest version. Refuses a database from a newer
@@ -204,7 +235,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 12);
+        assert_eq!(tables, 13);
     }
 
     #[test]

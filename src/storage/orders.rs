@@ -10,6 +10,7 @@ use super::audit::{self, AuditRecord};
 use super::pii::{Column, PiiCipher};
 use super::{Storage, StorageError};
 use crate::domain::order::{Command, OrderEvent, OrderSnapshot, OrderState};
+use crate::domain::shipping::QueueEntry;
 
 /// A journal entry to append: the event with its time and cause.
 #[derive(Debug, Clone)]
@@ -63,6 +64,8 @@ pub struct OrderWrite {
     pub journal: Vec<JournalAppend>,
     pub inbox_done: Option<i64>,
     pub dead_letter: Option<OrderDeadLetter>,
+    /// The order's shipping-queue rows when they changed: they replace its old ones.
+    pub queue: Option<Vec<QueueEntry>>,
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String, StorageError> {
@@ -127,6 +130,7 @@ impl Storage {
             journal,
             inbox_done,
             dead_letter,
+            queue,
         } = write;
         // Encoded here, on the caller's thread, so the writer only writes.
         let first_seq = snapshot.version + 1 - journal.len() as u64;
@@ -152,6 +156,9 @@ impl Storage {
             }
             if let Some(letter) = &dead_letter {
                 insert_dead_letter(conn, "order", letter, snapshot.updated_at_ms)?;
+            }
+            if let Some(entries) = &queue {
+                super::shipping::replace_queue_rows(conn, &snapshot.order_id, entries)?;
             }
             if let Some(inbox_id) = inbox_done {
                 mark_processed(conn, inbox_id, snapshot.updated_at_ms)?;
@@ -435,24 +442,6 @@ impl Storage {
         .await
     }
 
-    /// Orders with a Shiprocket call due at or before `now_ms`.
-    pub async fn orders_due_for_shipping(
-        &self,
-        now_ms: i64,
-        limit: u32,
-    ) -> Result<Vec<String>, StorageError> {
-        self.read(move |conn| {
-            order_ids(
-                conn,
-                "SELECT order_id FROM orders WHERE next_attempt_at_ms <= ?1
-                     AND state IN ('awaiting_shipment', 'shipment_created')
-                     ORDER BY next_attempt_at_ms LIMIT ?2",
-                params![now_ms, limit],
-            )
-        })
-        .await
-    }
-
     /// The order that shipped under `awb`.
     pub async fn order_id_for_awb(&self, awb: &str) -> Result<Option<String>, StorageError> {
         let awb = awb.to_owned();
@@ -492,6 +481,8 @@ impl Storage {
                  LEFT JOIN orders o ON o.order_id = a.order_id
                  WHERE (a.status = 'held' AND (o.state IS NULL OR o.state NOT IN ('pending_payment', 'payment_failed')))
                     OR (a.status = 'sold' AND o.state = 'cancelled')
+                    OR (a.status = 'sold' AND o.state = 'refunded'
+                        AND json_extract(o.snapshot, '$.shipping.shipped_at_ms') IS NULL)
                     OR (a.status = 'released' AND o.state IN ('paid'))",
                 [],
             )

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::{AuditRecord, Storage, StorageError};
-use crate::domain::stock::{StockDelta, StockLevel};
+use crate::domain::stock::{ProductFacts, StockDelta, StockLevel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,15 +61,6 @@ pub struct StockStep {
     pub reason: String,
     pub allocation: AllocationStep,
     pub at_ms: i64,
-}
-
-/// Facts about a product that shipping reads (SPEC §9, `PUT /admin/stock/{sku}`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ProductFacts {
-    pub name: Option<String>,
-    pub weight_kg: Option<f64>,
-    pub dims_cm: Option<Vec<f64>>,
-    pub hsn: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

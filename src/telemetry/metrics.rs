@@ -33,6 +33,8 @@ pub const ACTORS_LIVE: &str = "dropship_actors_live";
 pub const SHIPROCKET_REQUESTS_TOTAL: &str = "dropship_shiprocket_requests_total";
 pub const SHIPROCKET_REQUEST_SECONDS: &str = "dropship_shiprocket_request_seconds";
 pub const SHIPROCKET_CIRCUIT_STATE: &str = "dropship_shiprocket_circuit_state";
+pub const SHIPPING_QUEUE: &str = "dropship_shipping_queue";
+pub const SHIPPING_QUEUE_OLDEST_SECONDS: &str = "dropship_shipping_queue_oldest_seconds";
 
 /// Latency buckets for every `_seconds` histogram: sub-millisecond acks up to
 /// the multi-second waits of a throttled Shiprocket.
@@ -95,6 +97,7 @@ pub struct Metrics {
     pub actors_live_orders: Gauge,
     pub actors_live_stock_shards: Gauge,
     pub actors_live_ingest: Gauge,
+    shipping_queue_oldest_seconds: Gauge,
 }
 
 impl Metrics {
@@ -181,6 +184,16 @@ impl Metrics {
             "Circuit breaker per Shiprocket account: 0 closed, 1 half-open, 2 open.",
         );
         describe_gauge(&recorder, ACTORS_LIVE, "Live actors, by kind.");
+        describe_gauge(
+            &recorder,
+            SHIPPING_QUEUE,
+            "Orders in the shipping queue, by the account that must take them (any: not yet assigned).",
+        );
+        describe_gauge(
+            &recorder,
+            SHIPPING_QUEUE_OLDEST_SECONDS,
+            "Age of the payment of the oldest order in the shipping queue.",
+        );
 
         let webhook_requests = WebhookOutcome::ALL.map(|outcome| {
             recorder.register_counter(
@@ -239,6 +252,8 @@ impl Metrics {
             recorder.register_counter(&Key::from_name(REVENUE_PAISE_TOTAL), &METADATA);
         let stock_reconcile_mismatches =
             recorder.register_gauge(&Key::from_name(STOCK_RECONCILE_MISMATCHES), &METADATA);
+        let shipping_queue_oldest_seconds =
+            recorder.register_gauge(&Key::from_name(SHIPPING_QUEUE_OLDEST_SECONDS), &METADATA);
         Arc::new(Self {
             recorder,
             handle,
@@ -257,6 +272,7 @@ impl Metrics {
             actors_live_orders,
             actors_live_stock_shards,
             actors_live_ingest,
+            shipping_queue_oldest_seconds,
         })
     }
 
@@ -316,6 +332,40 @@ impl Metrics {
                 &METADATA,
             )
             .set(value);
+    }
+
+    /// Sets `dropship_shipping_queue{account}` for every configured account
+    /// and `any`, zeros included, and the oldest queued payment's age.
+    pub fn set_shipping_queue(
+        &self,
+        accounts: &[&str],
+        backlog: &[crate::storage::QueueBacklog],
+        now_ms: i64,
+    ) {
+        let queued = |account: Option<&str>| {
+            backlog
+                .iter()
+                .find(|b| b.account.as_deref() == account)
+                .map_or(0, |b| b.orders)
+        };
+        let gauge = |label: &str, value: u64| {
+            self.recorder
+                .register_gauge(
+                    &Key::from_parts(
+                        SHIPPING_QUEUE,
+                        vec![Label::new("account", label.to_owned())],
+                    ),
+                    &METADATA,
+                )
+                .set(value as f64);
+        };
+        gauge("any", queued(None));
+        for account in accounts {
+            gauge(account, queued(Some(account)));
+        }
+        let oldest = backlog.iter().filter_map(|b| b.oldest_paid_at_ms).min();
+        self.shipping_queue_oldest_seconds
+            .set(oldest.map_or(0.0, |at| (now_ms - at).max(0) as f64 / 1000.0));
     }
 
     pub fn stock_reservation(&self, ok: bool) {

@@ -1,18 +1,20 @@
-//! The Shiprocket gateway and router against the sandbox: token caching and
-//! single-flight re-login, the circuit breaker on an injected clock, 429s, and
-//! failover between accounts.
+//! The Shiprocket gateway against the sandbox, through its direct `Call`:
+//! token caching and single-flight re-login, the circuit breaker on an
+//! injected clock with its one probe, 429s. Orders' calls through the queue
+//! are in `shipping.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
 use dropshipd::actors::shipping::{
-    Call, CallOutput, GatewayError, GatewayHandle, GatewaySettings, ShippingRouter, ShiprocketCall,
-    ShiprocketGateway,
+    AccountHandle, Call, GatewayError, GatewaySettings, GatewayStats, ShippingRouter,
+    ShiprocketCall, ShiprocketGateway,
 };
 use dropshipd::clients::shiprocket::{ShiprocketClient, ShiprocketError};
 use dropshipd::config::Secret;
 use dropshipd::domain::clock::ManualClock;
+use dropshipd::domain::shipping::Answer;
 use dropshipd::sandbox::{Faults, Sandbox};
 use dropshipd::storage::{Storage, StorageOptions};
 use dropshipd::telemetry::Metrics;
@@ -63,33 +65,27 @@ fn gateway(
     rig: &Rig,
     url: &str,
     settings: GatewaySettings,
-) -> (Addr<ShiprocketGateway>, GatewayHandle) {
+) -> (Addr<ShiprocketGateway>, AccountHandle) {
     let client = ShiprocketClient::new(url, Duration::from_secs(2)).expect("client");
-    let (account, per_hour, burst) = (
-        settings.account.clone(),
-        settings.requests_per_hour,
-        settings.burst,
-    );
-    let actor = ShiprocketGateway::new(
+    let handle = AccountHandle {
+        account: settings.account.clone(),
+        stats: Arc::new(GatewayStats::default()),
+        requests_per_hour: settings.requests_per_hour,
+        burst: settings.burst,
+    };
+    let addr = ShiprocketGateway::new(
         settings,
         client,
         rig.storage.clone(),
         Arc::new(rig.clock.clone()),
         Arc::clone(&rig.metrics),
-    );
-    let stats = actor.stats();
-    let addr = actor.start();
-    let handle = GatewayHandle {
-        account,
-        addr: addr.clone(),
-        stats,
-        requests_per_hour: per_hour,
-        burst,
-    };
+        Arc::clone(&handle.stats),
+    )
+    .start();
     (addr, handle)
 }
 
-async fn search(addr: &Addr<ShiprocketGateway>) -> Result<CallOutput, GatewayError> {
+async fn search(addr: &Addr<ShiprocketGateway>) -> Result<Answer, GatewayError> {
     addr.send(Call(ShiprocketCall::Search("XVC-1".into())))
         .await
         .expect("mailbox")
@@ -154,20 +150,16 @@ async fn a_5xx_storm_opens_the_circuit_and_a_probe_closes_it() {
         before,
         "an open circuit makes no call"
     );
-    assert_eq!(router.status()[0].circuit, "open");
-    assert!(
-        router.pick().is_err(),
-        "with every circuit open nothing is picked"
-    );
+    assert_eq!(router.status(&[])[0].circuit, "open");
 
     sandbox.set_faults(Faults::default());
     rig.clock.advance_ms(30_000);
-    assert_eq!(router.status()[0].circuit, "half_open");
+    assert_eq!(router.status(&[])[0].circuit, "half_open");
     assert!(
         search(&addr).await.is_ok(),
         "the probe goes through and succeeds"
     );
-    assert_eq!(router.status()[0].circuit, "closed");
+    assert_eq!(router.status(&[])[0].circuit, "closed");
 
     let scrape = rig.metrics.render();
     assert_eq!(
@@ -219,35 +211,46 @@ async fn throttling_and_validation_never_open_the_circuit() {
 }
 
 #[actix_web::test]
-async fn new_shipments_go_to_an_account_whose_circuit_is_closed() {
+async fn half_open_lets_exactly_one_probe_through() {
     let rig = rig();
-    let (sandbox_a, url_a) = sandbox();
-    let (_sandbox_b, url_b) = sandbox();
-    let (addr_a, handle_a) = gateway(&rig, &url_a, settings("acct-a", 1));
-    let (_, handle_b) = gateway(&rig, &url_b, settings("acct-b", 1));
-    let router = ShippingRouter::new(vec![handle_a, handle_b], Arc::new(rig.clock.clone()));
-    assert!(router.pick().is_ok());
-
-    sandbox_a.set_faults(Faults {
+    let (sandbox, url) = sandbox();
+    let (addr, handle) = gateway(&rig, &url, settings("primary", 1));
+    let router = ShippingRouter::new(vec![handle], Arc::new(rig.clock.clone()));
+    assert!(search(&addr).await.is_ok());
+    sandbox.set_faults(Faults {
         error_rate: 1.0,
         ..Faults::default()
     });
-    assert!(search(&addr_a).await.is_err());
-    for _ in 0..5 {
-        let picked = router.pick().expect("one account is healthy");
-        assert_eq!(picked.account, "acct-b");
-        assert!(router
-            .call_on(&picked.account, ShiprocketCall::Search("XVC-9".into()))
-            .await
-            .is_ok());
+    assert!(search(&addr).await.is_err());
+    assert_eq!(router.status(&[])[0].circuit, "open");
+
+    // The probe hangs: while it is in flight every other call is refused at once.
+    sandbox.set_faults(Faults {
+        hang_rate: 1.0,
+        hang_ms: 1_500,
+        ..Faults::default()
+    });
+    rig.clock.advance_ms(30_000);
+    let probe = {
+        let addr = addr.clone();
+        actix_web::rt::spawn(async move { search(&addr).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let arrived = || sandbox.arrivals().get("search").copied().unwrap_or(0);
+    while arrived() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe never reached Shiprocket"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let status = router.status();
-    assert_eq!((status[0].circuit, status[1].circuit), ("open", "closed"));
-    assert!(status[1].token_expires_at.is_some());
-    assert!(matches!(
-        router
-            .call_on("nobody", ShiprocketCall::Search("x".into()))
-            .await,
-        Err(GatewayError::UnknownAccount(_))
-    ));
+    for _ in 0..5 {
+        assert!(matches!(
+            search(&addr).await,
+            Err(GatewayError::CircuitOpen { .. })
+        ));
+    }
+    // The healthy search, the failure that opened the circuit, the probe.
+    assert_eq!(arrived(), 3, "{:?}", sandbox.arrivals());
+    let _ = probe.await;
 }

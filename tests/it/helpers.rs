@@ -546,6 +546,15 @@ pub fn journal_kinds(detail: &serde_json::Value) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Polls `done` until it holds, failing with `what` after 20 s.
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The Shiprocket sandbox on a loopback port in this actix system, its fault
 /// dice seeded with `seed`: the sandbox and its base URL.
 pub fn start_sandbox_seeded(faults: Faults, seed: u64) -> (Arc<Sandbox>, String) {

@@ -683,6 +683,8 @@ async fn every_spec_metric_is_exposed_with_its_type_and_bounded_labels() {
         ("dropship_dlq_entries", "gauge", &[]),
         ("dropship_actors_live", "gauge", &["kind"]),
         ("dropship_processing_paused", "gauge", &[]),
+        ("dropship_shipping_queue", "gauge", &["account"]),
+        ("dropship_shipping_queue_oldest_seconds", "gauge", &[]),
     ];
     for (name, kind, _) in &spec {
         assert!(

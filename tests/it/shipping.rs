@@ -52,7 +52,8 @@ async fn a_paid_order_becomes_ready_to_ship_with_its_awb() {
             "shipping_attempt",
             "shipment_created",
             "shipping_attempt",
-            "awb_assigned"
+            "awb_assigned",
+            "pickup_requested"
         ]
     );
     app.assert_journal_replays("XVC-SH1").await;
@@ -403,16 +404,16 @@ async fn cancelling_an_order_cancels_its_shiprocket_order() {
         .admin_post("/admin/orders/XVC-SH70/cancel", Some(OPERATOR_TOKEN))
         .await;
     assert_eq!(cancelled.status(), 200);
-    let order = sandbox
-        .orders()
-        .into_iter()
-        .find(|o| o.channel_order_id == "XVC-SH70")
-        .expect("order");
-    assert_eq!(
-        order.status_code, 5,
-        "the Shiprocket order is cancelled too"
-    );
     assert_eq!(app.stock("TEE").await["on_hand"], 100);
+    wait_until("the Shiprocket order is cancelled too", || {
+        sandbox
+            .orders()
+            .iter()
+            .any(|o| o.channel_order_id == "XVC-SH70" && o.status_code == 5)
+    })
+    .await;
+    let detail = app.admin_order("XVC-SH70", OPERATOR_TOKEN).await;
+    assert!(journal_kinds(&detail).contains(&json!("shiprocket_cancelled")));
 }
 
 #[actix_web::test]

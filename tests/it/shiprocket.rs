@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dropshipd::clients::shiprocket::{
-    ShipmentItem, ShipmentRequest, ShiprocketClient, ShiprocketError,
+    AdhocOrder, ShipmentItem, ShipmentRequest, ShiprocketClient, ShiprocketError,
 };
 use dropshipd::sandbox::{DuplicatePolicy, Faults, Sandbox};
 
@@ -51,7 +51,7 @@ async fn login_create_assign_pickup_search_cancel() {
         .login("api@example.com", "secret")
         .await
         .expect("login");
-    let adhoc = shipment("XVC-S1").to_adhoc().expect("wire form");
+    let adhoc = AdhocOrder::from_request(&shipment("XVC-S1")).expect("wire form");
     let created = client.create_order(&token, &adhoc).await.expect("create");
     let awb = client
         .assign_awb(&token, created.shipment_id)
@@ -112,7 +112,7 @@ async fn duplicates_validation_and_expired_tokens() {
         .login("api@example.com", "secret")
         .await
         .expect("login");
-    let adhoc = shipment("XVC-S2").to_adhoc().expect("wire form");
+    let adhoc = AdhocOrder::from_request(&shipment("XVC-S2")).expect("wire form");
     let first = client.create_order(&token, &adhoc).await.expect("create");
     let echo = client
         .create_order(&token, &adhoc)
@@ -132,7 +132,10 @@ async fn duplicates_validation_and_expired_tokens() {
     let mut wrong_pickup = shipment("XVC-S3");
     wrong_pickup.pickup_location = "Warehouse 9".into();
     let refused = client
-        .create_order(&token, &wrong_pickup.to_adhoc().expect("wire"))
+        .create_order(
+            &token,
+            &AdhocOrder::from_request(&wrong_pickup).expect("wire"),
+        )
         .await
         .expect_err("422");
     assert!(
@@ -199,7 +202,7 @@ async fn injected_faults_are_classified() {
         error_after_work_rate: 1.0,
         ..Faults::default()
     });
-    let adhoc = shipment("XVC-S4").to_adhoc().expect("wire");
+    let adhoc = AdhocOrder::from_request(&shipment("XVC-S4")).expect("wire");
     assert!(matches!(
         client.create_order(&token, &adhoc).await,
         Err(ShiprocketError::Transient(_))

@@ -61,6 +61,11 @@ async fn status(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, A
         .order_counts()
         .await
         .map_err(ApiError::storage_unavailable)?;
+    let backlog = state
+        .shipping_queue
+        .backlog()
+        .await
+        .map_err(ApiError::storage_unavailable)?;
     let orders_by_state: serde_json::Map<String, serde_json::Value> = by_state
         .iter()
         .map(|(s, n)| (s.as_str().to_owned(), json!(n)))
@@ -78,11 +83,30 @@ async fn status(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, A
             "orders_live_high_water": state.order_actors.live_high_water.load(Ordering::Relaxed),
             "orders_started_total": state.order_actors.started_total.load(Ordering::Relaxed),
             "stock_shards": state.stock.status(),
-            "gateways": state.router.status(),
+            "gateways": state.router.status(&backlog),
             "webhook_ingest": state.ingest_actors.load(Ordering::Relaxed),
         },
+        "shipping_queue": shipping_queue_json(&backlog, state.clock.now_ms()),
         "storage": state.storage.writer_stats(),
     })))
+}
+
+/// The queue's rows per account (`"any"`: not yet assigned) and its oldest payment.
+fn shipping_queue_json(backlog: &[crate::storage::QueueBacklog], now_ms: i64) -> serde_json::Value {
+    let by_account: serde_json::Map<String, serde_json::Value> = backlog
+        .iter()
+        .map(|b| {
+            let name = b.account.clone().unwrap_or_else(|| "any".into());
+            (name, json!({"orders": b.orders, "calls": b.calls}))
+        })
+        .collect();
+    let oldest = backlog.iter().filter_map(|b| b.oldest_paid_at_ms).min();
+    json!({
+        "orders": backlog.iter().map(|b| b.orders).sum::<u64>(),
+        "by_account": by_account,
+        "oldest_paid_at": oldest.map(super::rfc3339),
+        "oldest_seconds": oldest.map_or(0, |at| (now_ms - at).max(0) / 1000),
+    })
 }
 
 /// `?after=&limit=` of the paged listings.
@@ -149,6 +173,17 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     }
     if let Ok(by_state) = state.storage.order_counts().await {
         state.metrics.set_order_counts(&by_state);
+    }
+    if let Ok(backlog) = state.shipping_queue.backlog().await {
+        let accounts: Vec<&str> = state
+            .router
+            .accounts()
+            .iter()
+            .map(|a| a.account.as_str())
+            .collect();
+        state
+            .metrics
+            .set_shipping_queue(&accounts, &backlog, state.clock.now_ms());
     }
     let m = &state.metrics;
     m.actors_live_orders

@@ -1,71 +1,11 @@
-//! Shipping decisions (SPEC §6, §8) as pure functions: what a failed Shiprocket
-//! call does to an order, and what a tracking update does.
+//! Shiprocket's tracking webhook (SPEC §8) as pure decisions: which state a
+//! `shipment_status_id` means, how its timestamp orders updates, and what an
+//! update does to an order.
 
-use super::backoff::Backoff;
-use super::order::{transition_allowed, OrderEvent, OrderSnapshot, OrderState, Outcome};
-
-/// How a Shiprocket call failed, as the order sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallFailure {
-    /// Transport, timeout, 5xx: the call may or may not have taken effect.
-    Unknown(String),
-    /// 429: Shiprocket asked us to slow down; nothing happened.
-    Throttled {
-        error: String,
-        retry_after_ms: Option<i64>,
-    },
-    /// A validation refusal: retrying will not help.
-    Refused(String),
-    /// No call was made (every circuit open); try again at `retry_at_ms`.
-    NotAttempted { error: String, retry_at_ms: i64 },
-}
-
-/// The event a failed call records. `unit` is a uniform draw in [0, 1) for jitter.
-pub fn after_failure(
-    order: &OrderSnapshot,
-    failure: &CallFailure,
-    now_ms: i64,
-    backoff: &Backoff,
-    unit: f64,
-) -> OrderEvent {
-    let attempts = order.shipping.attempts;
-    let delay_ms =
-        i64::try_from(backoff.delay(attempts.max(1), unit).as_millis()).unwrap_or(i64::MAX);
-    match failure {
-        CallFailure::Refused(message) => OrderEvent::ShippingManual {
-            reason: format!("Shiprocket refused the order: {message}"),
-        },
-        CallFailure::NotAttempted { error, retry_at_ms } => OrderEvent::ShippingDeferred {
-            error: error.clone(),
-            next_attempt_at_ms: (*retry_at_ms).max(now_ms),
-            not_attempted: true,
-            in_doubt: order.shipping.in_doubt,
-        },
-        CallFailure::Unknown(error) | CallFailure::Throttled { error, .. }
-            if !backoff.may_retry(attempts) =>
-        {
-            OrderEvent::ShippingManual {
-                reason: format!("gave up after {attempts} attempts; last error: {error}"),
-            }
-        }
-        CallFailure::Unknown(error) => OrderEvent::ShippingDeferred {
-            error: error.clone(),
-            next_attempt_at_ms: now_ms.saturating_add(delay_ms),
-            not_attempted: false,
-            in_doubt: true,
-        },
-        CallFailure::Throttled {
-            error,
-            retry_after_ms,
-        } => OrderEvent::ShippingDeferred {
-            error: error.clone(),
-            next_attempt_at_ms: now_ms.saturating_add(delay_ms.max(retry_after_ms.unwrap_or(0))),
-            not_attempted: false,
-            // A 429 is answered before any work: the call did not happen.
-            in_doubt: false,
-        },
-    }
-}
+use crate::domain::order::{
+    transition_allowed, with_shiprocket_cancellation, OrderEvent, OrderSnapshot, OrderState,
+    Outcome,
+};
 
 /// The state a Shiprocket `shipment_status_id` moves an order to (SPEC §8).
 pub fn tracking_target(status_id: i64) -> Option<OrderState> {
@@ -120,18 +60,21 @@ pub fn decide_tracking(
     }
     let to = tracking_target(status_id)
         .filter(|to| *to != order.state && transition_allowed(order.state, *to));
-    Outcome::Record(vec![OrderEvent::Tracking {
+    let update = OrderEvent::Tracking {
         awb: awb.to_owned(),
         status_id,
         timestamp: key,
         to,
-    }])
+    };
+    if to == Some(OrderState::Cancelled) {
+        // Shiprocket says so; a search confirms it before anything else is cancelled.
+        return Outcome::Record(with_shiprocket_cancellation(order, vec![update], true));
+    }
+    Outcome::Record(vec![update])
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::domain::order::{genesis, OrderLine, PaymentMethod};
 
@@ -154,89 +97,6 @@ mod tests {
         order.state = state;
         order.shipping.attempts = attempts;
         order
-    }
-
-    fn backoff() -> Backoff {
-        Backoff {
-            base: Duration::from_millis(1000),
-            max: Duration::from_millis(300_000),
-            max_attempts: 3,
-        }
-    }
-
-    #[test]
-    fn failures_defer_with_backoff_then_give_up() {
-        let o = order(OrderState::AwaitingShipment, 2);
-        match after_failure(
-            &o,
-            &CallFailure::Unknown("HTTP 503".into()),
-            10_000,
-            &backoff(),
-            0.0,
-        ) {
-            OrderEvent::ShippingDeferred {
-                next_attempt_at_ms,
-                in_doubt,
-                ..
-            } => {
-                assert_eq!(next_attempt_at_ms, 11_000);
-                assert!(in_doubt);
-            }
-            other => panic!("{other:?}"),
-        }
-        let exhausted = order(OrderState::AwaitingShipment, 3);
-        assert!(matches!(
-            after_failure(
-                &exhausted,
-                &CallFailure::Unknown("x".into()),
-                0,
-                &backoff(),
-                0.5
-            ),
-            OrderEvent::ShippingManual { .. }
-        ));
-        assert!(matches!(
-            after_failure(&o, &CallFailure::Refused("bad pincode".into()), 0, &backoff(), 0.5),
-            OrderEvent::ShippingManual { reason } if reason.contains("bad pincode")
-        ));
-        // An outage never exhausts attempts.
-        assert!(matches!(
-            after_failure(
-                &exhausted,
-                &CallFailure::NotAttempted {
-                    error: "open".into(),
-                    retry_at_ms: 5
-                },
-                0,
-                &backoff(),
-                0.0
-            ),
-            OrderEvent::ShippingDeferred {
-                not_attempted: true,
-                next_attempt_at_ms: 5,
-                ..
-            }
-        ));
-        match after_failure(
-            &o,
-            &CallFailure::Throttled {
-                error: "429".into(),
-                retry_after_ms: Some(60_000),
-            },
-            0,
-            &backoff(),
-            0.0,
-        ) {
-            OrderEvent::ShippingDeferred {
-                next_attempt_at_ms,
-                in_doubt,
-                ..
-            } => {
-                assert_eq!(next_attempt_at_ms, 60_000);
-                assert!(!in_doubt);
-            }
-            other => panic!("{other:?}"),
-        }
     }
 
     #[test]
