@@ -112,6 +112,9 @@ struct SandboxArgs {
     /// Apply the faults only to these calls (login, create, assign_awb, search, pickup, cancel)
     #[arg(long, value_delimiter = ',')]
     only_calls: Vec<String>,
+    /// Apply the faults only to these accounts (API users' login e-mails)
+    #[arg(long, value_delimiter = ',')]
+    only_accounts: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -268,6 +271,7 @@ fn run_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
         awb_failure_rate: args.awb_failure_rate,
         pickup_location: args.pickup_location.clone(),
         only_calls: args.only_calls.clone(),
+        only_accounts: args.only_accounts.clone(),
     };
     actix_web::rt::System::new().block_on(async move {
         let server = SandboxServer::bind(&args.listen, faults, args.seed, 2)?;

@@ -35,6 +35,11 @@ pub fn order_json(order: &OrderSnapshot) -> Value {
             "courier": order.shipping.courier,
             "last_error": order.shipping.last_error,
             "next_attempt_at": order.shipping.next_attempt_at_ms.map(rfc3339),
+            "in_doubt": order.shipping.in_doubt,
+            "cancellations": order.shipping.cleanups.iter().map(|c| json!({
+                "account": c.account, "purpose": c.purpose, "shiprocket_order_ids": c.sr_order_ids,
+                "attempts": c.attempts, "next_attempt_at": rfc3339(c.next_at_ms), "last_error": c.last_error,
+            })).collect::<Vec<_>>(),
         },
         "created_at": rfc3339(order.created_at_ms),
         "updated_at": rfc3339(order.updated_at_ms),

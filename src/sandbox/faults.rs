@@ -48,6 +48,8 @@ pub struct Faults {
     /// Calls the faults apply to (`login`, `create`, `assign_awb`, `search`,
     /// `pickup`, `cancel`); empty means all of them.
     pub only_calls: Vec<String>,
+    /// Accounts (API users' login e-mails) the faults apply to; empty means all.
+    pub only_accounts: Vec<String>,
 }
 
 impl Default for Faults {
@@ -67,14 +69,17 @@ impl Default for Faults {
             awb_failure_rate: 0.0,
             pickup_location: "Primary".into(),
             only_calls: Vec::new(),
+            only_accounts: Vec::new(),
         }
     }
 }
 
 impl Faults {
-    /// Whether the faults apply to `call` (`only_calls` empty means every call).
-    pub fn applies_to(&self, call: &str) -> bool {
-        self.only_calls.is_empty() || self.only_calls.iter().any(|c| c == call)
+    /// Whether the faults apply to `call` made by `account` (an empty list
+    /// means every call, every account).
+    pub fn applies_to(&self, call: &str, account: &str) -> bool {
+        (self.only_calls.is_empty() || self.only_calls.iter().any(|c| c == call))
+            && (self.only_accounts.is_empty() || self.only_accounts.iter().any(|a| a == account))
     }
 
     /// The rate-limit bucket's tokens when the faults are set: the burst, else

@@ -30,6 +30,9 @@ const WRITES: &[&str] = &["create", "assign_awb", "pickup", "cancel"];
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SandboxOrder {
+    /// The API user (login e-mail) whose account holds it: an account sees
+    /// only its own orders, as on Shiprocket.
+    pub account: String,
     pub sr_order_id: i64,
     pub channel_order_id: String,
     pub shipment_id: i64,
@@ -44,7 +47,8 @@ pub struct SandboxOrder {
 struct State {
     faults: Faults,
     rng: Rng,
-    tokens: HashMap<String, Instant>,
+    /// Token → when it was issued and to which API user.
+    tokens: HashMap<String, (Instant, String)>,
     orders: Vec<SandboxOrder>,
     next_id: i64,
     calls: BTreeMap<String, u64>,
@@ -133,9 +137,9 @@ impl Sandbox {
     }
 
     /// Rate limit, injected 429s, 500s and hangs, in that order.
-    fn gate(&self, call: &str) -> Gate {
+    fn gate(&self, call: &str, account: &str) -> Gate {
         self.with(|s| {
-            if !s.faults.applies_to(call) {
+            if !s.faults.applies_to(call, account) {
                 return Gate::Proceed;
             }
             if let Some(rate) = s.faults.rate_limit_per_sec {
@@ -165,17 +169,18 @@ impl Sandbox {
         })
     }
 
-    fn authorized(&self, req: &HttpRequest) -> bool {
+    /// The API user a request's token was issued to, and whether it is still valid.
+    fn bearer(&self, req: &HttpRequest) -> Option<(String, bool)> {
         let token = req
             .headers()
             .get("Authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.strip_prefix("Bearer "))?;
         self.with(|s| {
             let ttl = Duration::from_secs(s.faults.token_ttl_secs);
-            token
-                .and_then(|t| s.tokens.get(t))
-                .is_some_and(|issued| issued.elapsed() < ttl)
+            s.tokens
+                .get(token)
+                .map(|(issued, account)| (account.clone(), issued.elapsed() < ttl))
         })
     }
 }
@@ -199,13 +204,19 @@ fn invalid(errors: BTreeMap<String, Vec<String>>) -> HttpResponse {
 
 /// Runs `work` behind the faults: latency, gate, authentication, and the
 /// after-the-work 5xx that leaves the caller unsure whether it happened.
+/// `login` names its API user; every other call is made as the token's.
 async fn call(
     sandbox: &Sandbox,
     name: &'static str,
     req: &HttpRequest,
-    needs_token: bool,
-    work: impl FnOnce() -> HttpResponse,
+    login: Option<&str>,
+    work: impl FnOnce(&str) -> HttpResponse,
 ) -> HttpResponse {
+    let bearer = sandbox.bearer(req);
+    let account = login
+        .map(str::to_owned)
+        .or_else(|| bearer.as_ref().map(|(account, _)| account.clone()))
+        .unwrap_or_default();
     let latency = sandbox.with(|s| {
         *s.arrivals.entry(name.to_owned()).or_default() += 1;
         s.faults.latency_ms
@@ -213,16 +224,18 @@ async fn call(
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let response = match sandbox.gate(name) {
+    let response = match sandbox.gate(name, &account) {
         Gate::Refuse(response) => response,
         Gate::Hang(how_long) => {
             tokio::time::sleep(how_long).await;
             HttpResponse::GatewayTimeout().json(json!({"message": "Gateway Timeout"}))
         }
-        Gate::Proceed if needs_token && !sandbox.authorized(req) => unauthenticated(),
+        Gate::Proceed if login.is_none() && !bearer.is_some_and(|(_, valid)| valid) => {
+            unauthenticated()
+        }
         Gate::Proceed => {
-            let response = work();
-            let targeted = sandbox.with(|s| s.faults.applies_to(name));
+            let response = work(&account);
+            let targeted = sandbox.with(|s| s.faults.applies_to(name, &account));
             let lost = WRITES.contains(&name)
                 && targeted
                 && response.status().is_success()
@@ -246,11 +259,12 @@ async fn login(
     body: web::Json<Value>,
     sandbox: web::Data<Sandbox>,
 ) -> HttpResponse {
-    call(&sandbox, "login", &req, false, || {
-        let email = body
-            .get("email")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+    let email = body
+        .get("email")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    call(&sandbox, "login", &req, Some(&email), |email| {
         let password = body
             .get("password")
             .and_then(Value::as_str)
@@ -262,7 +276,8 @@ async fn login(
         }
         sandbox.with(|s| {
             let token = format!("sbx.{:016x}", (s.rng.unit() * u64::MAX as f64) as u64);
-            s.tokens.insert(token.clone(), Instant::now());
+            s.tokens
+                .insert(token.clone(), (Instant::now(), email.to_owned()));
             HttpResponse::Ok().json(json!({
                 "id": 1, "first_name": "API", "last_name": "User", "email": email,
                 "company_id": 25149, "created_at": "2025-11-25 10:00:00", "token": token
@@ -367,7 +382,7 @@ async fn create_adhoc(
     body: web::Json<Value>,
     sandbox: web::Data<Sandbox>,
 ) -> HttpResponse {
-    call(&sandbox, "create", &req, true, || {
+    call(&sandbox, "create", &req, None, |account| {
         sandbox.with(|s| {
             let errors = validate_adhoc(&body, &s.faults.pickup_location);
             if !errors.is_empty() {
@@ -378,7 +393,8 @@ async fn create_adhoc(
                 .orders
                 .iter()
                 .find(|o| {
-                    o.channel_order_id == channel_order_id
+                    o.account == account
+                        && o.channel_order_id == channel_order_id
                         && s.faults.duplicate != DuplicatePolicy::Create
                 })
                 .cloned();
@@ -395,6 +411,7 @@ async fn create_adhoc(
             }
             s.next_id += 1;
             let order = SandboxOrder {
+                account: account.to_owned(),
                 sr_order_id: s.next_id,
                 channel_order_id,
                 shipment_id: s.next_id - 1_500_000,
@@ -426,13 +443,13 @@ async fn assign_awb(
     body: web::Json<Value>,
     sandbox: web::Data<Sandbox>,
 ) -> HttpResponse {
-    call(&sandbox, "assign_awb", &req, true, || {
+    call(&sandbox, "assign_awb", &req, None, |account| {
         let Some(shipment_id) = body.get("shipment_id").and_then(Value::as_i64) else {
             return HttpResponse::UnprocessableEntity().json(json!({"message": "Required field missing", "status_code": 422}));
         };
         sandbox.with(|s| {
             let fail = s.rng.chance(s.faults.awb_failure_rate);
-            let Some(order) = s.orders.iter_mut().find(|o| o.shipment_id == shipment_id) else {
+            let Some(order) = s.orders.iter_mut().find(|o| o.account == account && o.shipment_id == shipment_id) else {
                 return HttpResponse::BadRequest().json(json!({"message": "Invalid shipment id", "status_code": 400}));
             };
             if order.awb.is_some() {
@@ -464,13 +481,14 @@ async fn search_orders(
     query: web::Query<Search>,
     sandbox: web::Data<Sandbox>,
 ) -> HttpResponse {
-    call(&sandbox, "search", &req, true, || {
+    call(&sandbox, "search", &req, None, |account| {
         let needle = query.search.clone().unwrap_or_default();
         sandbox.with(|s| {
             let data: Vec<Value> = s
                 .orders
                 .iter()
                 .rev()
+                .filter(|o| o.account == account)
                 .filter(|o| needle.is_empty() || o.channel_order_id == needle || o.awb.as_deref() == Some(needle.as_str()))
                 .map(|o| json!({
                     "id": o.sr_order_id, "channel_order_id": o.channel_order_id, "channel_id": 3422553,
@@ -491,9 +509,9 @@ async fn generate_pickup(
     body: web::Json<Value>,
     sandbox: web::Data<Sandbox>,
 ) -> HttpResponse {
-    call(&sandbox, "pickup", &req, true, || {
+    call(&sandbox, "pickup", &req, None, |account| {
         let id = body.get("shipment_id").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_i64);
-        sandbox.with(|s| match s.orders.iter_mut().find(|o| Some(o.shipment_id) == id && o.awb.is_some()) {
+        sandbox.with(|s| match s.orders.iter_mut().find(|o| o.account == account && Some(o.shipment_id) == id && o.awb.is_some()) {
             Some(order) => {
                 order.pickup_requested = true;
                 HttpResponse::Ok().json(json!({"pickup_status": 1, "response": {"pickup_scheduled_date": "2025-11-26 12:00:00", "pickup_token_number": "Reference No: 1", "status": 3, "data": "Pickup is confirmed"}}))
@@ -509,14 +527,18 @@ async fn cancel_orders(
     body: web::Json<Value>,
     sandbox: web::Data<Sandbox>,
 ) -> HttpResponse {
-    call(&sandbox, "cancel", &req, true, || {
+    call(&sandbox, "cancel", &req, None, |account| {
         let Some(ids) = body.get("ids").and_then(Value::as_array) else {
             return HttpResponse::UnprocessableEntity()
                 .json(json!({"message": "The ids field is required.", "status_code": 422}));
         };
         let ids: Vec<i64> = ids.iter().filter_map(Value::as_i64).collect();
         sandbox.with(|s| {
-            for order in s.orders.iter_mut().filter(|o| ids.contains(&o.sr_order_id)) {
+            for order in s
+                .orders
+                .iter_mut()
+                .filter(|o| o.account == account && ids.contains(&o.sr_order_id))
+            {
                 order.status_code = 5;
             }
         });

@@ -12,6 +12,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde_json::json;
+
 use dropshipd::actors::registry::{OrderRegistry, RegistryStats};
 use dropshipd::config::{Config, Secret, SecretRef, Secrets, Settings, ShiprocketAccount};
 use dropshipd::domain::clock::{ManualClock, SharedClock, SystemClock};
@@ -536,6 +538,46 @@ pub fn order_paid(payment_id: &str, razorpay_order_id: &str, amount_paise: i64) 
     )
 }
 
+/// A `refund.processed` body: `amount` refunded now, `refunded` of the
+/// payment's `payment_amount` in all.
+pub fn refund_processed(
+    refund_id: &str,
+    payment_id: &str,
+    razorpay_order_id: &str,
+    payment_amount: i64,
+    amount: i64,
+    refunded: i64,
+) -> String {
+    format!(
+        r#"{{"entity":"event","account_id":"acc_X","event":"refund.processed","contains":["refund","payment"],"payload":{{"refund":{{"entity":{{"id":"{refund_id}","entity":"refund","amount":{amount},"currency":"INR","payment_id":"{payment_id}","notes":[],"status":"processed"}}}},"payment":{{"entity":{{"id":"{payment_id}","entity":"payment","amount":{payment_amount},"currency":"INR","status":"captured","order_id":"{razorpay_order_id}","captured":true,"amount_refunded":{refunded},"refund_status":"partial","notes":[]}}}}}},"created_at":{}}}"#,
+        now_secs()
+    )
+}
+
+/// Posts a Shiprocket tracking update with `x-api-key: key`: status and JSON reply.
+pub async fn track(app: &TestApp, key: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response = app
+        .client
+        .post(format!("{}/webhooks/tracking", app.public))
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .expect("tracking request");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A tracking update in Shiprocket's shape.
+pub fn update(order_id: &str, awb: &str, status_id: i64, timestamp: &str) -> serde_json::Value {
+    json!({"awb": awb, "courier_name": "Delhivery Surface", "current_status": "X", "current_status_id": 20,
+           "shipment_status": "X", "shipment_status_id": status_id, "current_timestamp": timestamp,
+           "order_id": order_id, "sr_order_id": 640000001, "scans": [], "is_return": 0, "channel_id": 3422553})
+}
+
 /// The `kind` of each journal entry of an admin order detail, in order.
 pub fn journal_kinds(detail: &serde_json::Value) -> Vec<serde_json::Value> {
     detail["journal"]
@@ -585,4 +627,20 @@ pub fn with_shiprocket(settings: &mut Settings, url: &str) {
         password: SecretRef::new("env:UNUSED"),
     }];
     settings.secrets.shiprocket_passwords = vec![Some(Secret::new("api-password"))];
+}
+
+/// As [`with_shiprocket`], with a second account: `primary` logs in as
+/// `api@example.com`, `secondary` as `second@example.com` (the sandbox's
+/// `only_accounts` tells them apart).
+pub fn with_two_shiprocket_accounts(settings: &mut Settings, url: &str) {
+    with_shiprocket(settings, url);
+    settings.config.shiprocket.accounts.push(ShiprocketAccount {
+        name: "secondary".into(),
+        email: "second@example.com".into(),
+        password: SecretRef::new("env:UNUSED"),
+    });
+    settings
+        .secrets
+        .shiprocket_passwords
+        .push(Some(Secret::new("api-password")));
 }

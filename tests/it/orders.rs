@@ -430,19 +430,6 @@ async fn a_hot_sku_over_http_sells_exactly_its_stock() {
     );
 }
 
-fn refund_processed(
-    refund_id: &str,
-    payment_id: &str,
-    razorpay_order_id: &str,
-    amount: i64,
-    refunded: i64,
-) -> String {
-    format!(
-        r#"{{"entity":"event","account_id":"acc_X","event":"refund.processed","contains":["refund","payment"],"payload":{{"refund":{{"entity":{{"id":"{refund_id}","entity":"refund","amount":{amount},"currency":"INR","payment_id":"{payment_id}","notes":[],"status":"processed"}}}},"payment":{{"entity":{{"id":"{payment_id}","entity":"payment","amount":149800,"currency":"INR","status":"captured","order_id":"{razorpay_order_id}","captured":true,"amount_refunded":{refunded},"refund_status":"partial","notes":[]}}}}}},"created_at":{}}}"#,
-        now_secs()
-    )
-}
-
 #[actix_web::test]
 async fn a_partial_refund_is_journaled_and_a_full_one_refunds() {
     let app = spawn_app().await;
@@ -456,19 +443,26 @@ async fn a_partial_refund_is_journaled_and_a_full_one_refunds() {
     .await;
     app.wait_for_state("XVC-70", "paid").await;
     app.post_webhook(
-        &refund_processed("rfnd_1", "pay_RF70", "order_RF70", 30_000, 30_000),
+        &refund_processed("rfnd_1", "pay_RF70", "order_RF70", 149_800, 30_000, 30_000),
         Some("evt_RF2"),
     )
     .await;
     app.post_webhook(
-        &refund_processed("rfnd_1", "pay_RF70", "order_RF70", 30_000, 30_000),
+        &refund_processed("rfnd_1", "pay_RF70", "order_RF70", 149_800, 30_000, 30_000),
         Some("evt_RF2-again"),
     )
     .await;
     app.wait_inbox_drained().await;
     assert_eq!(app.order_status("XVC-70").await["state"], "paid");
     app.post_webhook(
-        &refund_processed("rfnd_2", "pay_RF70", "order_RF70", 119_800, 149_800),
+        &refund_processed(
+            "rfnd_2",
+            "pay_RF70",
+            "order_RF70",
+            149_800,
+            119_800,
+            149_800,
+        ),
         Some("evt_RF3"),
     )
     .await;

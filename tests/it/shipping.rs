@@ -241,28 +241,6 @@ async fn manual_mode_makes_no_call_and_operators_fulfil_by_hand() {
     app.wait_for_state("XVC-SH41", "ready_to_ship").await;
 }
 
-async fn track(app: &TestApp, key: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let response = app
-        .client
-        .post(format!("{}/webhooks/tracking", app.public))
-        .header("x-api-key", key)
-        .json(&body)
-        .send()
-        .await
-        .expect("tracking request");
-    let status = response.status().as_u16();
-    (
-        status,
-        response.json().await.unwrap_or(serde_json::Value::Null),
-    )
-}
-
-fn update(order_id: &str, awb: &str, status_id: i64, timestamp: &str) -> serde_json::Value {
-    json!({"awb": awb, "courier_name": "Delhivery Surface", "current_status": "X", "current_status_id": 20,
-           "shipment_status": "X", "shipment_status_id": status_id, "current_timestamp": timestamp,
-           "order_id": order_id, "sr_order_id": 640000001, "scans": [], "is_return": 0, "channel_id": 3422553})
-}
-
 /// Order `XVC-SH<n>` paid and ready to ship against the sandbox, on a daemon
 /// that takes tracking webhooks (`x-api-key: track-token`): the app and the AWB.
 async fn ready_with_tracking(n: u32) -> (TestApp, String) {

@@ -64,16 +64,28 @@ pub enum GatewayError {
     RateLimited { wait_ms: u64 },
     #[error(transparent)]
     Shiprocket(#[from] ShiprocketError),
+    /// The login before the call failed: the call itself never left.
+    #[error("Shiprocket login failed: {0}")]
+    Login(ShiprocketError),
 }
 
 impl GatewayError {
+    /// What Shiprocket answered, if a request left at all.
+    pub fn shiprocket(&self) -> Option<&ShiprocketError> {
+        match self {
+            Self::Shiprocket(error) | Self::Login(error) => Some(error),
+            _ => None,
+        }
+    }
+
     /// What the failure means to the order that made the call.
     pub fn to_failure(&self) -> CallFailure {
         let message = self.to_string();
         match self {
-            Self::CircuitOpen { .. } | Self::RateLimited { .. } | Self::Throttled { .. } => {
-                CallFailure::NotAttempted(message)
-            }
+            Self::CircuitOpen { .. }
+            | Self::RateLimited { .. }
+            | Self::Throttled { .. }
+            | Self::Login(_) => CallFailure::NotAttempted(message),
             Self::Shiprocket(ShiprocketError::RateLimited { .. }) => {
                 CallFailure::Throttled(message)
             }

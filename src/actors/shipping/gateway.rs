@@ -130,7 +130,8 @@ impl Parts {
         let token = self
             .client
             .login(&self.settings.email, self.settings.password.expose())
-            .await?;
+            .await
+            .map_err(GatewayError::Login)?;
         let now = self.clock.now_ms();
         slot.token = Some((token.clone(), now));
         self.stats.token_issued_at_ms.store(now, Ordering::Relaxed);
@@ -517,9 +518,13 @@ impl ShiprocketGateway {
     ) -> Verdict {
         let stats = &self.parts.stats;
         let account = self.parts.settings.account.clone();
-        let (outcome, verdict) = match result {
+        let call = match result {
+            Err(GatewayError::Login(_)) => "login",
+            _ => call,
+        };
+        let (outcome, verdict) = match result.as_ref().map_err(GatewayError::shiprocket) {
             Ok(_) => ("ok", Verdict::Healthy),
-            Err(GatewayError::Shiprocket(error)) => {
+            Err(Some(error)) => {
                 stats.set_last_error(error.to_string());
                 let verdict = match error {
                     ShiprocketError::Transient(_) => Verdict::Failing,
@@ -536,12 +541,12 @@ impl ShiprocketGateway {
                 (error.outcome(), verdict)
             }
             // No request left: nothing to count.
-            Err(_) => return Verdict::Neutral,
+            Err(None) => return Verdict::Neutral,
         };
         // Any answer but a 5xx or a 429 shows the account answering again.
         if matches!(
-            result,
-            Ok(_) | Err(GatewayError::Shiprocket(ShiprocketError::Permanent(_)))
+            result.as_ref().map_err(GatewayError::shiprocket),
+            Ok(_) | Err(Some(ShiprocketError::Permanent(_)))
         ) {
             stats.unusable_since_ms.store(0, Ordering::Relaxed);
         }
