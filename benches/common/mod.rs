@@ -1,5 +1,6 @@
 //! Helpers shared by the benchmarks.
 
+#[allow(dead_code)] // each benchmark uses a different part
 /// The q-quantile of a Prometheus histogram in a text scrape, interpolated
 /// within its bucket; `None` when the histogram is absent or empty.
 pub fn quantile(scrape: &str, name: &str, q: f64) -> Option<f64> {
@@ -44,4 +45,86 @@ pub fn arg(name: &str, default: usize) -> usize {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// `dropshipd serve` as its own process (the built binary, as users run it),
+/// with the secrets every benchmark uses in its environment.
+#[allow(dead_code)] // each benchmark uses a different part
+pub struct Daemon {
+    child: std::process::Child,
+    pub public: String,
+    pub admin: String,
+}
+
+#[allow(dead_code)]
+pub const OPERATOR_TOKEN: &str = "bench-operator";
+#[allow(dead_code)]
+pub const VIEWER_TOKEN: &str = "bench-viewer";
+#[allow(dead_code)]
+pub const STOREFRONT_TOKEN: &str = "bench-storefront";
+
+#[allow(dead_code)]
+impl Daemon {
+    /// Starts the daemon on `config` (with `webhook_secret`) and waits for its
+    /// `listening` line; its output is drained for the rest of its life.
+    pub fn start(config: &std::path::Path, webhook_secret: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dropshipd"))
+            .env_clear()
+            .env("RAZORPAY_WEBHOOK_SECRET", webhook_secret)
+            .env("DROPSHIPD_VIEWER_TOKEN", VIEWER_TOKEN)
+            .env("DROPSHIPD_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("DROPSHIPD_STOREFRONT_TOKEN", STOREFRONT_TOKEN)
+            .env("DROPSHIPD_PII_KEY", "ab".repeat(32))
+            .env("SHIPROCKET_PASSWORD", "bench-password")
+            .env("RUST_LOG", "warn,dropshipd::startup=info")
+            .args(["--config", &config.to_string_lossy(), "serve"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start dropshipd");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (public, admin) = loop {
+            let line = lines.next().expect("daemon exited").expect("read");
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "listening" {
+                break (
+                    format!("http://{}", v["public_addr"].as_str().unwrap_or_default()),
+                    format!("http://{}", v["admin_addr"].as_str().unwrap_or_default()),
+                );
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            child,
+            public,
+            admin,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now and at its peak (`VmRSS`, `VmHWM`), in KiB.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -150,7 +150,6 @@ pub struct Evidence {
     pub reservations_insufficient: f64,
     pub revenue_paise: f64,
     pub shiprocket_transient: f64,
-    pub shiprocket_circuit_open: f64,
 }
 
 /// Gathers the evidence once the orders have settled.
@@ -228,15 +227,11 @@ pub async fn gather(
     );
     evidence.revenue_paise =
         metric_sum(&scrape, crate::telemetry::metrics::REVENUE_PAISE_TOTAL, &[]);
-    let shiprocket = |outcome| {
-        metric_sum(
-            &scrape,
-            crate::telemetry::metrics::SHIPROCKET_REQUESTS_TOTAL,
-            &[("outcome", outcome)],
-        )
-    };
-    evidence.shiprocket_transient = shiprocket("transient");
-    evidence.shiprocket_circuit_open = shiprocket("circuit_open");
+    evidence.shiprocket_transient = metric_sum(
+        &scrape,
+        crate::telemetry::metrics::SHIPROCKET_REQUESTS_TOTAL,
+        &[("outcome", "transient")],
+    );
 
     let calls = sandbox.calls();
     let orders = sandbox.orders();

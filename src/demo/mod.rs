@@ -213,6 +213,11 @@ async fn settle(api: &DaemonApi, created: usize, bar: &ProgressBar) -> Result<bo
         let in_flight: u64 = IN_FLIGHT.iter().map(|s| count(s)).sum();
         bar.set_position(known.saturating_sub(in_flight));
         let inbox = status["inbox_pending"].as_u64().unwrap_or(0);
+        let queued = status["shipping_queue"]["orders"].as_u64().unwrap_or(0);
+        let eta = status["actors"]["gateways"][0]["drain_eta_secs"]
+            .as_u64()
+            .unwrap_or(0);
+        bar.set_message(format!("shipping queue {queued} (drains in ~{eta} s)"));
         if known >= created as u64 && in_flight == 0 && inbox == 0 {
             return Ok(true);
         }

@@ -1,8 +1,9 @@
 //! The Shiprocket outage: for [`OUTAGE`], starting when a share of the orders
 //! has been sent, the sandbox answers every call with HTTP 500; then it is
-//! healthy again. Meanwhile a watcher reads the gateway's circuit from
-//! `GET /admin/status`, as an operator's dashboard would, so the summary can
-//! say what the breaker did rather than what it should have done.
+//! healthy again. Meanwhile a watcher reads the gateway's circuit and the
+//! shipping queue from `GET /admin/status`, as an operator's dashboard would,
+//! so the summary can say what the breaker and the queue did rather than what
+//! they should have done.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,12 +51,14 @@ pub async fn break_shiprocket(
     }
 }
 
-/// One reading of the gateway's circuit.
+/// One reading of the gateway's circuit and the shipping queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CircuitSample {
     pub at: Duration,
     /// `closed`, `half_open` or `open`, as `/admin/status` reports it.
     pub circuit: String,
+    /// Orders in the shipping queue.
+    pub queued: u64,
 }
 
 /// Reads the first gateway's circuit every [`WATCH_EVERY`] until `stop` fires.
@@ -78,26 +81,41 @@ pub async fn watch_circuit(
                 samples.push(CircuitSample {
                     at: started.elapsed(),
                     circuit: circuit.to_owned(),
+                    queued: status["shipping_queue"]["orders"].as_u64().unwrap_or(0),
                 });
             }
         }
     }
 }
 
-/// What the readings show: how often the circuit went (back) to open, and
-/// for how long it was not closed.
+/// What the readings show: how often the circuit went (back) to open, for
+/// how long it was not closed, and how the shipping queue filled and drained.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct CircuitSeen {
     pub openings: usize,
     pub not_closed_secs: f64,
+    /// The most orders seen queued at once, and when (from the traffic's start).
+    pub queue_peak: u64,
+    pub queue_peak_at_secs: f64,
+    /// The first reading after the peak that found the queue empty.
+    pub queue_empty_again_at_secs: Option<f64>,
 }
 
-/// Counts moves into `open` (from closed, or from a failed half-open probe)
-/// and adds up the time between readings that found it not closed.
+/// Counts moves into `open` (from closed, or from a failed half-open probe),
+/// adds up the time between readings that found it not closed, and finds the
+/// queue's peak and when it was empty again.
 pub fn circuit_seen(samples: &[CircuitSample]) -> CircuitSeen {
     let mut seen = CircuitSeen::default();
     let mut previous: Option<&CircuitSample> = None;
     for sample in samples {
+        if sample.queued > seen.queue_peak {
+            seen.queue_peak = sample.queued;
+            seen.queue_peak_at_secs = sample.at.as_secs_f64();
+            seen.queue_empty_again_at_secs = None;
+        } else if sample.queued == 0 && seen.queue_peak > 0 {
+            seen.queue_empty_again_at_secs
+                .get_or_insert(sample.at.as_secs_f64());
+        }
         let was = previous.map_or("closed", |p| p.circuit.as_str());
         if sample.circuit == "open" && was != "open" {
             seen.openings += 1;
@@ -123,6 +141,7 @@ mod tests {
             .map(|(i, s)| CircuitSample {
                 at: Duration::from_millis(100 * i as u64),
                 circuit: (*s).to_owned(),
+                queued: 0,
             })
             .collect()
     }
@@ -141,6 +160,18 @@ mod tests {
         ]));
         assert_eq!(seen.openings, 2);
         assert!((seen.not_closed_secs - 0.5).abs() < 1e-9, "{seen:?}");
+    }
+
+    #[test]
+    fn the_queue_peak_and_its_drain_are_found() {
+        let mut readings = samples(&["closed"; 6]);
+        for (reading, queued) in readings.iter_mut().zip([0, 3, 9, 4, 0, 0]) {
+            reading.queued = queued;
+        }
+        let seen = circuit_seen(&readings);
+        assert_eq!(seen.queue_peak, 9);
+        assert!((seen.queue_peak_at_secs - 0.2).abs() < 1e-9);
+        assert_eq!(seen.queue_empty_again_at_secs, Some(0.4));
     }
 
     #[test]

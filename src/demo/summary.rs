@@ -108,9 +108,8 @@ pub struct ShiprocketOutage {
     pub answered_500: u64,
     /// Calls the daemon saw fail (`outcome="transient"`).
     pub daemon_saw_failed: u64,
+    /// The circuit, and the shipping queue filling and draining.
     pub circuit: CircuitSeen,
-    /// Calls the open circuit kept from Shiprocket (`outcome="circuit_open"`).
-    pub held_back: u64,
     /// Orders whose journal shows a shipping step put off.
     pub orders_waited: usize,
     pub orders_waited_ready: usize,
@@ -293,7 +292,6 @@ impl Summary {
             answered_500: evidence.sandbox.answered_500,
             daemon_saw_failed: evidence.shiprocket_transient as u64,
             circuit: run.circuit,
-            held_back: evidence.shiprocket_circuit_open as u64,
             orders_waited: waited.len(),
             orders_waited_ready: waited.iter().filter(|j| j.state == EXPECTED_STATE).count(),
             shiprocket_orders: evidence.sandbox.orders,
@@ -442,10 +440,14 @@ impl Summary {
             o.circuit.openings,
             o.circuit.not_closed_secs
         )?;
+        let drained = o.circuit.queue_empty_again_at_secs.map_or_else(
+            || "not yet empty".to_owned(),
+            |at| format!("empty again at {at:.2} s"),
+        );
         writeln!(
             out,
-            "                     {} calls held back by the open circuit; {} orders waited, {} of them now ready_to_ship",
-            o.held_back, o.orders_waited, o.orders_waited_ready
+            "                     the shipping queue peaked at {} orders at {:.2} s, {drained}; {} orders had a call fail, {} of them now ready_to_ship",
+            o.circuit.queue_peak, o.circuit.queue_peak_at_secs, o.orders_waited, o.orders_waited_ready
         )?;
         writeln!(
             out,
@@ -833,6 +835,9 @@ mod tests {
             circuit: CircuitSeen {
                 openings: 2,
                 not_closed_secs: 2.4,
+                queue_peak: 40,
+                queue_peak_at_secs: 1.9,
+                queue_empty_again_at_secs: Some(2.8),
             },
         }
     }

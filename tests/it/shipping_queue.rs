@@ -78,13 +78,20 @@ async fn a_429_on_the_recovery_search_leaves_the_doubt_and_no_second_order_is_cr
         duplicate: DuplicatePolicy::Create,
         ..Faults::default()
     });
+    // Each round waits for the daemon to record the 429 before the clock moves on.
     for round in 1..=3 {
         clock.advance_ms(10_000);
-        wait_until("a throttled search", || {
-            answered(&sandbox, "search:429") >= round
+        eventually("a throttled search recorded", || async {
+            let detail = app.admin_order(&id, OPERATOR_TOKEN).await;
+            let deferrals = journal_kinds(&detail)
+                .iter()
+                .filter(|k| *k == "shipping_deferred")
+                .count();
+            deferrals > round
         })
         .await;
     }
+    assert_eq!(answered(&sandbox, "search:429"), 3);
     let shipping = shipping_of(&app, &id).await;
     assert_eq!(shipping["in_doubt"], true, "a 429 never clears doubt");
     assert_eq!(

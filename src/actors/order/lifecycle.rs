@@ -200,7 +200,8 @@ pub(super) async fn commit_events(
     }
     let queue_before = queue_entries(order);
     let queue_after = queue_entries(&next);
-    let work_due = queue_after.iter().any(|e| e.due_at_ms <= now);
+    let queue_changed = queue_after != queue_before;
+    let work_due = queue_changed && queue_after.iter().any(|e| e.due_at_ms <= now);
     let dead_letter = events.iter().find_map(|event| match event {
         OrderEvent::ShiprocketCancelFailed { account, error } => Some(OrderDeadLetter {
             reason: "shiprocket_cancel_failed",
@@ -226,7 +227,7 @@ pub(super) async fn commit_events(
             journal,
             inbox_done: cause.inbox_id,
             dead_letter,
-            queue: (queue_after != queue_before).then_some(queue_after),
+            queue: queue_changed.then_some(queue_after),
         })
         .await?;
     *order = next;

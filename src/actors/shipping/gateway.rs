@@ -223,6 +223,8 @@ pub struct ShiprocketGateway {
     batch_read_at: Option<Instant>,
     reading: bool,
     wake_at: Option<(Instant, SpawnHandle)>,
+    /// The circuit state last put in the metrics.
+    published: Option<CircuitState>,
 }
 
 impl ShiprocketGateway {
@@ -257,6 +259,7 @@ impl ShiprocketGateway {
             batch_read_at: None,
             reading: false,
             wake_at: None,
+            published: None,
         }
     }
 
@@ -272,7 +275,7 @@ impl ShiprocketGateway {
     }
 
     /// Publishes the circuit and the account's usability for the board.
-    fn publish(&self, now_ms: i64) {
+    fn publish(&mut self, now_ms: i64) {
         let stats = &self.parts.stats;
         let state = self.breaker.state(now_ms);
         stats.open_until_ms.store(
@@ -290,8 +293,11 @@ impl ShiprocketGateway {
             let since = self.breaker.opened_at_ms().unwrap_or(now_ms).max(1);
             stats.unusable_since_ms.store(since, Ordering::Relaxed);
         }
-        self.metrics
-            .shiprocket_circuit(self.account(), state.gauge());
+        if self.published != Some(state) {
+            self.published = Some(state);
+            self.metrics
+                .shiprocket_circuit(&self.parts.settings.account, state.gauge());
+        }
     }
 
     fn wake_in(&mut self, after: Duration, ctx: &mut Context<Self>) {
