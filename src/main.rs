@@ -106,6 +106,9 @@ struct SandboxArgs {
     /// The pickup location nickname that exists
     #[arg(long, default_value = "Primary")]
     pickup_location: String,
+    /// Refuse every cancel (as for an order already picked up)
+    #[arg(long)]
+    cancel_refused: bool,
     /// Seed of the fault dice
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -270,6 +273,7 @@ fn run_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
         rate_limit_burst: args.rate_limit_burst,
         awb_failure_rate: args.awb_failure_rate,
         pickup_location: args.pickup_location.clone(),
+        cancel_refused: args.cancel_refused,
         only_calls: args.only_calls.clone(),
         only_accounts: args.only_accounts.clone(),
     };

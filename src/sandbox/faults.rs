@@ -45,6 +45,9 @@ pub struct Faults {
     pub awb_failure_rate: f64,
     /// The pickup location nickname that exists; others get 422.
     pub pickup_location: String,
+    /// Cancels are refused for good, as Shiprocket refuses an order the
+    /// courier has already picked up.
+    pub cancel_refused: bool,
     /// Calls the faults apply to (`login`, `create`, `assign_awb`, `search`,
     /// `pickup`, `cancel`); empty means all of them.
     pub only_calls: Vec<String>,
@@ -68,6 +71,7 @@ impl Default for Faults {
             rate_limit_burst: None,
             awb_failure_rate: 0.0,
             pickup_location: "Primary".into(),
+            cancel_refused: false,
             only_calls: Vec::new(),
             only_accounts: Vec::new(),
         }

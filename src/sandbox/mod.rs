@@ -533,6 +533,11 @@ async fn cancel_orders(
                 .json(json!({"message": "The ids field is required.", "status_code": 422}));
         };
         let ids: Vec<i64> = ids.iter().filter_map(Value::as_i64).collect();
+        if sandbox.with(|s| s.faults.cancel_refused) {
+            return HttpResponse::BadRequest().json(json!({
+                "message": "Order cannot be cancelled: it has already been picked up", "status_code": 400
+            }));
+        }
         sandbox.with(|s| {
             for order in s
                 .orders

@@ -458,3 +458,35 @@ async fn half_open_makes_one_probe_and_waiting_orders_write_nothing() {
         "only the probe's attempt is journaled"
     );
 }
+
+#[actix_web::test]
+async fn a_cancellation_shiprocket_refuses_for_good_goes_to_the_dead_letter_queue() {
+    let (sandbox, url) = start_sandbox(Faults::default());
+    let app = spawn_app_with(|s| with_shiprocket(s, &url)).await;
+    app.set_stock("TEE", 10).await;
+    let id = app.checkout_and_pay("CR1").await;
+    app.wait_for_state(&id, "ready_to_ship").await;
+    sandbox.set_faults(Faults {
+        cancel_refused: true,
+        ..Faults::default()
+    });
+    let cancelled = app
+        .admin_post(&format!("/admin/orders/{id}/cancel"), Some(OPERATOR_TOKEN))
+        .await;
+    assert_eq!(cancelled.status(), 200);
+    eventually("the refusal filed for an operator", || async {
+        app.dead_letters()
+            .await
+            .iter()
+            .any(|l| l["reason"] == "shiprocket_cancel_failed")
+    })
+    .await;
+    let detail = app.admin_order(&id, OPERATOR_TOKEN).await;
+    assert!(
+        journal_kinds(&detail).contains(&json!("shiprocket_cancel_failed")),
+        "{detail}"
+    );
+    assert_eq!(detail["order"]["shipping"]["cancellations"], json!([]));
+    assert_eq!(arrivals(&sandbox, &["cancel"]), 1, "a refusal is final");
+    assert_eq!(shiprocket_orders(&sandbox, &id), (1, 1));
+}
