@@ -6,6 +6,8 @@
 
 use serde::Serialize;
 
+use super::order::{OrderLine, OrderState};
+
 /// Facts about a product that shipping reads (SPEC §9, `PUT /admin/stock/{sku}`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ProductFacts {
@@ -13,6 +15,47 @@ pub struct ProductFacts {
     pub weight_kg: Option<f64>,
     pub dims_cm: Option<Vec<f64>>,
     pub hsn: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationStatus {
+    Held,
+    Sold,
+    Released,
+    Returned,
+}
+
+impl AllocationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Sold => "sold",
+            Self::Released => "released",
+            Self::Returned => "returned",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Held, Self::Sold, Self::Released, Self::Returned]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// What a stock step does to the order's allocation row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocationStep {
+    /// An operator's change: no order involved.
+    None,
+    /// A new hold for an order; a repeat (the row exists) changes nothing.
+    Create { order_id: String, quantity: i64 },
+    /// Moves the row from one of `from` to `to`; from any other status, nothing happens.
+    Move {
+        order_id: String,
+        from: Vec<AllocationStatus>,
+        to: AllocationStatus,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -149,6 +192,106 @@ pub fn apply(
     Ok((next, delta))
 }
 
+/// One stock change an order's transition implies for one of its lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineMove {
+    pub sku: String,
+    pub change: StockChange,
+    pub allocation: AllocationStep,
+    pub reason: &'static str,
+}
+
+fn line_moves(
+    order_id: &str,
+    lines: &[OrderLine],
+    make: impl Fn(i64) -> StockChange,
+    from: &[AllocationStatus],
+    to: AllocationStatus,
+    reason: &'static str,
+) -> Vec<LineMove> {
+    lines
+        .iter()
+        .map(|line| LineMove {
+            sku: line.sku.clone(),
+            change: make(i64::from(line.quantity)),
+            allocation: AllocationStep::Move {
+                order_id: order_id.to_owned(),
+                from: from.to_vec(),
+                to,
+            },
+            reason,
+        })
+        .collect()
+}
+
+/// The holds of a new checkout, every line.
+pub fn reserve_moves(order_id: &str, lines: &[OrderLine]) -> Vec<LineMove> {
+    lines
+        .iter()
+        .map(|line| LineMove {
+            sku: line.sku.clone(),
+            change: StockChange::Reserve(i64::from(line.quantity)),
+            allocation: AllocationStep::Create {
+                order_id: order_id.to_owned(),
+                quantity: i64::from(line.quantity),
+            },
+            reason: "reserve",
+        })
+        .collect()
+}
+
+/// The stock an order's move from `from` to `to` takes or gives back (SPEC
+/// §6, §7), committed with the move itself: a reader who sees `paid` sees
+/// the sale. A refund or return after the parcel left leaves the units where
+/// they are. Every move is conditional on the allocation's status, so
+/// repeating one changes nothing.
+pub fn transition_moves(
+    order_id: &str,
+    lines: &[OrderLine],
+    from: OrderState,
+    to: OrderState,
+) -> Vec<LineMove> {
+    use AllocationStatus as A;
+    let sold = |state: OrderState| state.holds_unshipped_sale();
+    match (from, to) {
+        (from, to) if from.holds_reservation() && sold(to) => line_moves(
+            order_id,
+            lines,
+            StockChange::SellReserved,
+            &[A::Held],
+            A::Sold,
+            "sale",
+        ),
+        (OrderState::Expired, to) if sold(to) => line_moves(
+            order_id,
+            lines,
+            StockChange::SellUnreserved,
+            &[A::Released],
+            A::Sold,
+            "late_sale",
+        ),
+        (from, OrderState::Expired | OrderState::Cancelled) if from.holds_reservation() => {
+            line_moves(
+                order_id,
+                lines,
+                StockChange::Release,
+                &[A::Held],
+                A::Released,
+                "release",
+            )
+        }
+        (from, OrderState::Cancelled | OrderState::Refunded) if sold(from) => line_moves(
+            order_id,
+            lines,
+            StockChange::Restock,
+            &[A::Sold],
+            A::Returned,
+            "cancel_restock",
+        ),
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -221,6 +364,60 @@ mod tests {
             (-20i64..20).prop_map(StockChange::Adjust),
             (0i64..60).prop_map(StockChange::Set),
         ]
+    }
+
+    fn lines() -> Vec<OrderLine> {
+        vec![OrderLine {
+            sku: "TEE".into(),
+            name: "Tee".into(),
+            quantity: 2,
+            unit_price_paise: 100,
+            weight_g: None,
+        }]
+    }
+
+    #[test]
+    fn a_payment_sells_the_hold_in_the_same_step_as_the_transition() {
+        use OrderState as S;
+        let changes = |from, to| -> Vec<StockChange> {
+            transition_moves("O", &lines(), from, to)
+                .into_iter()
+                .map(|m| m.change)
+                .collect()
+        };
+        // Paid and queued for shipping in one commit: still one sale.
+        assert_eq!(
+            changes(S::PendingPayment, S::AwaitingShipment),
+            vec![StockChange::SellReserved(2)]
+        );
+        assert_eq!(
+            changes(S::PaymentFailed, S::Paid),
+            vec![StockChange::SellReserved(2)]
+        );
+        assert_eq!(
+            changes(S::Expired, S::ManualRequired),
+            vec![StockChange::SellUnreserved(2)]
+        );
+        assert_eq!(changes(S::Expired, S::OutOfStock), vec![]);
+        assert_eq!(
+            changes(S::PendingPayment, S::Expired),
+            vec![StockChange::Release(2)]
+        );
+        assert_eq!(
+            changes(S::ReadyToShip, S::Cancelled),
+            vec![StockChange::Restock(2)]
+        );
+        assert_eq!(
+            changes(S::AwaitingShipment, S::Refunded),
+            vec![StockChange::Restock(2)]
+        );
+        assert_eq!(
+            changes(S::Shipped, S::Refunded),
+            vec![],
+            "the parcel is gone"
+        );
+        assert_eq!(changes(S::OutOfStock, S::Refunded), vec![]);
+        assert_eq!(changes(S::AwaitingShipment, S::ShipmentCreated), vec![]);
     }
 
     proptest! {

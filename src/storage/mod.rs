@@ -23,17 +23,15 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-pub use crate::domain::stock::ProductFacts;
+pub use crate::domain::stock::{AllocationStatus, AllocationStep, ProductFacts};
 pub use audit::{verify_audit_log, AuditRecord, AuditVerifyError};
 pub use orders::{
-    DeferredCommand, JournalAppend, JournalRow, ListedOrder, OrderDeadLetter, OrderWrite,
+    DeferredCommand, JournalAppend, JournalRow, ListedOrder, NewOrder, OrderDeadLetter, OrderWrite,
     StoredOrder,
 };
 pub use pii::PiiKey;
 pub use shipping::{QueueBacklog, QueueSource, QueuedOrder};
-pub use stock::{
-    Allocation, AllocationStatus, AllocationStep, StockItem, StockMismatch, StockStep,
-};
+pub use stock::{Allocation, StockItem, StockMismatch, StockStep};
 pub use webhooks::{
     inbox_entries, DeadLetter, DeadLetterView, InboxEntry, IngestCounts, RecordOutcome,
     ReplayableLetter, WebhookRecord,

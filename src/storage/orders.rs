@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::audit::{self, AuditRecord};
 use super::pii::{Column, PiiCipher};
+use super::stock::{apply_steps, EncodedStep, StockStep};
 use super::{Storage, StorageError};
 use crate::domain::order::{Command, OrderEvent, OrderSnapshot, OrderState};
 use crate::domain::shipping::QueueEntry;
@@ -66,6 +67,25 @@ pub struct OrderWrite {
     pub dead_letter: Option<OrderDeadLetter>,
     /// The order's shipping-queue rows when they changed: they replace its old ones.
     pub queue: Option<Vec<QueueEntry>>,
+    /// The stock steps the change implies, committed with it.
+    pub stock: Vec<StockStep>,
+}
+
+/// A new order as the checkout registers it: its first journal entries (the
+/// creation, and the confirmation of a cash-on-delivery order), the stock
+/// they take and its shipping-queue rows, all in one transaction.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    /// The snapshot after every entry of `journal`.
+    pub snapshot: OrderSnapshot,
+    pub customer: serde_json::Value,
+    pub fingerprint: String,
+    pub journal: Vec<JournalAppend>,
+    /// A command to run once processing resumes (a cash-on-delivery
+    /// confirmation while the kill switch is on).
+    pub deferred: Option<DeferredCommand>,
+    pub stock: Vec<StockStep>,
+    pub queue: Vec<QueueEntry>,
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String, StorageError> {
@@ -73,32 +93,33 @@ fn to_json<T: Serialize>(value: &T) -> Result<String, StorageError> {
 }
 
 impl Storage {
-    /// Inserts a new order with its first journal entry. `Ok(false)` when an
-    /// order with that id exists already.
-    ///
-    /// `deferred` is a command to run once processing resumes (a cash-on-delivery
-    /// confirmation while the kill switch is on), stored in the same commit.
-    pub async fn insert_order(
-        &self,
-        snapshot: OrderSnapshot,
-        customer: serde_json::Value,
-        fingerprint: String,
-        created: JournalAppend,
-        deferred: Option<DeferredCommand>,
-    ) -> Result<bool, StorageError> {
+    /// Inserts a new order with its first journal entries and its stock
+    /// steps (each flagged applied or already done). `Ok(None)` when an order
+    /// with that id exists already: then nothing is written.
+    pub async fn insert_order(&self, order: NewOrder) -> Result<Option<Vec<bool>>, StorageError> {
+        let NewOrder {
+            snapshot,
+            customer,
+            fingerprint,
+            journal,
+            deferred,
+            stock,
+            queue,
+        } = order;
         // Encoded and sealed here, on the caller's thread, so the writer only writes.
         let customer = self
             .pii()
             .seal(Column::OrderCustomer, to_json(&customer)?.as_bytes())?;
         let snapshot_json = to_json(&snapshot)?;
-        let created = encode_journal(&snapshot.order_id, 1, std::slice::from_ref(&created))?;
+        let journal = encode_journal(&snapshot.order_id, 1, &journal)?;
         let deferred = deferred.map(EncodedDeferred::new).transpose()?;
+        let stock: Vec<EncodedStep> = stock.into_iter().map(EncodedStep::new).collect();
         self.write(move |conn| {
             let inserted = conn
                 .prepare_cached(
                     "INSERT INTO orders (order_id, razorpay_order_id, state, snapshot, customer, fingerprint,
                                          reserved_until_ms, created_at_ms, updated_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                      ON CONFLICT (order_id) DO NOTHING",
                 )?
                 .execute(params![
@@ -110,28 +131,36 @@ impl Storage {
                     fingerprint,
                     snapshot.reserved_until_ms,
                     snapshot.created_at_ms,
+                    snapshot.updated_at_ms,
                 ])?;
             if inserted == 0 {
-                return Ok(false);
+                return Ok(None);
             }
-            append_journal(conn, &snapshot.order_id, &created)?;
+            append_journal(conn, &snapshot.order_id, &journal)?;
             if let Some(command) = &deferred {
                 insert_deferred(conn, command)?;
             }
-            Ok(true)
+            let applied = apply_steps(conn, &stock)?;
+            if !queue.is_empty() {
+                super::shipping::replace_queue_rows(conn, &snapshot.order_id, &queue)?;
+            }
+            Ok(Some(applied))
         })
         .await
     }
 
-    /// Commits an order change: journal rows, the snapshot, the inbox entry.
-    pub async fn commit_order(&self, write: OrderWrite) -> Result<(), StorageError> {
+    /// Commits an order change: journal rows, the snapshot, the inbox entry,
+    /// its queue rows and stock steps (each flagged applied or already done).
+    pub async fn commit_order(&self, write: OrderWrite) -> Result<Vec<bool>, StorageError> {
         let OrderWrite {
             snapshot,
             journal,
             inbox_done,
             dead_letter,
             queue,
+            stock,
         } = write;
+        let stock: Vec<EncodedStep> = stock.into_iter().map(EncodedStep::new).collect();
         // Encoded here, on the caller's thread, so the writer only writes.
         let first_seq = snapshot.version + 1 - journal.len() as u64;
         let journal = encode_journal(&snapshot.order_id, first_seq, &journal)?;
@@ -163,7 +192,7 @@ impl Storage {
             if let Some(inbox_id) = inbox_done {
                 mark_processed(conn, inbox_id, snapshot.updated_at_ms)?;
             }
-            Ok(())
+            apply_steps(conn, &stock)
         })
         .await
     }

@@ -10,48 +10,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::{AuditRecord, Storage, StorageError};
-use crate::domain::stock::{ProductFacts, StockDelta, StockLevel};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AllocationStatus {
-    Held,
-    Sold,
-    Released,
-    Returned,
-}
-
-impl AllocationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Held => "held",
-            Self::Sold => "sold",
-            Self::Released => "released",
-            Self::Returned => "returned",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        [Self::Held, Self::Sold, Self::Released, Self::Returned]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-    }
-}
-
-/// What a stock step does to the order's allocation row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllocationStep {
-    /// An operator's change: no order involved.
-    None,
-    /// A new hold for an order; a repeat (the row exists) changes nothing.
-    Create { order_id: String, quantity: i64 },
-    /// Moves the row from one of `from` to `to`; from any other status, nothing happens.
-    Move {
-        order_id: String,
-        from: Vec<AllocationStatus>,
-        to: AllocationStatus,
-    },
-}
+use crate::domain::stock::{
+    AllocationStatus, AllocationStep, ProductFacts, StockDelta, StockLevel,
+};
 
 /// One change of one SKU, as it is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,11 +48,17 @@ pub struct StockMismatch {
     pub ledger_reserved_sum: i64,
 }
 
-impl Storage {
-    /// Applies a step; `false` when its allocation move had already happened.
-    pub async fn apply_stock_step(&self, step: StockStep) -> Result<bool, StorageError> {
-        // Every stock change is a financial event, audited in the same commit;
-        // its record is built here rather than on the writer's thread.
+/// A stock step ready for the writer: the step and its audit record.
+#[derive(Debug, Clone)]
+pub(super) struct EncodedStep {
+    step: StockStep,
+    audit: AuditRecord,
+}
+
+impl EncodedStep {
+    /// Every stock change is a financial event, audited in the same commit;
+    /// its record is built on the caller's thread, not the writer's.
+    pub(super) fn new(step: StockStep) -> Self {
         let (actor, order_id) = match &step.allocation {
             AllocationStep::None => ("operator", None),
             AllocationStep::Create { order_id, .. } | AllocationStep::Move { order_id, .. } => {
@@ -111,12 +78,66 @@ impl Storage {
             })
             .to_string(),
         );
-        self.write(move |conn| {
-            let applied = apply_step(conn, &step)?;
+        Self { step, audit }
+    }
+}
+
+/// Applies `steps` in order inside the caller's transaction: for each, whether
+/// it applied (`false`: its allocation had moved already, nothing written).
+pub(super) fn apply_steps(
+    conn: &Connection,
+    steps: &[EncodedStep],
+) -> Result<Vec<bool>, StorageError> {
+    steps
+        .iter()
+        .map(|encoded| {
+            let applied = apply_step(conn, &encoded.step)?;
             if applied {
-                super::audit::append(conn, &audit)?;
+                super::audit::append(conn, &encoded.audit)?;
             }
             Ok(applied)
+        })
+        .collect()
+}
+
+impl Storage {
+    /// Applies a step; `false` when its allocation move had already happened.
+    pub async fn apply_stock_step(&self, step: StockStep) -> Result<bool, StorageError> {
+        let applied = self.apply_stock_steps(vec![step]).await?;
+        Ok(applied.first().copied().unwrap_or(false))
+    }
+
+    /// Applies `steps` in one commit, each flagged as applied or already done.
+    pub async fn apply_stock_steps(
+        &self,
+        steps: Vec<StockStep>,
+    ) -> Result<Vec<bool>, StorageError> {
+        let steps: Vec<EncodedStep> = steps.into_iter().map(EncodedStep::new).collect();
+        self.write(move |conn| apply_steps(conn, &steps)).await
+    }
+
+    /// The levels of `skus` as committed now.
+    pub async fn stock_levels_of(
+        &self,
+        skus: Vec<String>,
+    ) -> Result<Vec<(String, StockLevel)>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT on_hand, reserved FROM stock_levels WHERE sku = ?1")?;
+            skus.into_iter()
+                .map(|sku| {
+                    let level = stmt
+                        .query_row([&sku], |row| {
+                            Ok(StockLevel {
+                                on_hand: row.get(0)?,
+                                reserved: row.get(1)?,
+                            })
+                        })
+                        .optional()?
+                        .unwrap_or_default();
+                    Ok((sku, level))
+                })
+                .collect()
         })
         .await
     }

@@ -11,8 +11,15 @@
 //! No timer batches on purpose: while one commit is in flight the next batch
 //! collects by itself, so an idle system commits a lone job at once and a busy
 //! one commits hundreds per fsync.
+//!
+//! A caller learns the true outcome. One that stops waiting does so only
+//! while its job has not started ([`StorageError::Timeout`] then means "never
+//! applied"); once the writer took the job, the caller waits for the commit,
+//! which `busy_timeout` bounds. A job error that made SQLite roll the whole
+//! transaction back (a full disk) fails the batch at once: nothing after it
+//! runs outside the transaction.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -34,10 +41,16 @@ trait WriteJob: Send {
     fn finish(self: Box<Self>, commit: Result<(), &str>);
 }
 
+/// Who got to a job first: the writer taking it, or its caller giving up.
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
 struct Pending<T, F> {
     op: Option<F>,
     outcome: Option<Result<T, StorageError>>,
     reply: oneshot::Sender<Result<T, StorageError>>,
+    state: Arc<AtomicU8>,
 }
 
 impl<T, F> WriteJob for Pending<T, F>
@@ -46,9 +59,12 @@ where
     F: FnOnce(&Connection) -> Result<T, StorageError> + Send,
 {
     fn apply(&mut self, conn: &Connection) {
-        if self.reply.is_closed() {
-            // The caller gave up (timed out and answered 503): doing the work now
-            // would store something its sender was told failed.
+        let taken =
+            self.state
+                .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire);
+        if taken.is_err() {
+            // The caller gave up (and answered 503) before the writer got
+            // here: doing the work now would store what its sender was told failed.
             return;
         }
         if let Some(op) = self.op.take() {
@@ -144,21 +160,32 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
         let job = Box::new(Pending {
             op: Some(op),
             outcome: None,
             reply,
+            state: Arc::clone(&state),
         });
         let deadline = tokio::time::Instant::now() + self.reply_deadline;
         tokio::time::timeout_at(deadline, self.jobs.send(job))
             .await
             .map_err(|_| StorageError::Timeout(self.reply_deadline))?
             .map_err(|_| StorageError::WriterStopped)?;
-        tokio::time::timeout_at(deadline, answer)
-            .await
-            .map_err(|_| StorageError::Timeout(self.reply_deadline))?
-            .map_err(|_| StorageError::WriterStopped)?
+        match tokio::time::timeout_at(deadline, &mut answer).await {
+            Ok(outcome) => outcome.map_err(|_| StorageError::WriterStopped)?,
+            Err(_) => {
+                let gave_up = state
+                    .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if gave_up {
+                    return Err(StorageError::Timeout(self.reply_deadline));
+                }
+                // Under way: its commit decides, and the caller must hear which.
+                answer.await.map_err(|_| StorageError::WriterStopped)?
+            }
+        }
     }
 
     pub(super) fn stats(&self) -> WriterStatsSnapshot {
@@ -224,6 +251,12 @@ fn commit_batch(
     conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
     for job in batch.iter_mut() {
         job.apply(conn);
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (SQLITE_FULL, IOERR):
+            // the jobs before are undone, and those after must not run
+            // outside it, each committing on its own.
+            return Err("the transaction was rolled back by a failing write".into());
+        }
     }
     if let Err(e) = before_commit(conn) {
         let _ = conn.execute_batch("ROLLBACK");
@@ -234,4 +267,94 @@ fn commit_batch(
         return Err(failed(e));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rusqlite::Connection;
+
+    use super::*;
+
+    fn no_bookkeeping(_: &Connection) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// A writer on a fresh file with one table `t (v)`, answering within `deadline`.
+    fn writer(deadline: Duration) -> (Writer, tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (v INTEGER);")
+            .unwrap();
+        let (writer, _) = Writer::spawn(conn, deadline, 64, no_bookkeeping).unwrap();
+        (writer, dir, path)
+    }
+
+    fn values(path: &std::path::Path) -> Vec<i64> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn.prepare("SELECT v FROM t ORDER BY v").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn insert(v: i64, hold: Duration) -> impl FnOnce(&Connection) -> Result<i64, StorageError> {
+        move |conn| {
+            std::thread::sleep(hold);
+            conn.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+            Ok(v)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_under_way_at_its_deadline_reports_its_commit() {
+        let (writer, _dir, path) = writer(Duration::from_millis(50));
+        let outcome = writer.run(insert(1, Duration::from_millis(300))).await;
+        assert_eq!(outcome.unwrap(), 1, "committed, so not a timeout");
+        assert_eq!(values(&path), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_means_the_job_was_never_applied() {
+        let (writer, _dir, path) = writer(Duration::from_millis(100));
+        let slow = writer.run(insert(1, Duration::from_millis(400)));
+        let queued = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            writer.run(insert(2, Duration::ZERO)).await
+        };
+        let (slow, queued) = tokio::join!(slow, queued);
+        assert_eq!(slow.unwrap(), 1);
+        assert!(
+            matches!(queued, Err(StorageError::Timeout(_))),
+            "{queued:?}"
+        );
+        // Whatever the writer did later, the job it was told to drop stays undone.
+        writer.run(insert(3, Duration::ZERO)).await.unwrap();
+        assert_eq!(values(&path), vec![1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_rolls_the_transaction_back_fails_its_whole_batch() {
+        let (writer, _dir, path) = writer(Duration::from_secs(5));
+        // The first job holds the writer so that the next three share a batch.
+        let first = writer.run(insert(1, Duration::from_millis(200)));
+        let batch = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let before = writer.run(insert(2, Duration::ZERO));
+            let rollback = writer.run(|conn: &Connection| {
+                // What SQLite itself does on SQLITE_FULL inside a transaction.
+                conn.execute_batch("ROLLBACK")?;
+                Ok(0)
+            });
+            let after = writer.run(insert(4, Duration::ZERO));
+            tokio::join!(before, rollback, after)
+        };
+        let (first, (before, rollback, after)) = tokio::join!(first, batch);
+        assert_eq!(first.unwrap(), 1);
+        assert!(before.is_err() && rollback.is_err() && after.is_err());
+        assert_eq!(values(&path), vec![1], "nothing of that batch stayed");
+    }
 }

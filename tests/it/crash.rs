@@ -351,3 +351,216 @@ async fn sigkill_while_orders_are_paid_pays_each_acknowledged_order_once() {
     let reconcile = admin_json(&client, &daemon, "/admin/stock/reconcile").await;
     assert_eq!(reconcile["mismatches"], serde_json::json!([]));
 }
+
+/// Orders per state and the level of `sku`, read in one snapshot of the file.
+fn stored_counts(db: &std::path::Path, sku: &str) -> (HashMap<String, i64>, i64, i64) {
+    let conn = dropshipd::storage::open_read_only(db).expect("open database");
+    conn.execute_batch("BEGIN").expect("snapshot");
+    let mut states = HashMap::new();
+    let mut stmt = conn
+        .prepare("SELECT state, count(*) FROM orders GROUP BY state")
+        .expect("query");
+    let rows = stmt
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })
+        .expect("rows");
+    for row in rows {
+        let (state, n) = row.expect("row");
+        states.insert(state, n);
+    }
+    let (on_hand, reserved) = conn
+        .query_row(
+            "SELECT on_hand, reserved FROM stock_levels WHERE sku = ?1",
+            [sku],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+        )
+        .expect("level");
+    (states, on_hand, reserved)
+}
+
+/// SPEC §6: a reader who sees `paid` sees the sale, at every commit.
+fn assert_stock_follows_states(db: &std::path::Path, sku: &str, stocked: i64, when: &str) {
+    let (states, on_hand, reserved) = stored_counts(db, sku);
+    let count = |s: &str| states.get(s).copied().unwrap_or(0);
+    let sold = count("paid") + count("awaiting_shipment") + count("manual_required");
+    let holding = count("pending_payment") + count("payment_failed");
+    assert_eq!(
+        (on_hand, reserved),
+        (stocked - sold, holding),
+        "{when}: {states:?}"
+    );
+}
+
+const HOT_ORDERS: usize = 2000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_sku_killed_mid_payment_never_shows_a_paid_order_its_stock_does_not() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_daemon_config(dir.path());
+    let db = dir.path().join("data/dropshipd.db");
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()
+        .expect("client");
+    let stock = client
+        .put(format!("{}/admin/stock/HOT", daemon.admin))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&serde_json::json!({"on_hand": HOT_ORDERS}))
+        .send()
+        .await
+        .expect("stock");
+    assert_eq!(stock.status(), 200);
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut tasks = Vec::new();
+    for i in 0..HOT_ORDERS {
+        let permit = Arc::clone(&permits).acquire_owned().await.expect("permit");
+        let (client, base) = (client.clone(), daemon.public.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = checkout_body(&format!("H-{i}"), &format!("order_H{i}"), "HOT", 1);
+            let response = client
+                .post(format!("{base}/api/orders"))
+                .bearer_auth(STOREFRONT_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .expect("checkout");
+            assert_eq!(response.status(), 201);
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await.expect("checkout task");
+    }
+
+    let daemon = Arc::new(Mutex::new(Some(daemon)));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..HOT_ORDERS {
+        let permit = Arc::clone(&permits).acquire_owned().await.expect("permit");
+        let base = daemon
+            .lock()
+            .ok()
+            .and_then(|d| d.as_ref().map(|d| d.public.clone()));
+        let Some(base) = base else { break };
+        let (client, cell, accepted, db) = (
+            client.clone(),
+            Arc::clone(&daemon),
+            Arc::clone(&accepted),
+            db.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let body = captured_for(&format!("pay_H{i}"), &format!("order_H{i}"), 74_900);
+            if deliver(&client, &base, &format!("evt_H{i}"), &body).await == Delivery::Accepted {
+                let n = accepted.fetch_add(1, Ordering::SeqCst) + 1;
+                // Looks at the file while payments are being applied...
+                if n % 250 == 0 {
+                    assert_stock_follows_states(&db, "HOT", HOT_ORDERS as i64, "under load");
+                }
+                // ...and kills the daemon halfway.
+                if n == HOT_ORDERS / 2 {
+                    if let Ok(mut cell) = cell.lock() {
+                        if let Some(mut d) = cell.take() {
+                            d.kill();
+                        }
+                    }
+                }
+            }
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await.expect("payment task");
+    }
+    assert_stock_follows_states(&db, "HOT", HOT_ORDERS as i64, "the moment of the SIGKILL");
+    let (states, _, _) = stored_counts(&db, "HOT");
+    eprintln!("hot sku crash: states at the kill {states:?}");
+
+    let daemon = Daemon::start(&config);
+    assert_stock_follows_states(&db, "HOT", HOT_ORDERS as i64, "after the restart");
+    drain(&client, &daemon).await;
+    assert_stock_follows_states(&db, "HOT", HOT_ORDERS as i64, "drained");
+    let reconcile = admin_json(&client, &daemon, "/admin/stock/reconcile").await;
+    assert_eq!(reconcile["mismatches"], serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cash_on_delivery_orders_killed_mid_checkout_are_never_left_unconfirmed() {
+    const COD_ORDERS: usize = 1000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_daemon_config(dir.path());
+    let db = dir.path().join("data/dropshipd.db");
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let stock = client
+        .put(format!("{}/admin/stock/COD", daemon.admin))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&serde_json::json!({"on_hand": COD_ORDERS}))
+        .send()
+        .await
+        .expect("stock");
+    assert_eq!(stock.status(), 200);
+    let daemon = Arc::new(Mutex::new(Some(daemon)));
+    let created = Arc::new(AtomicUsize::new(0));
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut tasks = Vec::new();
+    for i in 0..COD_ORDERS {
+        let permit = Arc::clone(&permits).acquire_owned().await.expect("permit");
+        let base = daemon
+            .lock()
+            .ok()
+            .and_then(|d| d.as_ref().map(|d| d.public.clone()));
+        let Some(base) = base else { break };
+        let (client, cell, created) = (client.clone(), Arc::clone(&daemon), Arc::clone(&created));
+        tasks.push(tokio::spawn(async move {
+            let mut body = checkout_body(&format!("C-{i}"), &format!("order_C{i}"), "COD", 1);
+            body["payment_method"] = serde_json::json!("cod");
+            let answered = client
+                .post(format!("{base}/api/orders"))
+                .bearer_auth(STOREFRONT_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 201);
+            if answered && created.fetch_add(1, Ordering::SeqCst) + 1 == COD_ORDERS / 3 {
+                if let Ok(mut cell) = cell.lock() {
+                    if let Some(mut d) = cell.take() {
+                        d.kill();
+                    }
+                }
+            }
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await.expect("checkout task");
+    }
+    let (states, _, _) = stored_counts(&db, "COD");
+    eprintln!("cod crash: states at the kill {states:?}");
+    assert_eq!(
+        states.get("pending_payment").copied().unwrap_or(0),
+        0,
+        "a COD order is stored confirmed or not at all: {states:?}"
+    );
+    assert!(states.get("paid").copied().unwrap_or(0) >= (COD_ORDERS / 3) as i64);
+    assert_stock_follows_states(&db, "COD", COD_ORDERS as i64, "the moment of the SIGKILL");
+
+    // The storefront retries every checkout: each is an order, confirmed once.
+    let daemon = Daemon::start(&config);
+    for i in 0..COD_ORDERS {
+        let mut body = checkout_body(&format!("C-{i}"), &format!("order_C{i}"), "COD", 1);
+        body["payment_method"] = serde_json::json!("cod");
+        let response = client
+            .post(format!("{}/api/orders", daemon.public))
+            .bearer_auth(STOREFRONT_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("retry");
+        assert!(matches!(response.status().as_u16(), 200 | 201), "C-{i}");
+        let order: serde_json::Value = response.json().await.expect("JSON");
+        assert_eq!(order["state"], "paid", "C-{i}: {order}");
+    }
+    assert_stock_follows_states(&db, "COD", COD_ORDERS as i64, "after the retries");
+}

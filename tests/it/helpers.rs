@@ -597,6 +597,19 @@ pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Polls an async condition until it holds, failing with `what` after 20 s.
+pub async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The Shiprocket sandbox on a loopback port in this actix system, its fault
 /// dice seeded with `seed`: the sandbox and its base URL.
 pub fn start_sandbox_seeded(faults: Faults, seed: u64) -> (Arc<Sandbox>, String) {

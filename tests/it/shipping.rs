@@ -390,8 +390,11 @@ async fn cancelling_an_order_cancels_its_shiprocket_order() {
             .any(|o| o.channel_order_id == "XVC-SH70" && o.status_code == 5)
     })
     .await;
-    let detail = app.admin_order("XVC-SH70", OPERATOR_TOKEN).await;
-    assert!(journal_kinds(&detail).contains(&json!("shiprocket_cancelled")));
+    eventually("the cancellation journaled", || async {
+        let detail = app.admin_order("XVC-SH70", OPERATOR_TOKEN).await;
+        journal_kinds(&detail).contains(&json!("shiprocket_cancelled"))
+    })
+    .await;
 }
 
 #[actix_web::test]

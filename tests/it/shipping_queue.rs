@@ -38,19 +38,6 @@ async fn shipping_of(app: &TestApp, order_id: &str) -> Value {
     app.admin_order(order_id, OPERATOR_TOKEN).await["order"]["shipping"].clone()
 }
 
-/// Polls an async condition until it holds, failing with `what` after 20 s.
-async fn eventually<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !done().await {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[actix_web::test]
 async fn a_429_on_the_recovery_search_leaves_the_doubt_and_no_second_order_is_created() {
     // Every create is done but answered 502; every re-create would be a second order.

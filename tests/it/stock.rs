@@ -129,9 +129,11 @@ async fn multi_sku_reservations_are_all_or_nothing_and_steps_repeat_safely() {
     set(&stock, "B", 0).await;
     let sold = stock
         .sell_unreserved("O-3", &[line("A", 1), line("B", 1)])
-        .await
-        .expect("late sale");
-    assert!(!sold);
+        .await;
+    assert!(
+        matches!(&sold, Err(ReserveError::Insufficient(skus)) if skus == &["B".to_string()]),
+        "{sold:?}"
+    );
     assert_eq!(stock.level("A").await.expect("level").on_hand, 5);
 
     let (_, mismatches) = storage.reconcile_stock().await.expect("reconcile");

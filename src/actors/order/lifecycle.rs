@@ -5,13 +5,16 @@
 use std::sync::atomic::Ordering;
 
 use super::{Cause, Loaded, OrderDeps, OrderError, OrderReply};
-use crate::actors::stock::{ReserveError, StockFailure};
+use crate::actors::stock::{settled_after, ReserveError, Settled};
 use crate::domain::checkout::{CustomerRecord, ValidCheckout};
 use crate::domain::order::{
     self, Command, OrderEvent, OrderLine, OrderSnapshot, OrderState, Outcome, PaymentMethod,
 };
 use crate::domain::shipping::queue_entries;
-use crate::storage::{DeferredCommand, JournalAppend, OrderDeadLetter, OrderWrite, StorageError};
+use crate::domain::stock::{reserve_moves, transition_moves};
+use crate::storage::{
+    DeferredCommand, JournalAppend, NewOrder, OrderDeadLetter, OrderWrite, StorageError,
+};
 
 /// The cause journaled for a cash-on-delivery confirmation.
 const COD_CAUSE: &str = "checkout:cod";
@@ -30,20 +33,6 @@ pub(super) async fn create(
         };
     }
     let now = deps.clock.now_ms();
-    // Stock first: an order is only ever stored with its units held. A crash
-    // between the two leaves a hold without an order, which start-up releases.
-    match deps
-        .stock
-        .reserve(&checkout.order_id, &checkout.lines)
-        .await
-    {
-        Ok(()) => deps.metrics.stock_reservation(true),
-        Err(ReserveError::Insufficient(skus)) => {
-            deps.metrics.stock_reservation(false);
-            return Err(OrderError::InsufficientStock(skus));
-        }
-        Err(ReserveError::Failed(e)) => return Err(e.into()),
-    }
     let created = OrderEvent::Created {
         razorpay_order_id: checkout.razorpay_order_id.clone(),
         payment_method: checkout.payment_method,
@@ -55,16 +44,10 @@ pub(super) async fn create(
     let Some(mut order) = order::genesis(&checkout.order_id, &created, now) else {
         return Err(OrderError::NotFound);
     };
-    let record = CustomerRecord {
-        customer: checkout.customer.clone(),
-        shipping_address: checkout.shipping_address.clone(),
-    };
-    let customer =
-        serde_json::to_value(&record).map_err(|e| StorageError::Encoding(e.to_string()))?;
-    loaded.customer = Some(record);
-    // Cash on delivery needs no payment: the order is confirmed at once, or,
-    // while processing is paused, as soon as it resumes (the confirmation is
-    // stored with the order, so a restart in between loses nothing).
+    let mut events = vec![created];
+    // Cash on delivery needs no payment: registering and confirming it are one
+    // commit (SPEC §5), or, while processing is paused, the confirmation is
+    // stored with the order and runs on resume.
     let cod_confirmation =
         (checkout.payment_method == PaymentMethod::Cod).then(|| Command::ConfirmPayment {
             payment_id: format!("cod:{}", checkout.order_id),
@@ -73,47 +56,109 @@ pub(super) async fn create(
             stock_reallocated: None,
         });
     let paused = deps.paused.load(Ordering::SeqCst);
-    let deferred = cod_confirmation
-        .as_ref()
-        .filter(|_| paused)
-        .map(|command| DeferredCommand {
-            id: 0,
-            order_id: checkout.order_id.clone(),
-            command: command.clone(),
-            cause: COD_CAUSE.into(),
-            received_at_ms: now,
-        });
+    let mut deferred = None;
+    if let Some(confirm) = cod_confirmation {
+        if paused {
+            deferred = Some(DeferredCommand {
+                id: 0,
+                order_id: checkout.order_id.clone(),
+                command: confirm,
+                cause: COD_CAUSE.into(),
+                received_at_ms: now,
+            });
+        } else if let Outcome::Record(paid) = order::decide(&order, &confirm) {
+            for event in &paid {
+                order::apply(&mut order, event, now);
+            }
+            events.extend(paid);
+            events.extend(follow_ups(deps, &mut order, now));
+        }
+    }
+    // The holds, and the sale of a confirmed order, in the order's own commit.
+    let mut moves = reserve_moves(&checkout.order_id, &checkout.lines);
+    moves.extend(transition_moves(
+        &checkout.order_id,
+        &checkout.lines,
+        OrderState::PendingPayment,
+        order.state,
+    ));
+    let prepared = match deps.stock.prepare(moves).await {
+        Ok(prepared) => prepared,
+        Err(ReserveError::Insufficient(skus)) => {
+            deps.metrics.stock_reservation(false);
+            return Err(OrderError::InsufficientStock(skus));
+        }
+        Err(ReserveError::Failed(e)) => return Err(e.into()),
+    };
+    let record = CustomerRecord {
+        customer: checkout.customer.clone(),
+        shipping_address: checkout.shipping_address.clone(),
+    };
+    let customer =
+        serde_json::to_value(&record).map_err(|e| StorageError::Encoding(e.to_string()))?;
+    let cause = |event: OrderEvent| JournalAppend {
+        cause: if matches!(event, OrderEvent::Created { .. }) {
+            "checkout".into()
+        } else {
+            COD_CAUSE.into()
+        },
+        event,
+        at_ms: now,
+    };
     let inserted = deps
         .storage
-        .insert_order(
-            order.clone(),
+        .insert_order(NewOrder {
+            snapshot: order.clone(),
             customer,
-            fingerprint.clone(),
-            JournalAppend {
-                event: created,
-                at_ms: now,
-                cause: "checkout".into(),
-            },
+            fingerprint: fingerprint.clone(),
+            journal: events.into_iter().map(cause).collect(),
             deferred,
-        )
+            stock: prepared.steps.clone(),
+            queue: queue_entries(&order),
+        })
         .await;
     match inserted {
-        Ok(true) => {}
-        Ok(false) => return Err(OrderError::Conflict),
+        Ok(Some(applied)) => prepared.settle(Ok(&applied)),
+        Ok(None) => {
+            prepared.settle(Err(Settled::NotCommitted));
+            return Err(OrderError::Conflict);
+        }
         Err(e) => {
-            deps.stock
-                .release(&checkout.order_id, &checkout.lines)
-                .await?;
+            prepared.settle(Err(settled_after(&e)));
             return Err(e.into());
         }
     }
+    deps.metrics.stock_reservation(true);
     deps.metrics.order_transition(OrderState::PendingPayment);
-    loaded.fingerprint = Some(fingerprint);
-    if let Some(confirm) = cod_confirmation.filter(|_| !paused) {
-        run_command(deps, &mut order, confirm, Cause::named(COD_CAUSE)).await?;
+    if order.state != OrderState::PendingPayment {
+        entered(deps, &order, order.state, &Cause::named(COD_CAUSE), now);
+        deps.shipping.queue.wake();
     }
+    loaded.customer = Some(record);
+    loaded.fingerprint = Some(fingerprint);
     loaded.order = Some(order.clone());
     Ok(OrderReply::Created(order))
+}
+
+/// What a state reached in this commit brings with it: a paid order goes to
+/// shipping at once, or straight to an operator while shipping is blocked
+/// (without any Shiprocket account it stays `paid`).
+fn follow_ups(deps: &OrderDeps, order: &mut OrderSnapshot, now: i64) -> Vec<OrderEvent> {
+    if order.state != OrderState::Paid || !shipping_configured(deps) {
+        return Vec::new();
+    }
+    let queue = Command::QueueShipping {
+        manual: shipping_blocked(deps),
+    };
+    match order::decide(order, &queue) {
+        Outcome::Record(events) => {
+            for event in &events {
+                order::apply(order, event, now);
+            }
+            events
+        }
+        _ => Vec::new(),
+    }
 }
 
 pub(super) async fn run_command(
@@ -122,38 +167,46 @@ pub(super) async fn run_command(
     command: Command,
     cause: Cause,
 ) -> Result<OrderReply, OrderError> {
-    let mut outcome = order::decide(order, &command);
-    if outcome == Outcome::NeedsStock {
-        // A payment after expiry: sell anew if the stock is still there.
-        let reallocated = deps
-            .stock
-            .sell_unreserved(&order.order_id, &order.lines)
-            .await?;
-        if let Command::ConfirmPayment {
-            payment_id,
-            amount_paise,
-            currency,
-            ..
-        } = &command
-        {
-            outcome = order::decide(
-                order,
-                &Command::ConfirmPayment {
+    let now = deps.clock.now_ms();
+    match order::decide(order, &command) {
+        Outcome::NeedsStock => {
+            // A payment after expiry: sold anew if the stock is still there,
+            // else paid out of stock (money to give back).
+            for reallocated in [true, false] {
+                let Command::ConfirmPayment {
+                    payment_id,
+                    amount_paise,
+                    currency,
+                    ..
+                } = &command
+                else {
+                    break;
+                };
+                let retry = Command::ConfirmPayment {
                     payment_id: payment_id.clone(),
                     amount_paise: *amount_paise,
                     currency: currency.clone(),
                     stock_reallocated: Some(reallocated),
-                },
-            );
+                };
+                let Outcome::Record(events) = order::decide(order, &retry) else {
+                    break;
+                };
+                match commit_events(deps, order, events, &cause, now).await {
+                    Err(OrderError::InsufficientStock(_)) if reallocated => continue,
+                    done => {
+                        done?;
+                        return Ok(OrderReply::Order(order.clone()));
+                    }
+                }
+            }
+            finish_inbox(deps, &cause, None, now).await?;
+            Ok(OrderReply::Order(order.clone()))
         }
-    }
-    let now = deps.clock.now_ms();
-    match outcome {
         Outcome::Record(events) => {
             commit_events(deps, order, events, &cause, now).await?;
             Ok(OrderReply::Order(order.clone()))
         }
-        Outcome::AlreadyDone | Outcome::Ignored | Outcome::NeedsStock => {
+        Outcome::AlreadyDone | Outcome::Ignored => {
             finish_inbox(deps, &cause, None, now).await?;
             Ok(OrderReply::Order(order.clone()))
         }
@@ -177,27 +230,39 @@ pub(super) async fn run_command(
     }
 }
 
-/// Commits `events` (with the cause's inbox entry, the order's shipping-queue
-/// rows when they change, and the dead letter an event files), then performs
-/// what the new state implies: metrics, the stock step, waking the gateways
-/// for work now due, and handing a paid order to shipping.
+/// Commits `events` in one transaction with all they imply: the follow-ups of
+/// the state reached (a paid order is queued for shipping), the stock steps of
+/// the move (decided by the shards, which hold the SKUs until the commit's
+/// outcome is known), the cause's inbox entry, the order's shipping-queue rows
+/// when they change, and the dead letter an event files. Then metrics, and
+/// the gateways are woken for work now due.
 pub(super) async fn commit_events(
     deps: &OrderDeps,
     order: &mut OrderSnapshot,
-    events: Vec<OrderEvent>,
+    mut events: Vec<OrderEvent>,
     cause: &Cause,
     now: i64,
 ) -> Result<(), OrderError> {
-    let before = order.state;
     let mut next = order.clone();
-    let mut entered = Vec::new();
+    let mut states = Vec::new();
     for event in &events {
         let from = next.state;
         order::apply(&mut next, event, now);
         if next.state != from {
-            entered.push(next.state);
+            states.push(next.state);
         }
     }
+    let follow = follow_ups(deps, &mut next, now);
+    if !follow.is_empty() {
+        states.push(next.state);
+        events.extend(follow);
+    }
+    let moves = transition_moves(&order.order_id, &order.lines, order.state, next.state);
+    let prepared = match deps.stock.prepare(moves).await {
+        Ok(prepared) => prepared,
+        Err(ReserveError::Insufficient(skus)) => return Err(OrderError::InsufficientStock(skus)),
+        Err(ReserveError::Failed(e)) => return Err(e.into()),
+    };
     let queue_before = queue_entries(order);
     let queue_after = queue_entries(&next);
     let queue_changed = queue_after != queue_before;
@@ -221,69 +286,71 @@ pub(super) async fn commit_events(
             cause: cause.label.clone(),
         })
         .collect();
-    deps.storage
+    let committed = deps
+        .storage
         .commit_order(OrderWrite {
             snapshot: next.clone(),
             journal,
             inbox_done: cause.inbox_id,
             dead_letter,
             queue: queue_changed.then_some(queue_after),
+            stock: prepared.steps.clone(),
         })
-        .await?;
+        .await;
+    match committed {
+        Ok(applied) => prepared.settle(Ok(&applied)),
+        Err(e) => {
+            prepared.settle(Err(settled_after(&e)));
+            return Err(e.into());
+        }
+    }
     *order = next;
     if work_due {
         deps.shipping.queue.wake();
     }
-    for state in entered {
-        deps.metrics.order_transition(state);
-        tracing::info!(order_id = %order.order_id, to = %state, cause = %cause.label, "order transition");
-        match state {
-            OrderState::Paid => {
-                deps.metrics.revenue(order.amount_paise);
-                if let Some(received) = cause.received_at_ms {
-                    deps.metrics
-                        .order_creation_seconds
-                        .record((now - received).max(0) as f64 / 1000.0);
-                }
-            }
-            OrderState::ReadyToShip => {
-                if let Some(paid) = order.shipping.paid_at_ms {
-                    deps.metrics
-                        .shipping_creation_seconds
-                        .record((now - paid).max(0) as f64 / 1000.0);
-                }
-            }
-            _ => {}
-        }
+    for state in states {
+        entered(deps, order, state, cause, now);
     }
-    stock_step(deps, order, before).await?;
-    queue_if_paid(deps, order, now).await
+    Ok(())
 }
 
-/// A paid order goes to shipping, or straight to an operator while shipping
-/// is blocked; without any Shiprocket account it stays `paid`.
+/// Metrics and the log line of `order` entering `state`.
+fn entered(deps: &OrderDeps, order: &OrderSnapshot, state: OrderState, cause: &Cause, now: i64) {
+    deps.metrics.order_transition(state);
+    tracing::info!(order_id = %order.order_id, to = %state, cause = %cause.label, "order transition");
+    match state {
+        OrderState::Paid => {
+            deps.metrics.revenue(order.amount_paise);
+            if let Some(received) = cause.received_at_ms {
+                deps.metrics
+                    .order_creation_seconds
+                    .record((now - received).max(0) as f64 / 1000.0);
+            }
+        }
+        OrderState::ReadyToShip => {
+            if let Some(paid) = order.shipping.paid_at_ms {
+                deps.metrics
+                    .shipping_creation_seconds
+                    .record((now - paid).max(0) as f64 / 1000.0);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A paid order found at start goes to shipping by the same rule as a fresh
+/// payment (paid while no account was configured, or by an older dropshipd).
 pub(super) async fn queue_if_paid(
     deps: &OrderDeps,
     order: &mut OrderSnapshot,
     now: i64,
 ) -> Result<(), OrderError> {
-    if order.state != OrderState::Paid || !shipping_configured(deps) {
+    let mut next = order.clone();
+    let events = follow_ups(deps, &mut next, now);
+    if events.is_empty() {
         return Ok(());
     }
-    let queue = Command::QueueShipping {
-        manual: shipping_blocked(deps),
-    };
-    if let Outcome::Record(events) = order::decide(order, &queue) {
-        Box::pin(commit_events(
-            deps,
-            order,
-            events,
-            &Cause::named("shipping"),
-            now,
-        ))
-        .await?;
-    }
-    Ok(())
+    commit_events(deps, order, events, &Cause::named("shipping"), now).await
 }
 
 /// Releases a hold left by a checkout that crashed before its order was stored.
@@ -302,8 +369,13 @@ pub(super) async fn release_orphan_hold(
             weight_g: None,
         })
         .collect();
-    deps.stock.release(order_id, &lines).await?;
-    Ok(())
+    deps.stock
+        .release(order_id, &lines)
+        .await
+        .map_err(|e| match e {
+            ReserveError::Insufficient(skus) => OrderError::InsufficientStock(skus),
+            ReserveError::Failed(e) => e.into(),
+        })
 }
 
 /// Whether any Shiprocket account is configured. Without one, paid orders
@@ -340,47 +412,32 @@ async fn finish_inbox(
     }
 }
 
-/// The stock consequence of moving from `before` to the order's current state.
-async fn stock_step(
-    deps: &OrderDeps,
-    order: &OrderSnapshot,
-    before: OrderState,
-) -> Result<(), StockFailure> {
-    use OrderState as S;
-    match (before, order.state) {
-        (S::PendingPayment | S::PaymentFailed, S::Paid) => {
-            deps.stock
-                .sell_reserved(&order.order_id, &order.lines)
-                .await
-        }
-        (S::PendingPayment | S::PaymentFailed, S::Expired | S::Cancelled) => {
-            deps.stock.release(&order.order_id, &order.lines).await
-        }
-        (from, S::Cancelled | S::Refunded) if from.holds_unshipped_sale() => {
-            deps.stock.restock(&order.order_id, &order.lines).await
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Finishes whatever stock step a crash interrupted; each call is idempotent.
+/// Finishes a stock step an older dropshipd (whose stock steps followed the
+/// order's commit) left undone in a crash; each step is idempotent.
 pub(super) async fn repair_stock(
     deps: &OrderDeps,
     order: &OrderSnapshot,
-) -> Result<(), StockFailure> {
+) -> Result<(), OrderError> {
     let (id, lines) = (&order.order_id, &order.lines);
-    match order.state {
+    let stock = &deps.stock;
+    let repaired = match order.state {
         OrderState::PendingPayment | OrderState::PaymentFailed => Ok(()),
-        OrderState::Expired | OrderState::OutOfStock => deps.stock.release(id, lines).await,
-        OrderState::Cancelled => {
-            deps.stock.release(id, lines).await?;
-            deps.stock.restock(id, lines).await
-        }
+        OrderState::Expired | OrderState::OutOfStock => stock.release(id, lines).await,
+        OrderState::Cancelled => match stock.release(id, lines).await {
+            Ok(()) => stock.restock(id, lines).await,
+            failed => failed,
+        },
         // Refunded before it left the warehouse: the units go back.
         OrderState::Refunded if order.shipping.shipped_at_ms.is_none() => {
-            deps.stock.release(id, lines).await?;
-            deps.stock.restock(id, lines).await
+            match stock.release(id, lines).await {
+                Ok(()) => stock.restock(id, lines).await,
+                failed => failed,
+            }
         }
-        _ => deps.stock.sell_reserved(id, lines).await,
-    }
+        _ => stock.sell_reserved(id, lines).await,
+    };
+    repaired.map_err(|e| match e {
+        ReserveError::Insufficient(skus) => OrderError::InsufficientStock(skus),
+        ReserveError::Failed(e) => e.into(),
+    })
 }
