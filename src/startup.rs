@@ -156,12 +156,13 @@ impl Application {
                     max_attempts: config.shipping.max_attempts,
                 },
                 failover_after_ms,
-                // Longer than a call with its login and one re-login can take.
+                // Longer than a call can take: a login, the request, and on a
+                // 401 a second login and the request again.
                 call_lease_ms: i64::try_from(
-                    config.shiprocket.request_timeout_ms.saturating_mul(3),
+                    config.shiprocket.request_timeout_ms.saturating_mul(4),
                 )
                 .unwrap_or(i64::MAX)
-                .saturating_add(5_000),
+                .saturating_add(2_000),
             },
             parcel: ParcelDefaults {
                 pickup_location: config.shipping.pickup_location.clone(),

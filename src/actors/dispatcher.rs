@@ -277,6 +277,7 @@ impl PaymentRouter {
         };
         let cause = Cause {
             label: format!("webhook:{}", entry.dedup_key),
+            event_id: Some(entry.dedup_key.clone()),
             // A replayed entry was finished when its letter was filed.
             inbox_id: replay_of.is_none().then_some(entry.id),
             received_at_ms: Some(entry.received_at_ms),

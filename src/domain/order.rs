@@ -14,6 +14,8 @@
 //! `order.paid` and the checkout callback, in any order and any number, pay an
 //! order once.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Where an order is in its life. Snake case on the wire.
@@ -114,7 +116,7 @@ pub fn transition_allowed(from: OrderState, to: OrderState) -> bool {
         ShipmentCreated => matches!(to, ReadyToShip | ManualRequired | Cancelled | Refunded),
         ReadyToShip => matches!(to, Shipped | Cancelled | Refunded),
         ManualRequired => matches!(to, AwaitingShipment | Shipped | Cancelled | Refunded),
-        Shipped => matches!(to, Delivered | Returned),
+        Shipped => matches!(to, Delivered | Returned | Refunded),
         Delivered => matches!(to, Returned | Refunded),
         Returned => matches!(to, Refunded),
         Cancelled => matches!(to, Refunded),
@@ -153,9 +155,24 @@ pub struct OrderSnapshot {
     pub reserved_until_ms: Option<i64>,
     /// The payment that paid the order.
     pub payment_id: Option<String>,
+    /// What the paying payment has had refunded.
     pub refunded_paise: i64,
-    /// Money was taken that must go back (paid after cancel, out of stock, paid twice).
+    /// Money was taken that must go back and is not back yet: a second
+    /// payment, or the paying one of an order cancelled or out of stock.
     pub refund_due: bool,
+    /// Every captured payment of the order, by id, with its amount.
+    #[serde(default)]
+    pub payments: BTreeMap<String, i64>,
+    /// Refunded so far, per payment, as Razorpay counts it.
+    #[serde(default)]
+    pub refunds: BTreeMap<String, i64>,
+    /// Every refund journaled, by Razorpay's refund id.
+    #[serde(default)]
+    pub refund_ids: std::collections::BTreeSet<String>,
+    /// Refunds that arrived before their payment was confirmed: applied
+    /// once it is.
+    #[serde(default)]
+    pub pending_refunds: Vec<PendingRefund>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     /// Journal events so far; the next event's sequence number is `version + 1`.
@@ -163,6 +180,16 @@ pub struct OrderSnapshot {
     /// Where the order is on its way to Shiprocket.
     #[serde(default)]
     pub shipping: Shipping,
+}
+
+/// A refund waiting for its payment (events out of order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRefund {
+    pub refund_id: String,
+    pub payment_id: String,
+    pub amount_paise: i64,
+    pub payment_amount_paise: i64,
+    pub payment_refunded_paise: i64,
 }
 
 /// The shipping side of an order (SPEC §6, §8). Everything the shipping
@@ -192,10 +219,6 @@ pub struct Shipping {
     /// When a courier pickup is to be requested (after the AWB).
     #[serde(default)]
     pub pickup_due_at_ms: Option<i64>,
-    /// When the shipping call journaled last was made, while its answer is
-    /// not recorded: a call a crash interrupted is due again at the next start.
-    #[serde(default)]
-    pub call_started_at_ms: Option<i64>,
     /// When the parcel left with the courier (or an operator said so): from
     /// then on a refund or return leaves the units where they are.
     #[serde(default)]
@@ -250,9 +273,6 @@ pub struct Cleanup {
     pub attempts: u32,
     pub next_at_ms: i64,
     pub last_error: Option<String>,
-    /// When the cleanup call journaled last was made, while its answer is not recorded.
-    #[serde(default)]
-    pub call_started_at_ms: Option<i64>,
 }
 
 /// The Shiprocket calls an order makes, as journaled and as the `call` label
@@ -319,7 +339,25 @@ pub enum OrderEvent {
         amount_paise: i64,
         /// The payment's cumulative refunded amount after this refund.
         payment_refunded_paise: i64,
+        /// The paying payment is refunded in full: the order is refunded.
         full: bool,
+        /// The payment refunded (absent in journals of older versions: the paying one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payment_id: Option<String>,
+    },
+    /// A refund of a payment not confirmed yet: it waits for it.
+    RefundPending {
+        refund: PendingRefund,
+    },
+    /// A full refund the lifecycle does not allow from the order's state: the
+    /// money moved, so it is journaled and filed for an operator
+    /// (`refund_unapplied` in the dead-letter queue).
+    RefundUnapplied {
+        refund_id: String,
+        payment_id: String,
+        amount_paise: i64,
+        payment_refunded_paise: i64,
+        state: OrderState,
     },
     /// Paid and handed to shipping: the order enters the shipping queue.
     ShippingQueued,
@@ -446,6 +484,8 @@ impl OrderEvent {
             Self::Cancelled => "cancelled",
             Self::ExtraPayment { .. } => "extra_payment",
             Self::RefundRecorded { .. } => "refund_recorded",
+            Self::RefundPending { .. } => "refund_pending",
+            Self::RefundUnapplied { .. } => "refund_unapplied",
             Self::ShippingQueued => "shipping_queued",
             Self::ShippingAttempt { .. } => "shipping_attempt",
             Self::ShipmentCreated { .. } => "shipment_created",
@@ -479,6 +519,7 @@ impl OrderEvent {
                 | Self::PaymentFailed { .. }
                 | Self::ExtraPayment { .. }
                 | Self::RefundRecorded { .. }
+                | Self::RefundUnapplied { .. }
                 | Self::Cancelled
                 | Self::ShipmentCreated { .. }
                 | Self::AwbAssigned { .. }
@@ -509,6 +550,8 @@ impl OrderEvent {
             Self::PaymentFailureNoted { .. }
             | Self::ExtraPayment { .. }
             | Self::RefundRecorded { full: false, .. }
+            | Self::RefundPending { .. }
+            | Self::RefundUnapplied { .. }
             | Self::ShippingAttempt { .. }
             | Self::DoubtCleared { .. }
             | Self::ShippingDeferred { .. }
@@ -549,6 +592,10 @@ pub fn genesis(order_id: &str, event: &OrderEvent, at_ms: i64) -> Option<OrderSn
             payment_id: None,
             refunded_paise: 0,
             refund_due: false,
+            payments: BTreeMap::new(),
+            refunds: BTreeMap::new(),
+            refund_ids: Default::default(),
+            pending_refunds: Vec::new(),
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
             version: 1,
@@ -564,20 +611,22 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
         order.state = to;
     }
     let shipping = &mut order.shipping;
-    if ends_shipping_call(event) {
-        shipping.call_started_at_ms = None;
-    }
     match event {
         OrderEvent::Created { .. } => {}
         OrderEvent::Paid { payment_id, .. } => {
             order.payment_id = Some(payment_id.clone());
+            order
+                .payments
+                .insert(payment_id.clone(), order.amount_paise);
             order.reserved_until_ms = None;
             shipping.paid_at_ms = Some(at_ms);
         }
         OrderEvent::PaidOutOfStock { payment_id } => {
             order.payment_id = Some(payment_id.clone());
+            order
+                .payments
+                .insert(payment_id.clone(), order.amount_paise);
             order.reserved_until_ms = None;
-            order.refund_due = true;
         }
         OrderEvent::PaymentFailed { .. } | OrderEvent::PaymentFailureNoted { .. } => {}
         OrderEvent::ReservationExpired => order.reserved_until_ms = None,
@@ -585,22 +634,50 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
             order.reserved_until_ms = None;
             shipping.next_attempt_at_ms = None;
             shipping.pickup_due_at_ms = None;
-            if order.payment_id.is_some() && order.refunded_paise < order.amount_paise {
-                order.refund_due = true;
-            }
         }
-        OrderEvent::ExtraPayment { .. } => order.refund_due = true,
+        OrderEvent::ExtraPayment {
+            payment_id,
+            amount_paise,
+        } => {
+            order.payments.insert(payment_id.clone(), *amount_paise);
+        }
         OrderEvent::RefundRecorded {
+            refund_id,
             payment_refunded_paise,
             full,
+            payment_id,
             ..
         } => {
-            order.refunded_paise = *payment_refunded_paise;
+            let paid_by = payment_id.clone().or_else(|| order.payment_id.clone());
+            if let Some(paid_by) = paid_by {
+                note_refund(order, &paid_by, *payment_refunded_paise);
+            }
+            order.refund_ids.insert(refund_id.clone());
+            order.pending_refunds.retain(|r| &r.refund_id != refund_id);
             if *full {
-                order.refund_due = false;
+                let shipping = &mut order.shipping;
                 shipping.next_attempt_at_ms = None;
                 shipping.pickup_due_at_ms = None;
             }
+        }
+        OrderEvent::RefundPending { refund } => {
+            if !order
+                .pending_refunds
+                .iter()
+                .any(|r| r.refund_id == refund.refund_id)
+            {
+                order.pending_refunds.push(refund.clone());
+            }
+        }
+        OrderEvent::RefundUnapplied {
+            refund_id,
+            payment_id,
+            payment_refunded_paise,
+            ..
+        } => {
+            note_refund(order, payment_id, *payment_refunded_paise);
+            order.refund_ids.insert(refund_id.clone());
+            order.pending_refunds.retain(|r| &r.refund_id != refund_id);
         }
         OrderEvent::ShippingQueued | OrderEvent::ShippingRetried => {
             if matches!(event, OrderEvent::ShippingRetried) {
@@ -617,7 +694,6 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
             shipping.attempts += 1;
             shipping.account = Some(account.clone());
             shipping.in_doubt = true;
-            shipping.call_started_at_ms = Some(at_ms);
             if resume_at_ms.is_some() {
                 shipping.next_attempt_at_ms = *resume_at_ms;
             }
@@ -729,7 +805,6 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
             if let Some(cleanup) = shipping.cleanup_mut(account) {
                 cleanup.attempts += 1;
                 cleanup.next_at_ms = *resume_at_ms;
-                cleanup.call_started_at_ms = Some(at_ms);
             }
         }
         OrderEvent::CleanupSearched { account, live } => {
@@ -739,7 +814,6 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
                 cleanup.sr_order_ids = live.clone();
                 cleanup.search_first = false;
                 cleanup.next_at_ms = at_ms;
-                cleanup.call_started_at_ms = None;
             }
         }
         OrderEvent::ShiprocketCancelled { account, .. }
@@ -759,29 +833,32 @@ pub fn apply(order: &mut OrderSnapshot, event: &OrderEvent, at_ms: i64) {
                 cleanup.search_first = *search_first;
                 cleanup.next_at_ms = *next_at_ms;
                 cleanup.last_error = Some(error.clone());
-                cleanup.call_started_at_ms = None;
             }
         }
     }
+    order.refund_due = money_owed(order);
     order.version += 1;
     order.updated_at_ms = at_ms;
 }
 
-/// Whether `event` records the answer to the order's shipping call (or ends
-/// its shipping), so no call of it is in flight any more.
-fn ends_shipping_call(event: &OrderEvent) -> bool {
-    matches!(
-        event,
-        OrderEvent::ShippingQueued
-            | OrderEvent::ShippingRetried
-            | OrderEvent::ShipmentCreated { .. }
-            | OrderEvent::DoubtCleared { .. }
-            | OrderEvent::AwbAssigned { .. }
-            | OrderEvent::ShippingDeferred { .. }
-            | OrderEvent::ShippingManual { .. }
-            | OrderEvent::Cancelled
-            | OrderEvent::RefundRecorded { full: true, .. }
-    )
+/// Counts `refunded` (Razorpay's running total) against `payment_id`.
+fn note_refund(order: &mut OrderSnapshot, payment_id: &str, refunded: i64) {
+    let total = order.refunds.entry(payment_id.to_owned()).or_insert(0);
+    *total = (*total).max(refunded);
+    if order.payment_id.as_deref() == Some(payment_id) {
+        order.refunded_paise = *total;
+    }
+}
+
+/// Whether money was taken that must go back and is not back: any payment
+/// but the paying one, and the paying one when the order will not ship
+/// (cancelled, out of stock), until refunded in full.
+fn money_owed(order: &OrderSnapshot) -> bool {
+    order.payments.iter().any(|(payment_id, amount)| {
+        let back = order.refunds.get(payment_id).copied().unwrap_or(0) >= *amount;
+        let paying = order.payment_id.as_deref() == Some(payment_id.as_str());
+        !back && (!paying || matches!(order.state, OrderState::Cancelled | OrderState::OutOfStock))
+    })
 }
 
 /// Adds a cleanup on `account`, or widens the one there: the stronger purpose,
@@ -813,7 +890,6 @@ fn upsert_cleanup(
             attempts: 0,
             next_at_ms: at_ms,
             last_error: None,
-            call_started_at_ms: None,
         }),
     }
 }
@@ -956,7 +1032,7 @@ pub fn decide(order: &OrderSnapshot, command: &Command) -> Outcome {
             {
                 return Outcome::AmountMismatch;
             }
-            match order.state {
+            let paid = match order.state {
                 S::PendingPayment | S::PaymentFailed => record(
                     order.state,
                     OrderEvent::Paid {
@@ -981,11 +1057,13 @@ pub fn decide(order: &OrderSnapshot, command: &Command) -> Outcome {
                     ),
                 },
                 // Paid already by another payment, or cancelled before the money came.
+                _ if order.payments.contains_key(payment_id) => Outcome::AlreadyDone,
                 _ => Outcome::Record(vec![OrderEvent::ExtraPayment {
                     payment_id: payment_id.clone(),
                     amount_paise: *amount_paise,
                 }]),
-            }
+            };
+            with_waiting_refunds(order, paid)
         }
         Command::FailPayment { payment_id } => match order.state {
             S::PendingPayment => record(
@@ -1046,29 +1124,101 @@ pub fn decide(order: &OrderSnapshot, command: &Command) -> Outcome {
             payment_id,
             payment_amount_paise,
             payment_refunded_paise,
-        } => {
-            if *payment_refunded_paise <= order.refunded_paise {
-                return Outcome::AlreadyDone;
-            }
-            let full = *payment_refunded_paise >= *payment_amount_paise;
-            // A refund of a payment that is not the order's (an extra payment) is
-            // journaled but never moves the order.
-            let full = full && order.payment_id.as_deref() == Some(payment_id.as_str());
-            let event = OrderEvent::RefundRecorded {
+        } => decide_refund(
+            order,
+            &PendingRefund {
                 refund_id: refund_id.clone(),
+                payment_id: payment_id.clone(),
                 amount_paise: *amount_paise,
+                payment_amount_paise: *payment_amount_paise,
                 payment_refunded_paise: *payment_refunded_paise,
-                full,
-            };
-            // Refunded before it shipped: the shipment must not go out either.
-            let events = if full && order.state.holds_unshipped_sale() {
-                with_shiprocket_cancellation(order, vec![event], false)
-            } else {
-                vec![event]
-            };
-            record_all(order.state, events)
+            },
+        ),
+    }
+}
+
+/// What a refund does (SPEC §6 "Refunds and cancellations are money and
+/// goods"): counted against its own payment; the paying payment refunded in
+/// full refunds the order (and, before it shipped, cancels its shipment);
+/// one the lifecycle does not allow is journaled `refund_unapplied`; one for
+/// a payment not confirmed yet waits for it.
+fn decide_refund(order: &OrderSnapshot, refund: &PendingRefund) -> Outcome {
+    // Each refund once, whatever the order its deliveries came in.
+    if order.refund_ids.contains(&refund.refund_id) {
+        return Outcome::AlreadyDone;
+    }
+    if !order.payments.contains_key(&refund.payment_id) && order.payment_id.is_none() {
+        let waiting = order
+            .pending_refunds
+            .iter()
+            .any(|r| r.refund_id == refund.refund_id);
+        return if waiting {
+            Outcome::AlreadyDone
+        } else {
+            Outcome::Record(vec![OrderEvent::RefundPending {
+                refund: refund.clone(),
+            }])
+        };
+    }
+    let paying = order.payment_id.as_deref() == Some(refund.payment_id.as_str());
+    // Razorpay's running total may already count refunds delivered later, so
+    // a second one "in full" finds the order refunded: journaled, no move.
+    let full = paying
+        && refund.payment_refunded_paise >= refund.payment_amount_paise
+        && order.state != OrderState::Refunded;
+    let recorded = |full: bool| OrderEvent::RefundRecorded {
+        refund_id: refund.refund_id.clone(),
+        amount_paise: refund.amount_paise,
+        payment_refunded_paise: refund.payment_refunded_paise,
+        full,
+        payment_id: Some(refund.payment_id.clone()),
+    };
+    if !full {
+        return Outcome::Record(vec![recorded(false)]);
+    }
+    if !transition_allowed(order.state, OrderState::Refunded) {
+        return Outcome::Record(vec![OrderEvent::RefundUnapplied {
+            refund_id: refund.refund_id.clone(),
+            payment_id: refund.payment_id.clone(),
+            amount_paise: refund.amount_paise,
+            payment_refunded_paise: refund.payment_refunded_paise,
+            state: order.state,
+        }]);
+    }
+    // Refunded before it shipped: the shipment must not go out either.
+    let events = if order.state.holds_unshipped_sale() {
+        with_shiprocket_cancellation(order, vec![recorded(true)], false)
+    } else {
+        vec![recorded(true)]
+    };
+    record_all(order.state, events)
+}
+
+/// `payment` recorded, then the refunds that were waiting for it.
+fn with_waiting_refunds(order: &OrderSnapshot, payment: Outcome) -> Outcome {
+    let Outcome::Record(mut events) = payment else {
+        return payment;
+    };
+    let mut after = order.clone();
+    let at = after.updated_at_ms;
+    for event in &events {
+        apply(&mut after, event, at);
+    }
+    let waiting: Vec<PendingRefund> = after
+        .pending_refunds
+        .iter()
+        .filter(|r| after.payments.contains_key(&r.payment_id))
+        .cloned()
+        .collect();
+    for refund in waiting {
+        if let Outcome::Record(more) = decide_refund(&after, &refund) {
+            for event in &more {
+                apply(&mut after, event, at);
+            }
+            events.extend(more);
         }
     }
+    record_all(order.state, events)
 }
 
 #[cfg(test)]
@@ -1112,13 +1262,14 @@ mod tests {
             .flat_map(|from| OrderState::ALL.iter().map(move |to| (*from, *to)))
             .filter(|(from, to)| transition_allowed(*from, *to))
             .collect();
-        assert_eq!(allowed.len(), 37);
+        assert_eq!(allowed.len(), 38);
         for (from, to) in [
             (PendingPayment, Paid),
             (Expired, OutOfStock),
             (OutOfStock, Paid),
             (ManualRequired, Shipped),
             (Delivered, Refunded),
+            (Shipped, Refunded),
             (Cancelled, Refunded),
         ] {
             assert!(transition_allowed(from, to), "{from} -> {to}");
@@ -1126,6 +1277,7 @@ mod tests {
         for (from, to) in [
             (Paid, PendingPayment),
             (Shipped, Cancelled),
+            (Refunded, Refunded),
             (Refunded, Paid),
             (Returned, Delivered),
         ] {
@@ -1298,10 +1450,203 @@ mod tests {
         assert_eq!(order.refunded_paise, 149_800);
     }
 
+    fn refund(id: &str, payment: &str, amount: i64, total: i64) -> Command {
+        Command::RecordRefund {
+            refund_id: id.into(),
+            amount_paise: amount,
+            payment_id: payment.into(),
+            payment_amount_paise: 149_800,
+            payment_refunded_paise: total,
+        }
+    }
+
+    /// Applies what `command` records at `at`; the outcome.
+    fn run(order: &mut OrderSnapshot, command: &Command, at: i64) -> Outcome {
+        let outcome = decide(order, command);
+        if let Outcome::Record(events) = &outcome {
+            for event in events {
+                if let Some(to) = event.target() {
+                    assert!(
+                        transition_allowed(order.state, to),
+                        "{} -> {to}",
+                        order.state
+                    );
+                }
+                apply(order, event, at);
+            }
+        }
+        outcome
+    }
+
+    #[test]
+    fn a_refund_in_transit_refunds_a_shipped_order() {
+        let mut order = new_order(OrderState::PendingPayment);
+        run(&mut order, &pay("pay_1"), 1);
+        order.state = OrderState::Shipped;
+        run(&mut order, &refund("rfnd_1", "pay_1", 149_800, 149_800), 2);
+        assert_eq!(order.state, OrderState::Refunded);
+    }
+
+    #[test]
+    fn a_refund_the_lifecycle_refuses_is_journaled_unapplied() {
+        let mut order = new_order(OrderState::PendingPayment);
+        run(&mut order, &pay("pay_1"), 1);
+        run(&mut order, &refund("rfnd_1", "pay_1", 100_000, 100_000), 2);
+        // Every paid state may be refunded today; a state the table refuses
+        // stands in for any it may refuse tomorrow.
+        order.state = OrderState::PendingPayment;
+        let outcome = run(&mut order, &refund("rfnd_2", "pay_1", 49_800, 149_800), 3);
+        assert!(matches!(
+            outcome,
+            Outcome::Record(ref events) if matches!(events[..], [OrderEvent::RefundUnapplied { .. }])
+        ));
+        assert_eq!(
+            order.refunds["pay_1"], 149_800,
+            "the money moved all the same"
+        );
+    }
+
+    #[test]
+    fn a_refund_before_its_payment_waits_and_applies_after_it() {
+        let mut order = new_order(OrderState::PendingPayment);
+        let outcome = run(&mut order, &refund("rfnd_1", "pay_1", 149_800, 149_800), 1);
+        assert!(
+            matches!(outcome, Outcome::Record(ref e) if matches!(e[..], [OrderEvent::RefundPending { .. }]))
+        );
+        assert_eq!(order.state, OrderState::PendingPayment);
+        assert_eq!(
+            decide(&order, &refund("rfnd_1", "pay_1", 149_800, 149_800)),
+            Outcome::AlreadyDone
+        );
+        run(&mut order, &pay("pay_1"), 2);
+        assert_eq!(order.state, OrderState::Refunded);
+        assert!(order.pending_refunds.is_empty());
+        assert!(!order.refund_due);
+        // A refund whose running total counted it already is journaled, nothing more.
+        let late = run(&mut order, &refund("rfnd_0", "pay_1", 20_000, 149_800), 3);
+        assert!(
+            matches!(late, Outcome::Record(ref e) if matches!(e[..], [OrderEvent::RefundRecorded { full: false, .. }]))
+        );
+        assert_eq!(order.state, OrderState::Refunded);
+    }
+
+    #[test]
+    fn refunds_count_against_their_own_payment() {
+        let mut order = new_order(OrderState::PendingPayment);
+        run(&mut order, &pay("pay_1"), 1);
+        run(&mut order, &pay("pay_2"), 2);
+        assert!(order.refund_due, "the second payment must go back");
+        run(&mut order, &refund("rfnd_2", "pay_2", 149_800, 149_800), 3);
+        assert_eq!(order.state, OrderState::Paid, "another payment's refund");
+        assert!(!order.refund_due, "the money is back");
+        assert_eq!(order.refunded_paise, 0);
+        run(&mut order, &refund("rfnd_1", "pay_1", 49_800, 49_800), 4);
+        assert_eq!(
+            (order.state, order.refunded_paise),
+            (OrderState::Paid, 49_800)
+        );
+        run(&mut order, &refund("rfnd_3", "pay_1", 100_000, 149_800), 5);
+        assert_eq!(order.state, OrderState::Refunded);
+    }
+
     mod properties {
         use proptest::prelude::*;
 
         use super::*;
+
+        #[derive(Debug, Clone)]
+        enum MoneyEvent {
+            Captured(&'static str),
+            /// A refund of a payment: (refund id, payment, this refund, running total).
+            Refund(&'static str, &'static str, i64, i64),
+        }
+
+        fn money_events() -> impl Strategy<Value = Vec<MoneyEvent>> {
+            use MoneyEvent::*;
+            let pool = [
+                Captured("pay_1"),
+                Captured("pay_2"),
+                Refund("rfnd_1a", "pay_1", 50_000, 50_000),
+                Refund("rfnd_1b", "pay_1", 99_800, 149_800),
+                Refund("rfnd_2", "pay_2", 149_800, 149_800),
+            ];
+            // Any subset, each delivered once or twice, in any order.
+            proptest::collection::vec((any::<bool>(), any::<bool>()), pool.len())
+                .prop_map(move |picks| {
+                    let mut events = Vec::new();
+                    for (event, (keep, twice)) in pool.iter().zip(picks) {
+                        if keep {
+                            events.push(event.clone());
+                            if twice {
+                                events.push(event.clone());
+                            }
+                        }
+                    }
+                    events
+                })
+                .prop_shuffle()
+        }
+
+        proptest! {
+            /// Refunds over two payments, duplicated and before or after their
+            /// payments: the order is refunded exactly when the payment that
+            /// paid it is refunded in full, `refund_due` says whether the other
+            /// payment's money is still out, a refund waits only for a payment
+            /// that never came, and the journal replays to the snapshot.
+            #[test]
+            fn refunds_land_on_their_payment_in_any_order(events in money_events()) {
+                let mut order = new_order(OrderState::PendingPayment);
+                let created = OrderEvent::Created {
+                    razorpay_order_id: order.razorpay_order_id.clone(),
+                    payment_method: order.payment_method,
+                    currency: order.currency.clone(),
+                    amount_paise: order.amount_paise,
+                    lines: order.lines.clone(),
+                    reserved_until_ms: order.reserved_until_ms,
+                };
+                let mut journal = vec![(created, 0i64)];
+                let mut refunded_transitions = 0;
+                for (at, event) in events.iter().enumerate() {
+                    let at = at as i64 + 1;
+                    let command = match event {
+                        MoneyEvent::Captured(id) => pay(id),
+                        MoneyEvent::Refund(id, payment, amount, total) => refund(id, payment, *amount, *total),
+                    };
+                    if let Outcome::Record(recorded) = decide(&order, &command) {
+                        for e in recorded {
+                            if let Some(to) = e.target() {
+                                prop_assert!(transition_allowed(order.state, to), "{} -> {}", order.state, to);
+                                if to == OrderState::Refunded {
+                                    refunded_transitions += 1;
+                                }
+                            }
+                            apply(&mut order, &e, at);
+                            journal.push((e, at));
+                        }
+                    }
+                }
+                let paying = events.iter().find_map(|e| match e {
+                    MoneyEvent::Captured(id) => Some(*id),
+                    _ => None,
+                });
+                let captured = |p: &str| events.iter().any(|e| matches!(e, MoneyEvent::Captured(id) if *id == p));
+                let refunded_in_full = |p: &str| events.iter().any(|e| {
+                    matches!(e, MoneyEvent::Refund(_, payment, _, total) if *payment == p && *total == 149_800)
+                });
+                prop_assert_eq!(order.payment_id.as_deref(), paying);
+                let expect_refunded = paying.is_some_and(refunded_in_full);
+                prop_assert_eq!(order.state == OrderState::Refunded, expect_refunded, "{:?}", events);
+                prop_assert!(refunded_transitions <= 1);
+                let other = match paying { Some("pay_1") => Some("pay_2"), Some(_) => Some("pay_1"), None => None };
+                let owed = other.is_some_and(|o| captured(o) && !refunded_in_full(o));
+                prop_assert_eq!(order.refund_due, owed, "{:?}", events);
+                for waiting in &order.pending_refunds {
+                    prop_assert!(!captured(&waiting.payment_id), "{} waits though its payment came", waiting.refund_id);
+                }
+                let rebuilt = replay("XVC-1", journal.iter().map(|(e, at)| (e, *at))).unwrap();
+                prop_assert_eq!(rebuilt, order);
+            }
+        }
 
         #[derive(Debug, Clone)]
         enum Input {

@@ -270,7 +270,11 @@ pub fn transition_moves(
             A::Sold,
             "late_sale",
         ),
-        (from, OrderState::Expired | OrderState::Cancelled) if from.holds_reservation() => {
+        // Refunded straight from a hold: paid and refunded in one step (a
+        // refund that waited for its payment).
+        (from, OrderState::Expired | OrderState::Cancelled | OrderState::Refunded)
+            if from.holds_reservation() =>
+        {
             line_moves(
                 order_id,
                 lines,

@@ -169,8 +169,7 @@ const MIGRATIONS: &[&str] = &[
     // 7: the durable shipping queue (SPEC §8). A row per order and account it
     // has Shiprocket work for ('' while any account may take it), rewritten in
     // the same commit as the order's snapshot (`domain::shipping::queue`).
-    // Gateways pull due rows oldest paid first, per account; a row whose call
-    // was in flight before the daemon started is due at once. Orders already
+    // Gateways pull due rows oldest paid first, per account. Orders already
     // queued by an older dropshipd are carried over from their snapshots.
     "
     CREATE TABLE shipping_queue (
@@ -180,7 +179,6 @@ const MIGRATIONS: &[&str] = &[
         paid_at_ms INTEGER NOT NULL,
         failover   INTEGER NOT NULL,
         calls_left INTEGER NOT NULL,
-        leased_at_ms INTEGER,                -- a call in flight since then
         PRIMARY KEY (order_id, account)
     ) WITHOUT ROWID;
     CREATE INDEX shipping_queue_by_account ON shipping_queue (account, paid_at_ms);

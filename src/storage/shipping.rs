@@ -83,8 +83,8 @@ pub(super) fn replace_queue_rows(
     conn.prepare_cached("DELETE FROM shipping_queue WHERE order_id = ?1")?
         .execute([order_id])?;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO shipping_queue (order_id, account, due_at_ms, paid_at_ms, failover, calls_left, leased_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO shipping_queue (order_id, account, due_at_ms, paid_at_ms, failover, calls_left)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for entry in entries {
         insert.execute(params![
@@ -94,7 +94,6 @@ pub(super) fn replace_queue_rows(
             entry.paid_at_ms,
             entry.failover,
             entry.calls_left,
-            entry.leased_at_ms,
         ])?;
     }
     Ok(())
@@ -102,20 +101,17 @@ pub(super) fn replace_queue_rows(
 
 impl Storage {
     /// Up to `limit` orders with work due at `now_ms` from `sources`, oldest
-    /// paid first (an order listed by two sources appears once). A call in
-    /// flight since before `started_at_ms` was lost with its process: due now.
+    /// paid first (an order listed by two sources appears once).
     pub async fn shipping_due(
         &self,
         sources: Vec<QueueSource>,
         now_ms: i64,
-        started_at_ms: i64,
         limit: u32,
     ) -> Result<Vec<QueuedOrder>, StorageError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT order_id, paid_at_ms FROM shipping_queue
-                 WHERE account = ?1 AND (due_at_ms <= ?2 OR leased_at_ms < ?5)
-                   AND (failover = 1 OR ?3 = 0)
+                 WHERE account = ?1 AND due_at_ms <= ?2 AND (failover = 1 OR ?3 = 0)
                  ORDER BY paid_at_ms, order_id LIMIT ?4",
             )?;
             let mut due: Vec<QueuedOrder> = Vec::new();
@@ -125,8 +121,7 @@ impl Storage {
                         account_key(source.account.as_deref()),
                         now_ms,
                         source.failover_only,
-                        limit,
-                        started_at_ms
+                        limit
                     ],
                     |row| {
                         Ok(QueuedOrder {
@@ -193,7 +188,7 @@ impl Storage {
         let order_id = order_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT account, due_at_ms, paid_at_ms, failover, calls_left, leased_at_ms FROM shipping_queue
+                "SELECT account, due_at_ms, paid_at_ms, failover, calls_left FROM shipping_queue
                  WHERE order_id = ?1 ORDER BY account",
             )?;
             let rows = stmt.query_map([&order_id], |row| {
@@ -204,7 +199,6 @@ impl Storage {
                     paid_at_ms: row.get(2)?,
                     failover: row.get(3)?,
                     calls_left: row.get(4)?,
-                    leased_at_ms: row.get(5)?,
                 })
             })?;
             let mut entries = rows.collect::<Result<Vec<_>, _>>()?;

@@ -475,3 +475,116 @@ async fn a_partial_refund_is_journaled_and_a_full_one_refunds() {
     );
     app.assert_journal_replays("XVC-70").await;
 }
+
+#[actix_web::test]
+async fn a_refund_of_a_shipped_order_and_one_before_its_payment_are_applied_not_dropped() {
+    let (_sandbox, url) = start_sandbox(dropshipd::sandbox::Faults::default());
+    let app = spawn_app_with(|s| {
+        with_shiprocket(s, &url);
+        s.config.shipping.mode = dropshipd::config::ShippingMode::Manual;
+    })
+    .await;
+    app.set_stock("TEE", 5).await;
+    // Shipped by hand (manual mode), then refunded in transit: a lost parcel.
+    app.checkout(&checkout_body("XVC-R1", "order_R1", "TEE", 2))
+        .await;
+    app.post_webhook(&captured_for("pay_R1", "order_R1", 149_800), Some("evt_R1"))
+        .await;
+    app.wait_for_state("XVC-R1", "manual_required").await;
+    let shipped = app
+        .client
+        .post(format!("{}/admin/orders/XVC-R1/mark-shipped", app.admin))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"awb": "HAND-R1", "courier": "Own van"}))
+        .send()
+        .await
+        .expect("mark shipped");
+    assert_eq!(shipped.status(), 200);
+    app.post_webhook(
+        &refund_processed("rfnd_R1", "pay_R1", "order_R1", 149_800, 149_800, 149_800),
+        Some("evt_rfnd_R1"),
+    )
+    .await;
+    app.wait_for_state("XVC-R1", "refunded").await;
+    assert_eq!(
+        app.stock("TEE").await["on_hand"],
+        3,
+        "the parcel left: no restock"
+    );
+
+    // The refund is delivered before the payment it refunds.
+    app.checkout(&checkout_body("XVC-R2", "order_R2", "TEE", 2))
+        .await;
+    app.post_webhook(
+        &refund_processed("rfnd_R2", "pay_R2", "order_R2", 149_800, 149_800, 149_800),
+        Some("evt_rfnd_R2"),
+    )
+    .await;
+    app.wait_inbox_drained().await;
+    assert_eq!(app.order_status("XVC-R2").await["state"], "pending_payment");
+    let detail = app.admin_order("XVC-R2", OPERATOR_TOKEN).await;
+    assert_eq!(
+        journal_kinds(&detail).last(),
+        Some(&json!("refund_pending"))
+    );
+    app.post_webhook(&captured_for("pay_R2", "order_R2", 149_800), Some("evt_R2"))
+        .await;
+    app.wait_for_state("XVC-R2", "refunded").await;
+    let level = app.stock("TEE").await;
+    assert_eq!(
+        (level["on_hand"].as_i64(), level["reserved"].as_i64()),
+        (Some(3), Some(0)),
+        "paid and refunded: the hold goes back"
+    );
+    let audit = app
+        .admin_get("/admin/audit?limit=1000", Some(OPERATOR_TOKEN))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .expect("audit");
+    let refunds = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "order.refund_recorded")
+        .count();
+    assert_eq!(refunds, 2, "every refund is in the audit log");
+    app.assert_journal_replays("XVC-R1").await;
+    app.assert_journal_replays("XVC-R2").await;
+}
+
+#[actix_web::test]
+async fn a_refund_of_a_second_payment_clears_what_is_due_and_leaves_the_order_paid() {
+    let app = spawn_app().await;
+    app.set_stock("TEE", 5).await;
+    app.checkout(&checkout_body("XVC-R3", "order_R3", "TEE", 2))
+        .await;
+    app.post_webhook(
+        &captured_for("pay_R3a", "order_R3", 149_800),
+        Some("evt_R3a"),
+    )
+    .await;
+    app.post_webhook(
+        &captured_for("pay_R3b", "order_R3", 149_800),
+        Some("evt_R3b"),
+    )
+    .await;
+    app.wait_inbox_drained().await;
+    let order = &app.admin_order("XVC-R3", OPERATOR_TOKEN).await["order"];
+    assert_eq!(
+        (order["state"].as_str(), order["refund_due"].as_bool()),
+        (Some("paid"), Some(true))
+    );
+    app.post_webhook(
+        &refund_processed("rfnd_R3b", "pay_R3b", "order_R3", 149_800, 149_800, 149_800),
+        Some("evt_rfnd_R3b"),
+    )
+    .await;
+    app.wait_inbox_drained().await;
+    let order = &app.admin_order("XVC-R3", OPERATOR_TOKEN).await["order"];
+    assert_eq!(
+        (order["state"].as_str(), order["refund_due"].as_bool()),
+        (Some("paid"), Some(false)),
+        "another payment's refund does not refund the order, and nothing is due any more"
+    );
+}

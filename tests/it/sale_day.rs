@@ -20,7 +20,7 @@ const TRACKING_TOKEN: &str = "tracking-token-for-tests";
 fn shiprocket_toml(url: &str, per_hour: u32, burst: u32) -> String {
     format!(
         "[shiprocket]\nbase_url = \"{url}\"\nrequests_per_hour = {per_hour}\nburst = {burst}\n\
-         request_timeout_ms = 5000\ntracking_token = \"env:SHIPROCKET_TRACKING_TOKEN\"\n\
+         request_timeout_ms = 2000\ntracking_token = \"env:SHIPROCKET_TRACKING_TOKEN\"\n\
          [[shiprocket.accounts]]\nname = \"primary\"\nemail = \"api@example.com\"\n\
          password = \"env:SHIPROCKET_PASSWORD\"\n"
     )

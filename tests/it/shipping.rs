@@ -41,6 +41,12 @@ async fn a_paid_order_becomes_ready_to_ship_with_its_awb() {
     );
     assert!(order.pickup_requested);
 
+    // The pickup's answer is journaled just after Shiprocket took it.
+    eventually("the pickup journaled", || async {
+        let detail = app.admin_order("XVC-SH1", OPERATOR_TOKEN).await;
+        journal_kinds(&detail).contains(&json!("pickup_requested"))
+    })
+    .await;
     let detail = app.admin_order("XVC-SH1", OPERATOR_TOKEN).await;
     let kinds = journal_kinds(&detail);
     assert_eq!(
@@ -411,8 +417,10 @@ async fn sigkill_between_create_and_assign_never_creates_twice() {
     };
     let (sandbox, url) = start_sandbox(faults);
     let dir = tempfile::tempdir().expect("temp dir");
+    // Short calls: the AWB call in flight at the kill is searched for once
+    // its lease (four timeouts) is over.
     let extra = format!(
-        "[shiprocket]\nbase_url = \"{url}\"\nrequests_per_hour = 360000\nburst = 100\nrequest_timeout_ms = 120000\n\
+        "[shiprocket]\nbase_url = \"{url}\"\nrequests_per_hour = 360000\nburst = 100\nrequest_timeout_ms = 2000\n\
          [[shiprocket.accounts]]\nname = \"primary\"\nemail = \"api@example.com\"\npassword = \"env:SHIPROCKET_PASSWORD\"\n"
     );
     let config = write_daemon_config_with(dir.path(), &extra);

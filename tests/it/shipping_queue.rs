@@ -298,11 +298,20 @@ async fn a_cancellation_shiprocket_refuses_for_now_is_retried_until_it_is_done()
     assert_eq!(cancelled.status(), 200);
     assert_eq!(app.order_status(&id).await["state"], "cancelled");
     assert_eq!(app.stock("TEE").await["on_hand"], 10, "back on the shelf");
-    let tries = || arrivals(&sandbox, &["cancel", "search"]);
+    // Each round waits for the daemon to record the failure before the clock moves on.
     for round in 1..=3 {
         clock.advance_ms(60_000);
-        wait_until("a retried cancellation", || tries() >= round).await;
+        eventually("a retried cancellation recorded", || async {
+            let detail = app.admin_order(&id, OPERATOR_TOKEN).await;
+            let deferred = journal_kinds(&detail)
+                .iter()
+                .filter(|k| *k == "cleanup_deferred")
+                .count();
+            deferred >= round
+        })
+        .await;
     }
+    assert!(arrivals(&sandbox, &["cancel", "search"]) >= 3);
     assert_eq!(
         shiprocket_orders(&sandbox, &id),
         (1, 1),

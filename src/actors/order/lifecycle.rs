@@ -217,7 +217,7 @@ pub(super) async fn run_command(
                     "order {} expects {} paise {}",
                     order.order_id, order.amount_paise, order.currency
                 ),
-                event_id: cause.label.strip_prefix("webhook:").map(str::to_owned),
+                event_id: cause.event_id.clone(),
             };
             finish_inbox(deps, &cause, Some(letter), now).await?;
             Err(OrderError::AmountMismatch)
@@ -275,6 +275,17 @@ pub(super) async fn commit_events(
                 order.order_id
             ),
             event_id: None,
+        }),
+        // A replay of the letter reports its outcome there; it files no second one.
+        OrderEvent::RefundUnapplied {
+            refund_id, state, ..
+        } if cause.replay_of.is_none() => Some(OrderDeadLetter {
+            reason: "refund_unapplied",
+            detail: format!(
+                "order {}: refund {refund_id} refunds the payment in full, but an order in {state} cannot be refunded",
+                order.order_id
+            ),
+            event_id: cause.event_id.clone(),
         }),
         _ => None,
     });

@@ -66,6 +66,9 @@ pub struct ShippingDeps {
 #[derive(Debug, Clone)]
 pub struct Cause {
     pub label: String,
+    /// The Razorpay event behind it (its dedup key), if any: what a dead
+    /// letter filed for it names.
+    pub event_id: Option<String>,
     /// The inbox entry this completes, if any.
     pub inbox_id: Option<i64>,
     /// When the payment event that caused this arrived (for the order-creation latency).
@@ -79,6 +82,7 @@ impl Cause {
     pub fn named(label: impl Into<String>) -> Self {
         Self {
             label: label.into(),
+            event_id: None,
             inbox_id: None,
             received_at_ms: None,
             replay_of: None,

@@ -33,8 +33,6 @@ struct Inner {
     router: ShippingRouter,
     clock: SharedClock,
     failover_after_ms: i64,
-    /// Calls journaled before this were in flight in an earlier process.
-    started_at_ms: i64,
     claimed: Mutex<HashSet<String>>,
     wake: watch::Sender<u64>,
 }
@@ -50,7 +48,6 @@ impl ShippingQueue {
             inner: Arc::new(Inner {
                 storage,
                 router,
-                started_at_ms: clock.now_ms(),
                 clock,
                 failover_after_ms,
                 claimed: Mutex::new(HashSet::new()),
@@ -100,12 +97,7 @@ impl ShippingQueue {
         let claimed = self.claimed_count() as u32;
         let due = inner
             .storage
-            .shipping_due(
-                sources,
-                inner.clock.now_ms(),
-                inner.started_at_ms,
-                limit + claimed,
-            )
+            .shipping_due(sources, inner.clock.now_ms(), limit + claimed)
             .await?;
         let claimed = inner.claimed.lock().map(|c| c.clone()).unwrap_or_default();
         Ok(due
@@ -144,14 +136,9 @@ impl ShippingQueue {
     }
 }
 
-/// What an order planning its next call knows of the accounts and of this
-/// daemon's start.
+/// What an order planning its next call knows of the accounts.
 impl Conditions for ShippingQueue {
     fn unusable_since_ms(&self, account: &str) -> Option<i64> {
         self.inner.router.unusable_since_ms(account)
-    }
-
-    fn started_at_ms(&self) -> i64 {
-        self.inner.started_at_ms
     }
 }

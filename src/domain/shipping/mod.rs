@@ -42,22 +42,17 @@ pub struct ShippingPolicy {
     /// the order may be created on another (`shipping.failover_after_secs`).
     pub failover_after_ms: i64,
     /// How long after a call is journaled it is due again if no outcome comes
-    /// (a crash mid-call): longer than any call can take.
+    /// (a crash mid-call). Longer than the call can take: a request still in
+    /// flight when the process died may yet land at Shiprocket, and the
+    /// search that follows must see it.
     pub call_lease_ms: i64,
 }
 
-/// What a decision knows beyond the order: the accounts' health, and when
-/// the running daemon started.
+/// What a decision knows beyond the order: the accounts' health.
 pub trait Conditions {
     /// Since when `account` has been unusable (circuit open or half-open, or
     /// throttled), if it is now.
     fn unusable_since_ms(&self, account: &str) -> Option<i64>;
-
-    /// Calls journaled before this were in flight in a process that is gone:
-    /// their answers will never come, so their work is due at once.
-    fn started_at_ms(&self) -> i64 {
-        i64::MIN
-    }
 }
 
 /// Why a call is made: the step of the order it serves.

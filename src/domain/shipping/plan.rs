@@ -39,7 +39,7 @@ pub fn next_call(
     now_ms: i64,
     policy: &ShippingPolicy,
 ) -> Plan {
-    if let Some(plan) = cleanup(order, account, world, now_ms, policy) {
+    if let Some(plan) = cleanup(order, account, now_ms, policy) {
         return plan;
     }
     if let Some(plan) = ship(order, account, world, now_ms, policy) {
@@ -48,25 +48,14 @@ pub fn next_call(
     pickup(order, account, now_ms).unwrap_or(Plan::Nothing)
 }
 
-/// Due now: its time came, or its call was lost with an earlier process.
-fn due(at_ms: i64, call_started_at_ms: Option<i64>, world: &impl Conditions, now_ms: i64) -> bool {
-    at_ms <= now_ms || call_started_at_ms.is_some_and(|at| at < world.started_at_ms())
-}
-
 fn cleanup(
     order: &OrderSnapshot,
     account: &str,
-    world: &impl Conditions,
     now_ms: i64,
     policy: &ShippingPolicy,
 ) -> Option<Plan> {
     let cleanup = order.shipping.cleanup_on(account)?;
-    if !due(
-        cleanup.next_at_ms,
-        cleanup.call_started_at_ms,
-        world,
-        now_ms,
-    ) {
+    if cleanup.next_at_ms > now_ms {
         return None;
     }
     let call = if cleanup.search_first || cleanup.sr_order_ids.is_empty() {
@@ -100,9 +89,7 @@ fn ship(
     policy: &ShippingPolicy,
 ) -> Option<Plan> {
     let shipping = &order.shipping;
-    let ship_due = shipping
-        .next_attempt_at_ms
-        .is_some_and(|at| due(at, shipping.call_started_at_ms, world, now_ms));
+    let ship_due = shipping.next_attempt_at_ms.is_some_and(|at| at <= now_ms);
     if !matches!(
         order.state,
         OrderState::AwaitingShipment | OrderState::ShipmentCreated
@@ -295,27 +282,25 @@ mod tests {
     }
 
     #[test]
-    fn a_call_lost_with_an_earlier_process_is_due_at_once() {
-        struct Restarted;
-        impl Conditions for Restarted {
-            fn unusable_since_ms(&self, _: &str) -> Option<i64> {
-                None
-            }
-            fn started_at_ms(&self) -> i64 {
-                NOW + 1
-            }
-        }
+    fn a_call_without_an_answer_is_searched_once_its_lease_is_over() {
         let mut order = queued();
         attempt_on(&mut order, "a", CallKind::CreateOrder);
         assert_eq!(
-            next_call(&order, "a", &Board::default(), NOW + 1, &policy(8)),
+            next_call(&order, "a", &Board::default(), NOW + 29_999, &policy(8)),
             Plan::Nothing,
-            "in flight in this process: its answer is awaited"
+            "the call may still land: its answer is awaited"
         );
         assert_eq!(
-            call_of(&next_call(&order, "a", &Restarted, NOW + 1, &policy(8))).2,
+            call_of(&next_call(
+                &order,
+                "a",
+                &Board::default(),
+                NOW + 30_000,
+                &policy(8)
+            ))
+            .2,
             &Call::Search,
-            "lost in a restart: searched at once"
+            "lost (a crash): searched, not created again"
         );
     }
 

@@ -21,9 +21,6 @@ pub struct QueueEntry {
     pub failover: bool,
     /// Calls still to make: the time-to-drain estimate.
     pub calls_left: u32,
-    /// When the call now in flight was journaled: if that was before the
-    /// daemon started, a crash took its answer and the work is due at once.
-    pub leased_at_ms: Option<i64>,
 }
 
 /// The queue rows of `order`, one per account, sorted.
@@ -31,21 +28,13 @@ pub fn queue_entries(order: &OrderSnapshot) -> Vec<QueueEntry> {
     let shipping = &order.shipping;
     let paid_at_ms = shipping.paid_at_ms.unwrap_or(order.created_at_ms);
     let mut entries: Vec<QueueEntry> = Vec::new();
-    let mut add = |account: Option<&String>,
-                   due_at_ms: i64,
-                   failover: bool,
-                   calls: u32,
-                   leased_at_ms: Option<i64>| {
+    let mut add = |account: Option<&String>, due_at_ms: i64, failover: bool, calls: u32| {
         let account = account.cloned();
         match entries.iter_mut().find(|e| e.account == account) {
             Some(entry) => {
                 entry.due_at_ms = entry.due_at_ms.min(due_at_ms);
                 entry.failover |= failover;
                 entry.calls_left += calls;
-                entry.leased_at_ms = match (entry.leased_at_ms, leased_at_ms) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
             }
             None => entries.push(QueueEntry {
                 account,
@@ -53,11 +42,9 @@ pub fn queue_entries(order: &OrderSnapshot) -> Vec<QueueEntry> {
                 paid_at_ms,
                 failover,
                 calls_left: calls,
-                leased_at_ms,
             }),
         }
     };
-    let leased = shipping.call_started_at_ms;
     let doubt = u32::from(shipping.in_doubt);
     match (order.state, shipping.next_attempt_at_ms) {
         (OrderState::AwaitingShipment, Some(due)) => {
@@ -66,15 +53,15 @@ pub fn queue_entries(order: &OrderSnapshot) -> Vec<QueueEntry> {
                 .in_doubt
                 .then_some(shipping.account.as_ref())
                 .flatten();
-            add(bound, due, bound.is_some(), 3 + doubt, leased);
+            add(bound, due, bound.is_some(), 3 + doubt);
         }
         (OrderState::ShipmentCreated, Some(due)) => {
-            add(shipping.account.as_ref(), due, false, 2 + doubt, leased);
+            add(shipping.account.as_ref(), due, false, 2 + doubt);
         }
         _ => {}
     }
     if let (OrderState::ReadyToShip, Some(due)) = (order.state, shipping.pickup_due_at_ms) {
-        add(shipping.account.as_ref(), due, false, 1, None);
+        add(shipping.account.as_ref(), due, false, 1);
     }
     for cleanup in &shipping.cleanups {
         let search = u32::from(cleanup.search_first || cleanup.sr_order_ids.is_empty());
@@ -83,7 +70,6 @@ pub fn queue_entries(order: &OrderSnapshot) -> Vec<QueueEntry> {
             cleanup.next_at_ms,
             false,
             search + 1,
-            cleanup.call_started_at_ms,
         );
     }
     entries.sort();
@@ -129,7 +115,6 @@ mod tests {
                 paid_at_ms: NOW,
                 failover: false,
                 calls_left: 3,
-                leased_at_ms: None,
             }]
         );
     }
@@ -152,11 +137,6 @@ mod tests {
             entries[0].due_at_ms,
             NOW + 30_000,
             "due again after the lease"
-        );
-        assert_eq!(
-            entries[0].leased_at_ms,
-            Some(NOW),
-            "or at once after a restart"
         );
     }
 
