@@ -2,13 +2,14 @@
 //!
 //! It reads the inbox in id order and routes each entry to its order through the
 //! registry; the order actor marks the entry done in the same commit as the
-//! effect. Entries are sent in order and the registry keeps that order per
-//! order, so one order sees its events in arrival order while different orders
-//! proceed in parallel. An entry whose routing failed (storage trouble) stays
-//! unprocessed and the reading resumes from it. On start-up everything a crash
-//! left unprocessed is simply the first thing read.
+//! effect. The entries of one Razorpay order form a chain, applied one after
+//! the other in inbox commit order (SPEC §6): the next is sent only when the
+//! order has answered the one before. Different orders proceed in parallel.
+//! An entry whose routing failed (storage trouble) stays unprocessed, so do
+//! the entries of its chain behind it, and the reading resumes from it. On
+//! start-up everything a crash left unprocessed is simply the first thing read.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,6 +52,34 @@ struct Progress {
     in_flight: HashSet<i64>,
     /// The smallest id whose routing failed since the last read.
     retry_from: Option<i64>,
+    /// Razorpay orders with a chain running, and the entries waiting in it.
+    chains: HashMap<String, VecDeque<InboxEntry>>,
+    /// Orders whose chain failed: their entries wait for the re-read, which
+    /// starts at the failed one, so that none overtakes it.
+    blocked: HashSet<String>,
+}
+
+impl Progress {
+    /// The next entry of `key`'s chain; ends the chain when there is none.
+    fn next_in_chain(&mut self, key: &str) -> Option<InboxEntry> {
+        let next = self.chains.get_mut(key).and_then(VecDeque::pop_front);
+        if next.is_none() {
+            self.chains.remove(key);
+        }
+        next
+    }
+
+    /// After a failure in `key`'s chain: the entries behind it wait in the
+    /// inbox for the re-read, which starts at the failed one.
+    fn abandon_chain(&mut self, key: &str, failed: i64) {
+        if let Some(waiting) = self.chains.remove(key) {
+            for entry in waiting {
+                self.in_flight.remove(&entry.id);
+            }
+        }
+        self.blocked.insert(key.to_owned());
+        self.retry_from = Some(self.retry_from.map_or(failed, |r| r.min(failed)));
+    }
 }
 
 impl Dispatcher {
@@ -74,7 +103,12 @@ impl Dispatcher {
                 self.drain_deferred().await;
                 drain_due = false;
             }
-            if let Some(failed) = progress.lock().ok().and_then(|mut p| p.retry_from.take()) {
+            let rewind = progress.lock().ok().and_then(|mut p| {
+                let failed = p.retry_from.take()?;
+                p.blocked.clear();
+                Some(failed)
+            });
+            if let Some(failed) = rewind {
                 cursor = cursor.min(failed - 1);
             }
             let entries = match self.storage.pending_inbox(cursor, BATCH).await {
@@ -93,25 +127,61 @@ impl Dispatcher {
             }
             for entry in entries {
                 cursor = cursor.max(entry.id);
-                let fresh = progress
-                    .lock()
-                    .map(|mut p| p.in_flight.insert(entry.id))
-                    .unwrap_or(false);
-                if !fresh {
+                let key = entry.razorpay_order_id.clone();
+                let start = progress.lock().map(|mut p| {
+                    if key.as_ref().is_some_and(|k| p.blocked.contains(k)) {
+                        return None;
+                    }
+                    if !p.in_flight.insert(entry.id) {
+                        return None;
+                    }
+                    match &key {
+                        // Behind an entry of its order still under way.
+                        Some(key) if p.chains.contains_key(key) => {
+                            if let Some(chain) = p.chains.get_mut(key) {
+                                chain.push_back(entry.clone());
+                            }
+                            None
+                        }
+                        Some(key) => {
+                            p.chains.insert(key.clone(), VecDeque::new());
+                            Some(entry.clone())
+                        }
+                        None => Some(entry.clone()),
+                    }
+                });
+                let Ok(Some(first)) = start else {
                     continue;
-                }
+                };
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                     return;
                 };
                 let (dispatcher, progress) = (self.clone(), Arc::clone(&progress));
                 actix::spawn(async move {
-                    let id = entry.id;
-                    let result = dispatcher.dispatch(entry).await;
-                    if let Ok(mut p) = progress.lock() {
-                        p.in_flight.remove(&id);
-                        if let Err(e) = &result {
-                            tracing::warn!(inbox_id = id, error = %e, "inbox entry not dispatched; will retry");
-                            p.retry_from = Some(p.retry_from.map_or(id, |r| r.min(id)));
+                    let mut entry = first;
+                    loop {
+                        let id = entry.id;
+                        let result = dispatcher.dispatch(entry).await;
+                        let next = progress.lock().ok().and_then(|mut p| {
+                            p.in_flight.remove(&id);
+                            match (&result, &key) {
+                                (Err(e), Some(key)) => {
+                                    tracing::warn!(inbox_id = id, error = %e, "inbox entry not dispatched; its order's later entries wait; will retry");
+                                    p.abandon_chain(key, id);
+                                    None
+                                }
+                                (Err(e), None) => {
+                                    tracing::warn!(inbox_id = id, error = %e, "inbox entry not dispatched; will retry");
+                                    p.retry_from = Some(p.retry_from.map_or(id, |r| r.min(id)));
+                                    None
+                                }
+                                (Ok(()), Some(key)) => p.next_in_chain(key),
+                                (Ok(()), None) => None,
+                            }
+                        });
+                        match next {
+                            Some(next) => entry = next,
+                            None => break,
                         }
                     }
                     drop(permit);

@@ -588,3 +588,46 @@ async fn a_refund_of_a_second_payment_clears_what_is_due_and_leaves_the_order_pa
         "another payment's refund does not refund the order, and nothing is due any more"
     );
 }
+
+#[actix_web::test]
+async fn the_events_of_one_order_apply_in_the_order_the_inbox_took_them() {
+    const ORDERS: usize = 150;
+    let app = spawn_app().await;
+    app.set_stock("TEE", ORDERS as i64).await;
+    for i in 0..ORDERS {
+        let created = app
+            .checkout(&checkout_body(
+                &format!("XVC-Q{i}"),
+                &format!("order_Q{i}"),
+                "TEE",
+                1,
+            ))
+            .await;
+        assert_eq!(created.status(), 201);
+    }
+    // Paused, so that every pair is in the inbox before the dispatcher reads any.
+    app.admin_post("/admin/processing/pause", Some(OPERATOR_TOKEN))
+        .await;
+    for i in 0..ORDERS {
+        let failed = captured_for(&format!("pay_Qf{i}"), &format!("order_Q{i}"), 74_900)
+            .replace("payment.captured", "payment.failed")
+            .replace(r#""status":"captured""#, r#""status":"failed""#);
+        app.post_webhook(&failed, Some(&format!("evt_Qf{i}"))).await;
+        app.post_webhook(
+            &captured_for(&format!("pay_Qc{i}"), &format!("order_Q{i}"), 74_900),
+            Some(&format!("evt_Qc{i}")),
+        )
+        .await;
+    }
+    app.admin_post("/admin/processing/resume", Some(OPERATOR_TOKEN))
+        .await;
+    app.wait_inbox_drained().await;
+    for i in 0..ORDERS {
+        let detail = app.admin_order(&format!("XVC-Q{i}"), OPERATOR_TOKEN).await;
+        assert_eq!(
+            journal_kinds(&detail),
+            vec!["created", "payment_failed", "paid"],
+            "XVC-Q{i}: failed, then captured, as the inbox took them"
+        );
+    }
+}
