@@ -176,7 +176,10 @@ impl PaymentReconciler {
                     continue;
                 }
             };
-            let Some(captured) = payments.into_iter().find(|p| p.is_captured()) else {
+            // A payment that names another order is not this order's.
+            let Some(captured) = payments.into_iter().find(|p| {
+                p.is_captured() && p.order_id.as_deref() == Some(razorpay_order_id.as_str())
+            }) else {
                 continue;
             };
             tracing::warn!(order_id = %order_id, payment_id = %captured.id, "captured payment found by reconciliation: its webhook never arrived");

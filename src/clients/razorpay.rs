@@ -14,6 +14,8 @@ pub enum RazorpayError {
     Transport(#[from] reqwest::Error),
     #[error("Razorpay answered {status}: {description}")]
     Api { status: u16, description: String },
+    #[error("{0:?} is not a Razorpay order id")]
+    NotAnOrderId(String),
 }
 
 /// A payment as the API lists it; only the fields reconciliation reads.
@@ -73,11 +75,16 @@ impl RazorpayClient {
         })
     }
 
-    /// The payments made against a Razorpay order (authorised, captured, failed).
+    /// The payments made against a Razorpay order (authorised, captured,
+    /// failed). The id goes into the URL's path, so only an id of Razorpay's
+    /// shape is asked about.
     pub async fn order_payments(
         &self,
         razorpay_order_id: &str,
     ) -> Result<Vec<ApiPayment>, RazorpayError> {
+        if !crate::domain::checkout::valid_razorpay_order_id(razorpay_order_id) {
+            return Err(RazorpayError::NotAnOrderId(razorpay_order_id.to_owned()));
+        }
         let response = self
             .http
             .get(format!(

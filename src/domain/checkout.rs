@@ -149,6 +149,14 @@ fn valid_order_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/'))
 }
 
+/// A Razorpay order id: `order_` and letters and digits, nothing that could
+/// change a URL path it is put in.
+pub fn valid_razorpay_order_id(id: &str) -> bool {
+    id.strip_prefix("order_").is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 40 && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
 /// Validates a parsed JSON body.
 pub fn validate(body: &Value) -> Result<ValidCheckout, FieldErrors> {
     let mut errors = FieldErrors::default();
@@ -183,6 +191,9 @@ pub fn validate(body: &Value) -> Result<ValidCheckout, FieldErrors> {
     let country = r.text(address.get("country"), "shipping_address.country", true);
 
     let mut lines = Vec::new();
+    // Each line's quantity × unit price as sent, whatever else is wrong with
+    // the line: the amount is checked against these (SPEC §5).
+    let mut sent_totals: Vec<Option<i64>> = Vec::new();
     let mut skus = BTreeSet::new();
     match body.get("items") {
         Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_LINES => {
@@ -193,6 +204,7 @@ pub fn validate(body: &Value) -> Result<ValidCheckout, FieldErrors> {
                 let quantity = r.integer(item.get("quantity"), &field("quantity"));
                 let unit_price =
                     r.integer(item.get("unit_price_paise"), &field("unit_price_paise"));
+                sent_totals.push(quantity.zip(unit_price).and_then(|(q, p)| q.checked_mul(p)));
                 let weight_g = match item.get("weight_kg") {
                     None | Some(Value::Null) => None,
                     Some(Value::Number(n)) => match n.as_f64() {
@@ -263,10 +275,10 @@ pub fn validate(body: &Value) -> Result<ValidCheckout, FieldErrors> {
         r.errors
             .add("razorpay_order_id", "is required for prepaid orders");
     }
-    if !razorpay_order_id.is_empty() && !razorpay_order_id.starts_with("order_") {
+    if !razorpay_order_id.is_empty() && !valid_razorpay_order_id(&razorpay_order_id) {
         r.errors.add(
             "razorpay_order_id",
-            "must be a Razorpay order id (order_...)",
+            "must be a Razorpay order id: order_ followed by letters and digits",
         );
     }
     if !currency.is_empty() && !SUPPORTED_CURRENCIES.contains(&currency.as_str()) {
@@ -275,20 +287,20 @@ pub fn validate(body: &Value) -> Result<ValidCheckout, FieldErrors> {
             format!("unknown currency {currency:?}; supported: INR"),
         );
     }
-    let line_total: Option<i64> = lines.iter().try_fold(0i64, |sum, l| {
-        sum.checked_add(i64::from(l.quantity).checked_mul(l.unit_price_paise)?)
-    });
-    match amount {
-        Some(a) if a <= 0 => r.errors.add("amount_paise", "must be above 0"),
-        Some(a) if r.errors.0.keys().all(|k| !k.starts_with("items")) && Some(a) != line_total => {
-            r.errors.add(
-                "amount_paise",
-                format!(
-                    "must equal the sum of the lines ({})",
-                    line_total.unwrap_or(0)
-                ),
-            )
-        }
+    // Computable when every line sent a whole quantity and price.
+    let sent_total: Option<i64> = (!sent_totals.is_empty())
+        .then(|| {
+            sent_totals
+                .iter()
+                .try_fold(0i64, |sum, line| sum.checked_add((*line)?))
+        })
+        .flatten();
+    match (amount, sent_total) {
+        (Some(a), _) if a <= 0 => r.errors.add("amount_paise", "must be above 0"),
+        (Some(a), Some(total)) if a != total => r.errors.add(
+            "amount_paise",
+            format!("must equal the sum of the lines as sent ({total})"),
+        ),
         _ => {}
     }
     let email_ok = email.contains('@') && email.rsplit('@').next().is_some_and(|d| d.contains('.'));
@@ -372,6 +384,7 @@ mod tests {
         assert_eq!(
             fields,
             vec![
+                "amount_paise",
                 "currency",
                 "customer.phone",
                 "items[0].quantity",
@@ -390,6 +403,45 @@ mod tests {
         let errors = validate(&body).unwrap_err();
         assert!(errors.0.contains_key("shipping_address"));
         assert!(errors.0.contains_key("shipping_address.line1"));
+    }
+
+    #[test]
+    fn the_amount_is_checked_against_the_lines_as_sent_even_when_a_line_is_wrong() {
+        let mut body = spec_example();
+        body["items"] = json!([
+            {"sku": "A", "name": "A", "quantity": 1, "unit_price_paise": 1000},
+            {"sku": "C", "name": "C", "quantity": 0, "unit_price_paise": 500},
+        ]);
+        body["amount_paise"] = json!(99_999);
+        let errors = validate(&body).unwrap_err();
+        assert!(errors.0.contains_key("items[1].quantity"), "{errors:?}");
+        assert!(
+            errors.0["amount_paise"][0].contains("1000"),
+            "1 × 1000 + 0 × 500: {errors:?}"
+        );
+        body["amount_paise"] = json!(1000);
+        let errors = validate(&body).unwrap_err();
+        assert!(!errors.0.contains_key("amount_paise"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_razorpay_order_id_is_order_and_letters_and_digits() {
+        assert!(valid_razorpay_order_id("order_P1x2y3z4"));
+        for bad in [
+            "order_",
+            "order_x/../order_A",
+            "order_a b",
+            "pay_123",
+            "order_%2e%2e",
+        ] {
+            assert!(!valid_razorpay_order_id(bad), "{bad}");
+            let mut body = spec_example();
+            body["razorpay_order_id"] = json!(bad);
+            assert!(validate(&body)
+                .unwrap_err()
+                .0
+                .contains_key("razorpay_order_id"));
+        }
     }
 
     #[test]

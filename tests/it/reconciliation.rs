@@ -8,6 +8,9 @@ use serde_json::json;
 
 use crate::helpers::*;
 
+/// How often the fake was asked about order_RC2.
+static RC2_ASKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 async fn fake_order_payments(req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     // Basic base64("rzp_test_key:rzp_key_secret_for_tests")
     let expected = "Basic cnpwX3Rlc3Rfa2V5OnJ6cF9rZXlfc2VjcmV0X2Zvcl90ZXN0cw==";
@@ -24,6 +27,12 @@ async fn fake_order_payments(req: HttpRequest, path: web::Path<String>) -> HttpR
         json!([
             {"id": "pay_RCfail", "entity": "payment", "amount": 74900, "currency": "INR", "status": "failed", "captured": false, "order_id": "order_RC1"},
             {"id": "pay_RC1", "entity": "payment", "amount": 74900, "currency": "INR", "status": "captured", "captured": true, "order_id": "order_RC1"}
+        ])
+    } else if path.as_str() == "order_RC2" {
+        RC2_ASKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Captured, but for another order: not RC2's money.
+        json!([
+            {"id": "pay_RCX", "entity": "payment", "amount": 74900, "currency": "INR", "status": "captured", "captured": true, "order_id": "order_RCX"}
         ])
     } else {
         json!([])
@@ -60,15 +69,26 @@ async fn unpaid_orders_with_a_captured_payment_are_confirmed() {
         .await;
     app.checkout(&checkout_body("XVC-RC2", "order_RC2", "TEE", 1))
         .await;
+    // An id that would walk the API's path to another order is refused at checkout.
+    let sneaky = app
+        .checkout(&checkout_body("XVC-RC3", "order_x/../order_RC1", "TEE", 1))
+        .await;
+    assert_eq!(sneaky.status(), 422);
 
     clock.advance_ms(601_000);
     app.wait_for_state("XVC-RC1", "paid").await;
     let detail = app.admin_order("XVC-RC1", OPERATOR_TOKEN).await;
     assert_eq!(detail["journal"][1]["cause"], "reconciliation");
     assert_eq!(detail["journal"][1]["data"]["payment_id"], "pay_RC1");
+    wait_until("Razorpay asked about RC2", || {
+        RC2_ASKED.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    app.wait_inbox_drained().await;
     assert_eq!(
         app.order_status("XVC-RC2").await["state"],
-        "pending_payment"
+        "pending_payment",
+        "a captured payment of another order pays nothing here"
     );
     // The webhook arriving late is a no-op.
     app.post_webhook(
