@@ -274,6 +274,7 @@ impl Application {
             clock: Arc::clone(&clock),
             dispatcher: dispatcher_heartbeat,
             ingest_actors: Arc::clone(&ingest_actors),
+            last: Default::default(),
         };
         let storefront_token = settings
             .secrets

@@ -61,12 +61,12 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/webhooks/razorpay", web::post().to(webhook::razorpay))
         .route("/webhooks/tracking", web::post().to(tracking::shiprocket))
         .configure(storefront::routes)
-        .configure(health::routes);
+        .configure(health::public_routes);
 }
 
 /// Routes of the admin listener.
 pub fn admin_routes(cfg: &mut web::ServiceConfig) {
-    cfg.configure(admin::routes).configure(health::routes);
+    cfg.configure(admin::routes).configure(health::admin_routes);
 }
 
 /// The time format of every JSON answer.

@@ -91,7 +91,13 @@ pub struct HealthCheck {
     pub clock: SharedClock,
     pub dispatcher: Arc<Heartbeat>,
     pub ingest_actors: Arc<std::sync::atomic::AtomicUsize>,
+    /// The last full check, for the public probe: one check at a time, and
+    /// none more often than [`PUBLIC_CHECK_EVERY`], however many ask.
+    pub last: Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>,
 }
+
+/// How old a full check the public readiness probe answers from may be.
+pub const PUBLIC_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 impl HealthCheck {
     /// Takes the readings, each bounded by `timeout`.
@@ -120,6 +126,21 @@ impl HealthCheck {
     /// The problems right now; empty means healthy.
     pub async fn problems(&self, timeout: Duration) -> Vec<String> {
         assess(&self.read(timeout).await)
+    }
+
+    /// Healthy or not, from a check at most `max_age` old: what anyone on the
+    /// public listener may ask as often as they like without making the
+    /// daemon commit a probe each time.
+    pub async fn ready_recently(&self, max_age: Duration, timeout: Duration) -> bool {
+        let mut last = self.last.lock().await;
+        if let Some((at, ready)) = *last {
+            if at.elapsed() < max_age {
+                return ready;
+            }
+        }
+        let ready = self.problems(timeout).await.is_empty();
+        *last = Some((Instant::now(), ready));
+        ready
     }
 }
 

@@ -25,8 +25,23 @@ async fn a_locked_database_answers_503_and_stores_nothing() {
     assert_eq!(reply["error"], "storage_unavailable");
     assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
 
-    let ready = app.get(&app.public, "/readyz").await;
+    let ready = app.get(&app.admin, "/readyz").await;
     assert_eq!(ready.status(), 503);
+    let detail: serde_json::Value = ready.json().await.expect("JSON");
+    assert!(
+        detail["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("storage")),
+        "{detail}"
+    );
+    // The public probe says as much, and nothing of why.
+    let public = app.get(&app.public, "/readyz").await;
+    assert_eq!(public.status(), 503);
+    let public: serde_json::Value = public.json().await.expect("JSON");
+    assert!(
+        !public["message"].as_str().unwrap_or("").contains("storage"),
+        "{public}"
+    );
 
     // Concurrent deliveries during the outage all fail the same way.
     let deliveries: Vec<(String, String)> = (0..10)
@@ -54,7 +69,7 @@ async fn a_locked_database_answers_503_and_stores_nothing() {
     assert_eq!(response.status(), 200);
     let reply: serde_json::Value = response.json().await.expect("JSON");
     assert_eq!(reply["status"], "accepted");
-    let ready = app.get(&app.public, "/readyz").await;
+    let ready = app.get(&app.admin, "/readyz").await;
     assert_eq!(ready.status(), 200);
 
     let scrape = app.metrics().await;

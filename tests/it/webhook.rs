@@ -307,6 +307,23 @@ async fn concurrent_deliveries_of_one_event_store_it_once() {
 }
 
 #[actix_web::test]
+async fn the_public_readiness_probe_commits_at_most_once_a_second() {
+    let app = spawn_app().await;
+    let commits = |status: &serde_json::Value| status["storage"]["commits"].as_u64().unwrap_or(0);
+    let before = commits(&app.status().await);
+    let started = std::time::Instant::now();
+    for _ in 0..50 {
+        assert_eq!(app.get(&app.public, "/readyz").await.status(), 200);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let probes = commits(&app.status().await) - before;
+    assert!(
+        probes <= seconds + 1,
+        "{probes} commits for 50 public probes in under {seconds} s"
+    );
+}
+
+#[actix_web::test]
 async fn the_public_listener_serves_only_its_own_routes() {
     let app = spawn_app().await;
     for path in ["/admin/status", "/metrics", "/nope"] {
