@@ -123,6 +123,11 @@ impl Sandbox {
         self.with(|s| s.orders.clone())
     }
 
+    /// The tokens issued so far (valid or not).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.with(|s| s.tokens.keys().cloned().collect())
+    }
+
     /// Every token issued so far stops working.
     pub fn expire_tokens(&self) {
         self.with(|s| s.tokens.clear());

@@ -2,8 +2,9 @@
 //!
 //! Everything that can carry a customer's name, e-mail, phone or address (raw
 //! webhook bodies in the inbox and the dead-letter queue, an order's customer
-//! record) is sealed before it reaches the writer and opened only when read
-//! back for processing. A sealed value is `MAGIC || nonce || ciphertext+tag`;
+//! record), and the Shiprocket API tokens that can read all of it there, is
+//! sealed before it reaches the writer and opened only when read back for
+//! processing. A sealed value is `MAGIC || nonce || ciphertext+tag`;
 //! the associated data names the column, so a value moved to another column
 //! does not open. Values written before encryption was introduced lack the
 //! magic and are read as they are.
@@ -24,6 +25,8 @@ pub(super) enum Column {
     InboxBody,
     DeadLetterBody,
     OrderCustomer,
+    /// A Shiprocket API token: it can read every customer's data at Shiprocket.
+    ShiprocketToken,
 }
 
 impl Column {
@@ -32,6 +35,7 @@ impl Column {
             Self::InboxBody => b"inbox.body",
             Self::DeadLetterBody => b"dead_letters.body",
             Self::OrderCustomer => b"orders.customer",
+            Self::ShiprocketToken => b"shiprocket_tokens.token",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
+use super::pii::Column;
 use super::{Storage, StorageError};
 use crate::domain::shipping::QueueEntry;
 
@@ -13,13 +14,24 @@ impl Storage {
         account: &str,
     ) -> Result<Option<(String, i64)>, StorageError> {
         let account = account.to_owned();
+        let pii = self.pii();
         self.read(move |conn| {
-            Ok(conn
+            let stored: Option<(Vec<u8>, i64)> = conn
                 .prepare_cached(
                     "SELECT token, issued_at_ms FROM shiprocket_tokens WHERE account = ?1",
                 )?
-                .query_row([&account], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?)
+                .query_row([&account], |row| {
+                    Ok((super::bytes_at(row, 0)?, row.get(1)?))
+                })
+                .optional()?;
+            stored
+                .map(|(sealed, issued)| {
+                    let token = pii.open(Column::ShiprocketToken, &sealed)?;
+                    let token = String::from_utf8(token)
+                        .map_err(|e| StorageError::Encoding(e.to_string()))?;
+                    Ok((token, issued))
+                })
+                .transpose()
         })
         .await
     }
@@ -30,7 +42,8 @@ impl Storage {
         token: &str,
         issued_at_ms: i64,
     ) -> Result<(), StorageError> {
-        let (account, token) = (account.to_owned(), token.to_owned());
+        let account = account.to_owned();
+        let token = self.pii().seal(Column::ShiprocketToken, token.as_bytes())?;
         self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO shiprocket_tokens (account, token, issued_at_ms) VALUES (?1, ?2, ?3)

@@ -105,6 +105,17 @@ async fn the_token_is_cached_reused_after_a_restart_and_refreshed_once() {
     }
     assert_eq!(logins(&sandbox), 1);
 
+    // Cached sealed: the token reads every customer's data at Shiprocket.
+    let token = sandbox.issued_tokens().pop().expect("a token");
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(rig._dir.path()).expect("list dir") {
+        bytes.extend(std::fs::read(entry.expect("entry").path()).expect("read db file"));
+    }
+    assert!(
+        !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+        "the Shiprocket token is readable in the database"
+    );
+
     // A new gateway (a restarted daemon) finds the token in storage.
     let (second, _) = gateway(&rig, &url, settings("primary", 5));
     assert!(search(&second).await.is_ok());
