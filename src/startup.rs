@@ -406,6 +406,7 @@ impl Application {
         let (public, admin) = futures_util::future::join(self.public, self.admin).await;
         upkeep.abort();
         drain(&self.state).await;
+        self.state.storage.release();
         if let Some(watchdog) = watchdog {
             watchdog.abort();
         }

@@ -113,7 +113,11 @@ pub fn plan(index: usize) -> Plan {
         index,
         product,
         // Scarce units go one per shopper, so refusals can be counted exactly.
-        quantity: if !scarce && index % 3 == 0 { 2 } else { 1 },
+        quantity: if !scarce && index.is_multiple_of(3) {
+            2
+        } else {
+            1
+        },
         forged_first: index % 20 == 7,
         resend: index % 10 == 3,
         order_paid_too: index % 10 == 8,

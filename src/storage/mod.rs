@@ -8,6 +8,7 @@
 
 mod audit;
 mod daemon_state;
+mod lock;
 mod migrations;
 mod orders;
 mod pii;
@@ -25,6 +26,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use crate::domain::stock::{AllocationStatus, AllocationStep, ProductFacts};
 pub use audit::{verify_audit_log, AuditRecord, AuditVerifyError};
+pub use lock::lock_path;
 pub use orders::{
     DeferredCommand, JournalAppend, JournalRow, ListedOrder, NewOrder, OrderDeadLetter, OrderWrite,
     StoredOrder,
@@ -59,6 +61,20 @@ pub enum StorageError {
     },
     #[error("cannot start the storage writer thread: {0}")]
     Thread(std::io::Error),
+    #[error(
+        "another dropshipd{} is running on {database}: it holds {lock}; stop it first (one daemon per SQLite file)",
+        holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    InUse {
+        database: PathBuf,
+        lock: PathBuf,
+        holder: Option<u32>,
+    },
+    #[error("cannot lock the database with {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("stored data does not decode: {0}")]
     Encoding(String),
     #[error("a storage reader task failed: {0}")]
@@ -76,6 +92,8 @@ struct Inner {
     readers: readers::Readers,
     pii: Arc<pii::PiiCipher>,
     path: PathBuf,
+    /// Held until [`Storage::release`] or the process ends.
+    lock: std::sync::Mutex<Option<lock::DatabaseLock>>,
 }
 
 /// How to open the database.
@@ -112,6 +130,7 @@ impl Storage {
                 source,
             })?;
         }
+        let lock = lock::DatabaseLock::acquire(&options.path)?;
         let mut conn = Connection::open(&options.path)?;
         conn.busy_timeout(options.busy_timeout)?;
         // WAL: readers never block the writer. FULL: the WAL is fsynced at every
@@ -140,8 +159,17 @@ impl Storage {
                 readers,
                 pii: Arc::new(pii::PiiCipher::new(&options.pii_key)),
                 path: options.path.clone(),
+                lock: std::sync::Mutex::new(Some(lock)),
             }),
         })
+    }
+
+    /// Lets another daemon open the file: at the end of an orderly stop,
+    /// once the writer has nothing left to do.
+    pub fn release(&self) {
+        if let Ok(mut lock) = self.inner.lock.lock() {
+            lock.take();
+        }
     }
 
     pub fn path(&self) -> &Path {

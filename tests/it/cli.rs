@@ -153,3 +153,27 @@ async fn shiprocket_sandbox_runs_as_its_own_server_without_a_config() {
     let _ = child.wait();
     assert!(token.is_ok_and(|t| !t.is_empty()));
 }
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_database_is_refused_naming_the_file_and_the_holder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_daemon_config(dir.path());
+    let first = Daemon::start(&config);
+    let second = daemon_command(&config)
+        .arg("serve")
+        .output()
+        .expect("run a second serve");
+    assert_eq!(second.status.code(), Some(1), "the second start must fail");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let lock = dir.path().join("data/dropshipd.db.lock");
+    assert!(
+        stderr.contains(&format!("pid {}", first.pid()))
+            && stderr.contains(&lock.display().to_string()),
+        "{stderr}"
+    );
+    // The first one is untouched.
+    let ready = reqwest::get(format!("{}/healthz", first.public))
+        .await
+        .expect("healthz");
+    assert_eq!(ready.status(), 200);
+}

@@ -71,6 +71,8 @@ pub struct TestApp {
     pub db_path: PathBuf,
     pub settings: Settings,
     stop: StopHandle,
+    /// The daemon's run, finished once it has stopped in order.
+    running: Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
     /// The order registry, for tests of the actor system itself.
     pub orders: actix::Addr<OrderRegistry>,
     pub order_actors: Arc<RegistryStats>,
@@ -124,7 +126,7 @@ async fn spawn_app_full(
     let orders = app.state().orders.clone();
     let order_actors = Arc::clone(&app.state().order_actors);
     let storage = app.state().storage.clone();
-    actix_web::rt::spawn(app.run_until_stopped());
+    let running = Some(actix_web::rt::spawn(app.run_until_stopped()));
     TestApp {
         public,
         admin,
@@ -132,6 +134,7 @@ async fn spawn_app_full(
         db_path: settings.config.storage.path.clone(),
         settings,
         stop,
+        running,
         orders,
         order_actors,
         storage,
@@ -140,9 +143,14 @@ async fn spawn_app_full(
 }
 
 impl TestApp {
-    pub async fn stop(self) -> Arc<TempDir> {
+    /// Stops the daemon in order and waits until it has let go of its
+    /// database, so that another may start on the folder.
+    pub async fn stop(mut self) -> Arc<TempDir> {
         self.stop.stop(true).await;
-        self.dir
+        if let Some(running) = self.running.take() {
+            let _ = running.await;
+        }
+        self.dir.clone()
     }
 
     /// Posts `body` signed with the test webhook secret.
