@@ -352,6 +352,7 @@ impl PaymentRouter {
             inbox_id: replay_of.is_none().then_some(entry.id),
             received_at_ms: Some(entry.received_at_ms),
             replay_of,
+            audit: None,
         };
         let routed = self
             .registry

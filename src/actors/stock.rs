@@ -52,7 +52,8 @@ pub enum StepOutcome {
 }
 
 /// One change of one SKU, optionally moving an order's allocation, committed
-/// by the shard itself (an operator's change).
+/// by the shard itself (an operator's change, with the product facts and the
+/// audit entry that go with it).
 #[derive(Message)]
 #[rtype(result = "Result<StepOutcome, StockFailure>")]
 pub struct ApplyStock {
@@ -60,6 +61,8 @@ pub struct ApplyStock {
     pub change: StockChange,
     pub allocation: AllocationStep,
     pub reason: String,
+    pub facts: Option<crate::domain::stock::ProductFacts>,
+    pub audit: Option<crate::storage::AuditedAction>,
 }
 
 #[derive(Message)]
@@ -199,6 +202,7 @@ impl Handler<ApplyStock> for StockShard {
                     match decided? {
                         None => Ok((StepOutcome::AlreadyDone, None)),
                         Some((next, delta)) => {
+                            let facts = msg.facts.map(|facts| (msg.sku.clone(), facts));
                             let step = StockStep {
                                 sku: msg.sku,
                                 delta,
@@ -206,7 +210,12 @@ impl Handler<ApplyStock> for StockShard {
                                 allocation: msg.allocation,
                                 at_ms,
                             };
-                            let applied = storage.apply_stock_step(step).await?;
+                            let applied = storage
+                                .apply_operator_steps(vec![step], facts, msg.audit)
+                                .await?
+                                .first()
+                                .copied()
+                                .unwrap_or(false);
                             Ok(if applied {
                                 (StepOutcome::Applied, Some(next))
                             } else {

@@ -48,6 +48,30 @@ impl AuditRecord {
     }
 }
 
+/// An admin action's audit entry travelling with the write that carries out
+/// the action, so that the two commit together (SPEC §10). Whoever commits it
+/// says so, and whoever answered the request then knows not to record it again.
+#[derive(Debug, Clone)]
+pub struct AuditedAction {
+    pub record: AuditRecord,
+    committed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AuditedAction {
+    pub fn new(
+        record: AuditRecord,
+        committed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        Self { record, committed }
+    }
+
+    /// The entry is in the commit that just succeeded.
+    pub fn committed(&self) {
+        self.committed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Why the audit log does not verify.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditVerifyError {
@@ -202,6 +226,14 @@ impl Storage {
     /// Records an admin action (or any entry not tied to another write).
     pub async fn append_audit(&self, record: AuditRecord) -> Result<i64, StorageError> {
         self.write(move |conn| append(conn, &record)).await
+    }
+
+    /// Records an admin action that changed nothing (the order was already
+    /// where it was asked to go), marking it committed.
+    pub async fn record_action(&self, action: &AuditedAction) -> Result<(), StorageError> {
+        self.append_audit(action.record.clone()).await?;
+        action.committed();
+        Ok(())
     }
 
     /// Entries after sequence number `after`, oldest first.

@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::{Storage, StorageError};
+use super::{AuditedAction, Storage, StorageError};
 
 const PROCESSING_PAUSED: &str = "processing_paused";
 const SHIPPING_MANUAL: &str = "shipping_manual";
@@ -33,8 +33,13 @@ impl Storage {
         self.flag(PROCESSING_PAUSED).await
     }
 
-    pub async fn set_processing_paused(&self, paused: bool) -> Result<(), StorageError> {
-        self.set_flag(PROCESSING_PAUSED, paused).await
+    /// Sets the kill switch; `audit` is the operator's action, committed with it.
+    pub async fn set_processing_paused(
+        &self,
+        paused: bool,
+        audit: Option<AuditedAction>,
+    ) -> Result<(), StorageError> {
+        self.set_flag(PROCESSING_PAUSED, paused, audit).await
     }
 
     /// The shipping mode as an operator last set it: `Some(true)` for manual.
@@ -42,8 +47,13 @@ impl Storage {
         self.flag(SHIPPING_MANUAL).await
     }
 
-    pub async fn set_shipping_manual(&self, manual: bool) -> Result<(), StorageError> {
-        self.set_flag(SHIPPING_MANUAL, manual).await
+    /// Sets the shipping mode; `audit` is the operator's action, committed with it.
+    pub async fn set_shipping_manual(
+        &self,
+        manual: bool,
+        audit: Option<AuditedAction>,
+    ) -> Result<(), StorageError> {
+        self.set_flag(SHIPPING_MANUAL, manual, audit).await
     }
 
     async fn flag(&self, key: &'static str) -> Result<Option<bool>, StorageError> {
@@ -51,8 +61,24 @@ impl Storage {
             .await
     }
 
-    async fn set_flag(&self, key: &'static str, on: bool) -> Result<(), StorageError> {
-        self.write(move |conn| put(conn, key, if on { "true" } else { "false" }))
-            .await
+    async fn set_flag(
+        &self,
+        key: &'static str,
+        on: bool,
+        audit: Option<AuditedAction>,
+    ) -> Result<(), StorageError> {
+        let record = audit.as_ref().map(|a| a.record.clone());
+        self.write(move |conn| {
+            put(conn, key, if on { "true" } else { "false" })?;
+            if let Some(record) = &record {
+                super::audit::append(conn, record)?;
+            }
+            Ok(())
+        })
+        .await?;
+        if let Some(audit) = audit {
+            audit.committed();
+        }
+        Ok(())
     }
 }

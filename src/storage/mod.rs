@@ -25,7 +25,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 pub use crate::domain::stock::{AllocationStatus, AllocationStep, ProductFacts};
-pub use audit::{verify_audit_log, AuditRecord, AuditVerifyError};
+pub use audit::{verify_audit_log, AuditRecord, AuditVerifyError, AuditedAction};
 pub use lock::lock_path;
 pub use orders::{
     DeferredCommand, JournalAppend, JournalRow, ListedOrder, NewOrder, OrderDeadLetter, OrderWrite,

@@ -69,6 +69,8 @@ pub struct OrderWrite {
     pub queue: Option<Vec<QueueEntry>>,
     /// The stock steps the change implies, committed with it.
     pub stock: Vec<StockStep>,
+    /// The admin action that made the change, audited with it.
+    pub audit: Option<AuditRecord>,
 }
 
 /// A new order as the checkout registers it: its first journal entries (the
@@ -159,6 +161,7 @@ impl Storage {
             dead_letter,
             queue,
             stock,
+            audit,
         } = write;
         let stock: Vec<EncodedStep> = stock.into_iter().map(EncodedStep::new).collect();
         // Encoded here, on the caller's thread, so the writer only writes.
@@ -191,6 +194,9 @@ impl Storage {
             }
             if let Some(inbox_id) = inbox_done {
                 mark_processed(conn, inbox_id, snapshot.updated_at_ms)?;
+            }
+            if let Some(record) = &audit {
+                audit::append(conn, record)?;
             }
             apply_steps(conn, &stock)
         })

@@ -9,7 +9,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::{AuditRecord, Storage, StorageError};
+use super::{AuditRecord, AuditedAction, Storage, StorageError};
 use crate::domain::stock::{
     AllocationStatus, AllocationStep, ProductFacts, StockDelta, StockLevel,
 };
@@ -112,8 +112,34 @@ impl Storage {
         &self,
         steps: Vec<StockStep>,
     ) -> Result<Vec<bool>, StorageError> {
+        self.apply_operator_steps(steps, None, None).await
+    }
+
+    /// An operator's stock change: the steps, the product facts given with
+    /// them and the action's audit entry, in one commit.
+    pub async fn apply_operator_steps(
+        &self,
+        steps: Vec<StockStep>,
+        facts: Option<(String, ProductFacts)>,
+        audit: Option<AuditedAction>,
+    ) -> Result<Vec<bool>, StorageError> {
         let steps: Vec<EncodedStep> = steps.into_iter().map(EncodedStep::new).collect();
-        self.write(move |conn| apply_steps(conn, &steps)).await
+        let record = audit.as_ref().map(|a| a.record.clone());
+        let applied = self
+            .write(move |conn| {
+                if let Some((sku, facts)) = &facts {
+                    put_product_facts(conn, sku, facts)?;
+                }
+                if let Some(record) = &record {
+                    super::audit::append(conn, record)?;
+                }
+                apply_steps(conn, &steps)
+            })
+            .await?;
+        if let Some(audit) = audit {
+            audit.committed();
+        }
+        Ok(applied)
     }
 
     /// The levels of `skus` as committed now.
@@ -195,20 +221,8 @@ impl Storage {
         facts: ProductFacts,
     ) -> Result<(), StorageError> {
         let sku = sku.to_owned();
-        self.write(move |conn| {
-            let dims = facts.dims_cm.as_ref().map(|d| serde_json::to_string(d).unwrap_or_default());
-            conn.prepare_cached(
-                "INSERT INTO stock_levels (sku, name, weight_kg, dims_cm, hsn) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (sku) DO UPDATE SET
-                   name = coalesce(excluded.name, name),
-                   weight_kg = coalesce(excluded.weight_kg, weight_kg),
-                   dims_cm = coalesce(excluded.dims_cm, dims_cm),
-                   hsn = coalesce(excluded.hsn, hsn)",
-            )?
-            .execute(params![sku, facts.name, facts.weight_kg, dims, facts.hsn])?;
-            Ok(())
-        })
-        .await
+        self.write(move |conn| put_product_facts(conn, &sku, &facts))
+            .await
     }
 
     /// The status of one order's allocation of one SKU, if it has one.
@@ -252,6 +266,27 @@ impl Storage {
         })
         .await
     }
+}
+
+fn put_product_facts(
+    conn: &Connection,
+    sku: &str,
+    facts: &ProductFacts,
+) -> Result<(), StorageError> {
+    let dims = facts
+        .dims_cm
+        .as_ref()
+        .map(|d| serde_json::to_string(d).unwrap_or_default());
+    conn.prepare_cached(
+        "INSERT INTO stock_levels (sku, name, weight_kg, dims_cm, hsn) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (sku) DO UPDATE SET
+           name = coalesce(excluded.name, name),
+           weight_kg = coalesce(excluded.weight_kg, weight_kg),
+           dims_cm = coalesce(excluded.dims_cm, dims_cm),
+           hsn = coalesce(excluded.hsn, hsn)",
+    )?
+    .execute(params![sku, facts.name, facts.weight_kg, dims, facts.hsn])?;
+    Ok(())
 }
 
 fn allocations_of(conn: &Connection, order_id: &str) -> Result<Vec<Allocation>, StorageError> {

@@ -3,6 +3,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::pii::Column;
+use super::AuditedAction;
 use super::{Storage, StorageError};
 
 /// What to store for one signed delivery.
@@ -179,13 +180,16 @@ impl Storage {
     }
 
     /// Records a replay's outcome on its dead letter; `resolved` closes it.
+    /// Records a replay's outcome on its letter, with the operator's action.
     pub async fn record_replay(
         &self,
         id: i64,
         outcome: String,
         resolved: bool,
         at_ms: i64,
+        audit: Option<AuditedAction>,
     ) -> Result<(), StorageError> {
+        let record = audit.as_ref().map(|a| a.record.clone());
         self.write(move |conn| {
             conn.prepare_cached(
                 "UPDATE dead_letters SET replays = replays + 1, last_replay_at_ms = ?2,
@@ -194,9 +198,16 @@ impl Storage {
                  WHERE id = ?1",
             )?
             .execute(params![id, at_ms, outcome, resolved])?;
+            if let Some(record) = &record {
+                super::audit::append(conn, record)?;
+            }
             Ok(())
         })
-        .await
+        .await?;
+        if let Some(audit) = audit {
+            audit.committed();
+        }
+        Ok(())
     }
 
     /// Open dead letters, newest first; `before` is the cursor from the last page.

@@ -564,3 +564,107 @@ async fn cash_on_delivery_orders_killed_mid_checkout_are_never_left_unconfirmed(
     }
     assert_stock_follows_states(&db, "COD", COD_ORDERS as i64, "after the retries");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_action_killed_mid_way_is_never_in_effect_without_its_audit_entry() {
+    const ORDERS: usize = 400;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_daemon_config(dir.path());
+    let db = dir.path().join("data/dropshipd.db");
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let stock = client
+        .put(format!("{}/admin/stock/AUD", daemon.admin))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&serde_json::json!({"on_hand": ORDERS}))
+        .send()
+        .await
+        .expect("stock");
+    assert_eq!(stock.status(), 200);
+    for i in 0..ORDERS {
+        let mut body = checkout_body(&format!("A-{i}"), &format!("order_A{i}"), "AUD", 1);
+        body["payment_method"] = serde_json::json!("cod");
+        let created = client
+            .post(format!("{}/api/orders", daemon.public))
+            .bearer_auth(STOREFRONT_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("checkout");
+        assert_eq!(created.status(), 201);
+    }
+    // Operators cancel them all, 32 at a time; the daemon dies half way.
+    let daemon = Arc::new(Mutex::new(Some(daemon)));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut tasks = Vec::new();
+    for i in 0..ORDERS {
+        let permit = Arc::clone(&permits).acquire_owned().await.expect("permit");
+        let admin = daemon
+            .lock()
+            .ok()
+            .and_then(|d| d.as_ref().map(|d| d.admin.clone()));
+        let Some(admin) = admin else { break };
+        let (client, cell, answered) = (client.clone(), Arc::clone(&daemon), Arc::clone(&answered));
+        tasks.push(tokio::spawn(async move {
+            let done = client
+                .post(format!("{admin}/admin/orders/A-{i}/cancel"))
+                .bearer_auth(OPERATOR_TOKEN)
+                .header("User-Agent", "ops-cli/1.0")
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if done && answered.fetch_add(1, Ordering::SeqCst) + 1 == ORDERS / 2 {
+                if let Ok(mut cell) = cell.lock() {
+                    if let Some(mut d) = cell.take() {
+                        d.kill();
+                    }
+                }
+            }
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await.expect("cancel task");
+    }
+    // Every order the file shows cancelled has its operator's entry.
+    let (cancelled, audited) = {
+        let conn = dropshipd::storage::open_read_only(&db).expect("open database");
+        let column = |sql: &str| -> Vec<String> {
+            let mut stmt = conn.prepare(sql).expect("query");
+            let rows = stmt.query_map([], |row| row.get(0)).expect("rows");
+            rows.collect::<Result<_, _>>().expect("values")
+        };
+        let cancelled = column("SELECT order_id FROM orders WHERE state = 'cancelled'");
+        let audited: BTreeSet<String> = column(
+            "SELECT subject FROM audit_log WHERE action = 'admin:POST /admin/orders/{order_id}/cancel' AND actor = 'operator'",
+        )
+        .into_iter()
+        .collect();
+        (cancelled, audited)
+    };
+    eprintln!(
+        "audit crash: {} cancelled at the kill, {} operator entries",
+        cancelled.len(),
+        audited.len()
+    );
+    assert!(cancelled.len() >= ORDERS / 2);
+    let unaudited: Vec<_> = cancelled
+        .iter()
+        .filter(|id| !audited.contains(*id))
+        .collect();
+    assert!(
+        unaudited.is_empty(),
+        "cancelled without an audit entry: {unaudited:?}"
+    );
+    let verify = daemon_command(&config)
+        .args(["audit", "verify", "--db"])
+        .arg(&db)
+        .output()
+        .expect("audit verify");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}

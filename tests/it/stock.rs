@@ -39,6 +39,8 @@ async fn set(stock: &StockSupervisor, sku: &str, on_hand: i64) {
             sku: sku.into(),
             change: StockChange::Set(on_hand),
             allocation: AllocationStep::None,
+            facts: None,
+            audit: None,
             reason: "count".into(),
         })
         .await

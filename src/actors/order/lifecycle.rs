@@ -306,10 +306,16 @@ pub(super) async fn commit_events(
             dead_letter,
             queue: queue_changed.then_some(queue_after),
             stock: prepared.steps.clone(),
+            audit: cause.audit.as_ref().map(|a| a.record.clone()),
         })
         .await;
     match committed {
-        Ok(applied) => prepared.settle(Ok(&applied)),
+        Ok(applied) => {
+            prepared.settle(Ok(&applied));
+            if let Some(audit) = &cause.audit {
+                audit.committed();
+            }
+        }
         Err(e) => {
             prepared.settle(Err(settled_after(&e)));
             return Err(e.into());

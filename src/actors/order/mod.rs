@@ -34,7 +34,7 @@ use crate::domain::checkout::{CustomerRecord, ValidCheckout};
 use crate::domain::clock::SharedClock;
 use crate::domain::order::{Command, OrderSnapshot, OrderState};
 use crate::domain::shipping::{Answer, CallFailure, ParcelDefaults, ShippingPolicy, Step};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{AuditedAction, Storage, StorageError};
 use crate::telemetry::Metrics;
 
 /// Everything an order actor needs; shared by all of them.
@@ -76,6 +76,8 @@ pub struct Cause {
     /// An operator's replay of this dead letter: a refusal is reported to the
     /// replay, which records it on the letter, instead of filing a new one.
     pub replay_of: Option<i64>,
+    /// The operator's action behind it, audited in the commit of its effect.
+    pub audit: Option<AuditedAction>,
 }
 
 impl Cause {
@@ -86,6 +88,15 @@ impl Cause {
             inbox_id: None,
             received_at_ms: None,
             replay_of: None,
+            audit: None,
+        }
+    }
+
+    /// An operator's action, audited with what it does.
+    pub fn operator(label: impl Into<String>, audit: Option<AuditedAction>) -> Self {
+        Self {
+            audit,
+            ..Self::named(label)
         }
     }
 }

@@ -1,43 +1,43 @@
 //! The admin side of the audit log: every admin action is recorded, with the
-//! caller's role, peer address and user agent, by one middleware rather than
-//! by each handler, so no new action can forget it. `GET /admin/audit` reads
-//! the log back.
+//! caller's role, peer address and user agent. A handler that changes
+//! something takes its request's entry ([`audited_action`]) into the commit of
+//! the change, so the two commit together (SPEC §10); one middleware records
+//! every other request that authenticated (a refusal, a 403, a change that
+//! failed) once its answer is known, so no new action can forget it.
+//! `GET /admin/audit` reads the log back.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
-use actix_web::{web, HttpMessage, HttpResponse};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::{next_cursor, page_limit, role_name, Page};
 use crate::http::auth::{Caller, Operator};
 use crate::http::error::ApiError;
 use crate::http::{rfc3339, AppState};
-use crate::storage::AuditRecord;
+use crate::storage::{AuditRecord, AuditedAction};
 
 /// Request bodies larger than this are summarised by size, not recorded.
 const MAX_RECORDED_BODY: usize = 16 * 1024;
 
-/// Records every non-read request that authenticated (operators acting, and
-/// viewers refused with 403) once its answer is known. Unauthenticated calls
-/// are not recorded: they carry no identity, and recording them would let
-/// anyone grow the log.
-pub async fn record_admin_actions(
-    mut req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        return next.call(req).await;
-    }
-    let body = req.extract::<web::Bytes>().await.unwrap_or_default();
-    req.set_payload(Payload::from(body.clone()));
-    let state = req.app_data::<web::Data<AppState>>().cloned();
+/// What the middleware leaves on a request for its handler: the body as
+/// received, and whether the handler committed the request's entry itself.
+#[derive(Clone)]
+struct Pending {
+    body: web::Bytes,
+    committed: Arc<AtomicBool>,
+}
 
-    let response = next.call(req).await?;
-
-    // Routing has happened now: the route's pattern and parameters are known.
-    let request = response.request();
+/// The audit entry of `request` answered `status`, if it authenticated.
+fn entry_of(request: &HttpRequest, body: &[u8], status: u16) -> Option<AuditRecord> {
+    let caller = request.extensions().get::<Caller>().cloned()?;
+    let state = request.app_data::<web::Data<AppState>>()?;
+    // Routing has happened: the route's pattern and parameters are known.
     let action = format!(
         "admin:{} {}",
         request.method(),
@@ -50,27 +50,62 @@ pub async fn record_admin_actions(
         .iter()
         .next()
         .map(|(_, value)| value.to_owned());
-    let caller = request.extensions().get::<Caller>().cloned();
-    if let (Some(caller), Some(state)) = (caller, state) {
-        let request_body = if body.len() > MAX_RECORDED_BODY {
-            json!({"bytes": body.len()})
-        } else {
-            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
-        };
-        let record = AuditRecord {
-            at_ms: state.clock.now_ms(),
-            actor: role_name(caller.role).to_owned(),
-            action,
-            subject,
-            detail: json!({"status": response.status().as_u16(), "request": request_body})
-                .to_string(),
-            peer: caller.peer,
-            user_agent: caller.user_agent,
-        };
+    let request_body = if body.len() > MAX_RECORDED_BODY {
+        json!({"bytes": body.len()})
+    } else {
+        serde_json::from_slice(body).unwrap_or(serde_json::Value::Null)
+    };
+    Some(AuditRecord {
+        at_ms: state.clock.now_ms(),
+        actor: role_name(caller.role).to_owned(),
+        action,
+        subject,
+        detail: json!({"status": status, "request": request_body}).to_string(),
+        peer: caller.peer,
+        user_agent: caller.user_agent,
+    })
+}
+
+/// The entry of the admin action `request` is carrying out, to commit with
+/// its effect (as answered 200). `None` outside the middleware.
+pub fn audited_action(request: &HttpRequest) -> Option<AuditedAction> {
+    let pending = request.extensions().get::<Pending>().cloned()?;
+    let record = entry_of(request, &pending.body, 200)?;
+    Some(AuditedAction::new(record, pending.committed))
+}
+
+/// Records every non-read request that authenticated (operators acting, and
+/// viewers refused with 403) once its answer is known, unless its handler
+/// committed the entry with the action's effect. Unauthenticated calls are
+/// not recorded: they carry no identity, and recording them would let anyone
+/// grow the log.
+pub async fn record_admin_actions(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.call(req).await;
+    }
+    let body = req.extract::<web::Bytes>().await.unwrap_or_default();
+    req.set_payload(Payload::from(body.clone()));
+    let committed = Arc::new(AtomicBool::new(false));
+    req.extensions_mut().insert(Pending {
+        body: body.clone(),
+        committed: Arc::clone(&committed),
+    });
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+
+    let response = next.call(req).await?;
+
+    if committed.load(Ordering::SeqCst) {
+        return Ok(response);
+    }
+    let record = entry_of(response.request(), &body, response.status().as_u16());
+    if let (Some(record), Some(state)) = (record, state) {
         if let Err(e) = state.storage.append_audit(record).await {
-            // The action's own effect is committed; losing its audit entry is
-            // an operations problem to shout about, not a reason to hide the answer.
-            tracing::error!(error = %e, "admin action not recorded in the audit log");
+            // Nothing was changed by this request; losing its entry is an
+            // operations problem to shout about, not a reason to hide the answer.
+            tracing::error!(error = %e, "admin request not recorded in the audit log");
         }
     }
     Ok(response)

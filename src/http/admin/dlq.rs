@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::{next_cursor, page_limit, Page};
@@ -71,6 +71,7 @@ impl ReplayOutcome {
 
 pub(super) async fn replay(
     _: Operator,
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
@@ -119,6 +120,7 @@ pub(super) async fn replay(
             result.outcome.clone(),
             result.resolved,
             state.clock.now_ms(),
+            super::audit::audited_action(&req),
         )
         .await
         .map_err(ApiError::storage_unavailable)?;

@@ -9,7 +9,7 @@ mod stock;
 use std::sync::atomic::Ordering;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -131,22 +131,31 @@ pub(super) fn next_cursor<T>(rows: &[T], limit: u32, key: impl Fn(&T) -> i64) ->
         .map(key)
 }
 
-async fn pause(caller: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    set_paused(caller, state, true).await
+async fn pause(
+    caller: Operator,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    set_paused(caller, &req, state, true).await
 }
 
-async fn resume(caller: Operator, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    set_paused(caller, state, false).await
+async fn resume(
+    caller: Operator,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    set_paused(caller, &req, state, false).await
 }
 
 async fn set_paused(
     Operator(caller): Operator,
+    req: &HttpRequest,
     state: web::Data<AppState>,
     paused: bool,
 ) -> Result<HttpResponse, ApiError> {
     state
         .storage
-        .set_processing_paused(paused)
+        .set_processing_paused(paused, audit::audited_action(req))
         .await
         .map_err(ApiError::storage_unavailable)?;
     state.processing_paused.store(paused, Ordering::SeqCst);
@@ -215,6 +224,7 @@ struct ShippingModeBody {
 
 async fn shipping_mode(
     Operator(caller): Operator,
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -233,7 +243,7 @@ async fn shipping_mode(
     };
     state
         .storage
-        .set_shipping_manual(manual)
+        .set_shipping_manual(manual, audit::audited_action(&req))
         .await
         .map_err(ApiError::storage_unavailable)?;
     state.shipping_manual.store(manual, Ordering::SeqCst);

@@ -1,7 +1,7 @@
 //! Admin views and actions on orders.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -94,11 +94,13 @@ fn mask_customer(customer: &serde_json::Value) -> serde_json::Value {
 
 pub(super) async fn cancel(
     Operator(caller): Operator,
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     act(
         &state,
+        &req,
         &caller,
         path.into_inner(),
         Command::Cancel,
@@ -108,27 +110,34 @@ pub(super) async fn cancel(
 }
 
 /// Sends `command` to `order_id` on an operator's behalf and answers with the
-/// order (404 from the actor when there is no such order).
+/// order (404 from the actor when there is no such order). The request's
+/// audit entry is committed with the order's change.
 async fn act(
     state: &AppState,
+    req: &HttpRequest,
     caller: &crate::http::auth::Caller,
     order_id: String,
     command: Command,
     what: &str,
 ) -> Result<HttpResponse, ApiError> {
     tracing::warn!(order_id = %order_id, action = what, peer = caller.peer.as_deref().unwrap_or(""), user_agent = caller.user_agent.as_deref().unwrap_or(""), "operator action on an order");
-    let cause = Cause::named(format!("admin:{}:{what}", role_name(caller.role)));
+    let cause = Cause::operator(
+        format!("admin:{}:{what}", role_name(caller.role)),
+        super::audit::audited_action(req),
+    );
     let order = replied_order(route(state, order_id, OrderMsg::Command { command, cause }).await?)?;
     Ok(HttpResponse::Ok().json(json!({"order": order_json(&order)})))
 }
 
 pub(super) async fn retry_shipping(
     Operator(caller): Operator,
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     act(
         &state,
+        &req,
         &caller,
         path.into_inner(),
         Command::RetryShipping,
@@ -147,6 +156,7 @@ const BULK_LIMIT: u32 = 10_000;
 
 pub(super) async fn retry_shipping_bulk(
     Operator(caller): Operator,
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -170,10 +180,16 @@ pub(super) async fn retry_shipping_bulk(
         "operator retries shipping in bulk"
     );
     let label = format!("admin:{}:retry_shipping_bulk", role_name(caller.role));
+    // Each order's retry carries the bulk action's entry, naming that order.
+    let audit = super::audit::audited_action(&req);
     let sends = ids.into_iter().map(|order_id| {
+        let audit = audit.clone().map(|mut a| {
+            a.record.subject = Some(order_id.clone());
+            a
+        });
         let msg = OrderMsg::Command {
             command: Command::RetryShipping,
-            cause: Cause::named(label.clone()),
+            cause: Cause::operator(label.clone(), audit),
         };
         route(&state, order_id, msg)
     });
@@ -193,6 +209,7 @@ pub(super) struct MarkShipped {
 
 pub(super) async fn mark_shipped(
     Operator(caller): Operator,
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: web::Bytes,
@@ -202,5 +219,13 @@ pub(super) async fn mark_shipped(
         awb: request.awb.filter(|a| !a.trim().is_empty()),
         courier: request.courier.filter(|c| !c.trim().is_empty()),
     };
-    act(&state, &caller, path.into_inner(), command, "mark_shipped").await
+    act(
+        &state,
+        &req,
+        &caller,
+        path.into_inner(),
+        command,
+        "mark_shipped",
+    )
+    .await
 }

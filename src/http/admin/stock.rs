@@ -1,12 +1,12 @@
 //! Admin views and actions on stock.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{json_body, role_name};
-use crate::actors::stock::{ApplyStock, StockFailure};
+use crate::actors::stock::{ApplyStock, StepOutcome, StockFailure};
 use crate::domain::stock::{StockChange, StockLevel};
 use crate::http::auth::{Operator, Viewer};
 use crate::http::error::ApiError;
@@ -72,6 +72,7 @@ fn stock_refusal(e: StockFailure) -> ApiError {
 
 pub(super) async fn put(
     Operator(caller): Operator,
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: web::Bytes,
@@ -86,24 +87,22 @@ pub(super) async fn put(
         )
         .with("fields", json!({"on_hand": ["must not be negative"]})));
     }
-    if put.name.is_some() || put.weight_kg.is_some() || put.dims_cm.is_some() || put.hsn.is_some() {
-        let facts = ProductFacts {
-            name: put.name,
-            weight_kg: put.weight_kg,
-            dims_cm: put.dims_cm,
-            hsn: put.hsn,
-        };
-        state
-            .storage
-            .set_product_facts(&sku, facts)
-            .await
-            .map_err(ApiError::storage_unavailable)?;
-    }
+    let given =
+        put.name.is_some() || put.weight_kg.is_some() || put.dims_cm.is_some() || put.hsn.is_some();
+    let facts = given.then_some(ProductFacts {
+        name: put.name,
+        weight_kg: put.weight_kg,
+        dims_cm: put.dims_cm,
+        hsn: put.hsn,
+    });
+    // The level, the facts and the action's audit entry: one commit.
     apply_stock(
         &state,
         &sku,
         StockChange::Set(put.on_hand),
         format!("set by {}", role_name(caller.role)),
+        facts,
+        super::audit::audited_action(&req),
     )
     .await?;
     let level = state.stock.level(&sku).await.map_err(stock_refusal)?;
@@ -112,6 +111,7 @@ pub(super) async fn put(
 
 pub(super) async fn adjust(
     Operator(caller): Operator,
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: web::Bytes,
@@ -130,17 +130,29 @@ pub(super) async fn adjust(
     }
     let sku = path.into_inner();
     let reason = format!("{} ({})", adjust.reason.trim(), role_name(caller.role));
-    apply_stock(&state, &sku, StockChange::Adjust(adjust.delta), reason).await?;
+    let audit = super::audit::audited_action(&req);
+    apply_stock(
+        &state,
+        &sku,
+        StockChange::Adjust(adjust.delta),
+        reason,
+        None,
+        audit,
+    )
+    .await?;
     let level = state.stock.level(&sku).await.map_err(stock_refusal)?;
     Ok(HttpResponse::Ok().json(stock_json(&sku, level)))
 }
 
+/// An operator's change of `sku`, committed with `facts` and `audit`.
 async fn apply_stock(
     state: &AppState,
     sku: &str,
     change: StockChange,
     reason: String,
-) -> Result<(), ApiError> {
+    facts: Option<ProductFacts>,
+    audit: Option<crate::storage::AuditedAction>,
+) -> Result<StepOutcome, ApiError> {
     if sku.is_empty() || sku.len() > 100 {
         return Err(ApiError::invalid("sku", "must be 1 to 100 characters"));
     }
@@ -151,10 +163,11 @@ async fn apply_stock(
             change,
             allocation: AllocationStep::None,
             reason,
+            facts,
+            audit,
         })
         .await
-        .map_err(stock_refusal)?;
-    Ok(())
+        .map_err(stock_refusal)
 }
 
 pub(super) async fn reconcile(
