@@ -22,6 +22,7 @@ use crate::actors::shipping::{
     Work,
 };
 use crate::actors::stock::StockSupervisor;
+use crate::actors::switch::ProcessingSwitch;
 use crate::actors::timers;
 use crate::clients::razorpay::RazorpayClient;
 use crate::clients::shiprocket::ShiprocketClient;
@@ -108,11 +109,7 @@ impl Application {
             .processing_paused()
             .await?
             .unwrap_or(config.processing.paused);
-        metrics
-            .processing_paused
-            .set(if paused { 1.0 } else { 0.0 });
-
-        let processing_paused = Arc::new(AtomicBool::new(paused));
+        let switch = ProcessingSwitch::new(paused, storage.clone(), Arc::clone(&metrics));
         let wake = Arc::new(tokio::sync::Notify::new());
         let stock = StockSupervisor::start(
             storage.clone(),
@@ -182,7 +179,7 @@ impl Application {
             reservation_ttl_ms: i64::try_from(config.api.reservation_ttl_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
             idle: Duration::from_millis(config.processing.order_actor_idle_ms),
-            paused: Arc::clone(&processing_paused),
+            switch: switch.clone(),
             shipping,
         });
         let orders = OrderRegistry::new(
@@ -194,7 +191,7 @@ impl Application {
         let work = Work {
             queue: shipping_queue.clone(),
             orders: orders.clone(),
-            paused: Arc::clone(&processing_paused),
+            switch: switch.clone(),
             manual: Arc::clone(&shipping_manual),
         };
         for ((gateway, client), handle) in accounts.into_iter().zip(router.accounts()) {
@@ -216,7 +213,7 @@ impl Application {
             storage: storage.clone(),
             orders: orders.clone(),
             clock: Arc::clone(&clock),
-            paused: Arc::clone(&processing_paused),
+            switch: switch.clone(),
             wake: Arc::clone(&wake),
             metrics: Arc::clone(&metrics),
             expiry_every: Duration::from_millis(config.processing.expiry_check_ms),
@@ -293,7 +290,7 @@ impl Application {
             clock,
             started: Instant::now(),
             ingest_actors,
-            processing_paused,
+            switch,
             stock,
             orders,
             order_actors: order_actor_stats,
@@ -427,7 +424,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 /// already in flight finish and commit; let the writer empty its queue.
 async fn drain(state: &AppState) {
     // Only in memory: the next start reads the operator's persisted switch.
-    state.processing_paused.store(true, Ordering::SeqCst);
+    state.switch.hold();
     let started = Instant::now();
     loop {
         let in_flight = state.order_actors.in_flight.load(Ordering::Relaxed);
@@ -455,7 +452,7 @@ struct Background {
     storage: Storage,
     orders: actix::Addr<OrderRegistry>,
     clock: SharedClock,
-    paused: Arc<AtomicBool>,
+    switch: ProcessingSwitch,
     wake: Arc<tokio::sync::Notify>,
     metrics: Arc<Metrics>,
     expiry_every: Duration,
@@ -478,7 +475,7 @@ impl Background {
         let repair_storage = self.storage.clone();
         let repair_orders = self.orders.clone();
         let queue_paid = self.ship_paid_orders;
-        let repair_paused = Arc::clone(&self.paused);
+        let repair_switch = self.switch.clone();
         actix_web::rt::spawn(async move {
             match repair_storage.orders_needing_stock_repair().await {
                 Ok(ids) => {
@@ -502,9 +499,7 @@ impl Background {
             if queue_paid {
                 // Paid while no Shiprocket account was configured (or just before a
                 // crash). Shipping is order processing: it waits for the kill switch.
-                while repair_paused.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+                repair_switch.resumed().await;
                 if let Ok(paid) = repair_storage
                     .order_ids_in_state(OrderState::Paid, u32::MAX)
                     .await
@@ -521,7 +516,7 @@ impl Background {
                 storage: self.storage.clone(),
                 registry: self.orders.clone(),
                 clock: Arc::clone(&self.clock),
-                paused: Arc::clone(&self.paused),
+                switch: self.switch.clone(),
                 wake: self.wake,
                 heartbeat: self.heartbeat,
             }
@@ -533,7 +528,7 @@ impl Background {
                     storage: self.storage.clone(),
                     registry: self.orders.clone(),
                     clock: Arc::clone(&self.clock),
-                    paused: Arc::clone(&self.paused),
+                    switch: self.switch.clone(),
                     razorpay,
                     after_ms: self.reconcile_after_ms,
                     every: self.reconcile_every,
@@ -545,7 +540,7 @@ impl Background {
             self.storage.clone(),
             self.orders.clone(),
             Arc::clone(&self.clock),
-            Arc::clone(&self.paused),
+            self.switch.clone(),
             self.shipping_manual,
             SHIPPING_CHECK_EVERY,
         ));
@@ -553,7 +548,7 @@ impl Background {
             self.storage.clone(),
             self.orders,
             self.clock,
-            self.paused,
+            self.switch,
             self.expiry_every,
         ));
         actix_web::rt::spawn(timers::reconcile_stock(

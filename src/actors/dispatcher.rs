@@ -10,15 +10,15 @@
 //! start-up everything a crash left unprocessed is simply the first thing read.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::Addr;
 use tokio::sync::{Notify, Semaphore};
 
-use super::order::{Cause, OrderError, OrderMsg};
+use super::order::{Cause, OrderError, OrderMsg, OrderReply};
 use super::registry::{OrderRegistry, Route};
+use super::switch::ProcessingSwitch;
 use crate::domain::clock::SharedClock;
 use crate::domain::order::Command;
 use crate::domain::webhook::{payment_facts, PaymentFacts};
@@ -39,7 +39,8 @@ pub struct Dispatcher {
     pub storage: Storage,
     pub registry: Addr<OrderRegistry>,
     pub clock: SharedClock,
-    pub paused: Arc<AtomicBool>,
+    /// The kill switch: nothing is dispatched while it is on.
+    pub switch: ProcessingSwitch,
     /// Notified by ingest after each accepted webhook.
     pub wake: Arc<Notify>,
     /// Beaten every time round the loop: the health check's proof of life.
@@ -94,9 +95,10 @@ impl Dispatcher {
         let mut drain_due = true;
         loop {
             self.heartbeat.beat();
-            if self.paused.load(Ordering::SeqCst) {
+            if self.switch.is_paused() {
                 drain_due = true;
-                let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
+                // Still beating (the health check watches it) while it waits.
+                let _ = tokio::time::timeout(IDLE_POLL, self.switch.resumed()).await;
                 continue;
             }
             if drain_due {
@@ -193,7 +195,7 @@ impl Dispatcher {
     async fn dispatch(&self, entry: InboxEntry) -> Result<(), StorageError> {
         let now = self.clock.now_ms();
         let letter = match self.router().route(&entry, None).await? {
-            Routed::Applied | Routed::Refused(_) => return Ok(()),
+            Routed::Applied | Routed::Refused(_) | Routed::Deferred => return Ok(()),
             Routed::NoEffect => None,
             Routed::Unknown(detail) => Some(OrderDeadLetter {
                 reason: "unknown_order",
@@ -225,7 +227,7 @@ impl Dispatcher {
                 }
             };
             for deferred in commands {
-                if self.paused.load(Ordering::SeqCst) {
+                if self.switch.is_paused() {
                     return;
                 }
                 let routed = self
@@ -279,6 +281,8 @@ pub enum Routed {
     Unknown(String),
     /// The order refused it; the reason is a dead-letter reason.
     Refused(&'static str),
+    /// Processing is paused: stored, it runs on resume.
+    Deferred,
 }
 
 /// Routes a stored payment event to its order: the one path both the
@@ -362,6 +366,7 @@ impl PaymentRouter {
             })
             .await;
         match routed {
+            Ok(Ok(OrderReply::Deferred)) => Ok(Routed::Deferred),
             // The actor committed the entry as done with (or as) its effect.
             Ok(Ok(_)) => Ok(Routed::Applied),
             Ok(Err(OrderError::AmountMismatch)) => Ok(Routed::Refused("amount_mismatch")),

@@ -8,4 +8,5 @@ pub mod order;
 pub mod registry;
 pub mod shipping;
 pub mod stock;
+pub mod switch;
 pub mod timers;

@@ -8,6 +8,10 @@
 //! dropped. A message that reaches an actor which has just stopped on its own
 //! (idle) is re-sent to a fresh one, which loads the order from storage: an
 //! order never has two live actors.
+//!
+//! While the kill switch is on, a command for an order is not delivered: the
+//! registry stores it as a deferred command (it runs on resume) and answers
+//! [`OrderReply::Deferred`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +21,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::order::{OrderActor, OrderDeps, OrderError, OrderMsg, OrderReply, Stopped};
+use crate::storage::DeferredCommand;
 
 /// Deliver a message to an order's actor.
 #[derive(Message)]
@@ -220,6 +225,30 @@ impl Handler<Route> for OrderRegistry {
 
     fn handle(&mut self, route: Route, ctx: &mut Self::Context) -> Self::Result {
         let in_flight = InFlight::new(&self.stats);
+        if let (true, OrderMsg::Command { command, cause }) =
+            (self.deps.switch.is_paused(), &route.msg)
+        {
+            if cause.inbox_id.is_some() {
+                // The inbox keeps it; the dispatcher delivers it on resume.
+                drop(in_flight);
+                return Box::pin(async { Err(OrderError::Paused) });
+            }
+            let deferred = DeferredCommand {
+                id: 0,
+                order_id: route.order_id.clone(),
+                command: command.clone(),
+                cause: cause.label.clone(),
+                received_at_ms: self.deps.clock.now_ms(),
+            };
+            let storage = self.deps.storage.clone();
+            return Box::pin(async move {
+                let stored = storage.defer_command(deferred).await;
+                drop(in_flight);
+                stored
+                    .map(|_| OrderReply::Deferred)
+                    .map_err(OrderError::from)
+            });
+        }
         let (reply, answer) = oneshot::channel();
         if self.parked.is_empty() {
             self.dispatch(route, reply, ctx);

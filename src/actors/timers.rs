@@ -11,6 +11,7 @@ use actix::Addr;
 
 use super::order::{Cause, OrderMsg};
 use super::registry::{OrderRegistry, Route};
+use super::switch::ProcessingSwitch;
 use crate::clients::razorpay::RazorpayClient;
 use crate::domain::clock::SharedClock;
 use crate::domain::order::Command;
@@ -28,7 +29,7 @@ const SHIPPING_BATCH: u32 = 500;
 async fn send_due<F, Fut>(
     registry: Addr<OrderRegistry>,
     clock: SharedClock,
-    paused: Arc<AtomicBool>,
+    switch: ProcessingSwitch,
     every: Duration,
     what: &'static str,
     find: F,
@@ -41,7 +42,7 @@ async fn send_due<F, Fut>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if paused.load(Ordering::SeqCst) {
+        if switch.is_paused() {
             continue;
         }
         let now = clock.now_ms();
@@ -71,7 +72,7 @@ pub async fn expire_reservations(
     storage: Storage,
     registry: Addr<OrderRegistry>,
     clock: SharedClock,
-    paused: Arc<AtomicBool>,
+    switch: ProcessingSwitch,
     every: Duration,
 ) {
     let find = |now| {
@@ -85,7 +86,7 @@ pub async fn expire_reservations(
     send_due(
         registry,
         clock,
-        paused,
+        switch,
         every,
         "reservation_expiry",
         find,
@@ -101,7 +102,7 @@ pub async fn hold_shipments(
     storage: Storage,
     registry: Addr<OrderRegistry>,
     clock: SharedClock,
-    paused: Arc<AtomicBool>,
+    switch: ProcessingSwitch,
     manual: Arc<AtomicBool>,
     every: Duration,
 ) {
@@ -123,7 +124,7 @@ pub async fn hold_shipments(
     send_due(
         registry,
         clock,
-        paused,
+        switch,
         every,
         "hold_shipments",
         find,
@@ -140,7 +141,7 @@ pub struct PaymentReconciler {
     pub storage: Storage,
     pub registry: Addr<OrderRegistry>,
     pub clock: SharedClock,
-    pub paused: Arc<AtomicBool>,
+    pub switch: ProcessingSwitch,
     pub razorpay: RazorpayClient,
     /// Orders unpaid for this long are checked.
     pub after_ms: i64,
@@ -155,7 +156,7 @@ impl PaymentReconciler {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if self.paused.load(Ordering::SeqCst) {
+            if self.switch.is_paused() {
                 continue;
             }
             if let Err(e) = self.round().await {

@@ -24,6 +24,7 @@ use actix_web::web;
 use crate::actors::registry::{OrderRegistry, RegistryStats};
 use crate::actors::shipping::{ShippingQueue, ShippingRouter};
 use crate::actors::stock::StockSupervisor;
+use crate::actors::switch::ProcessingSwitch;
 use crate::config::Settings;
 use crate::domain::clock::SharedClock;
 use crate::service::health::HealthCheck;
@@ -40,7 +41,7 @@ pub struct AppState {
     pub started: Instant,
     pub ingest_actors: Arc<AtomicUsize>,
     /// The kill switch (SPEC §9): persisted, and read by every stage that advances orders.
-    pub processing_paused: Arc<AtomicBool>,
+    pub switch: ProcessingSwitch,
     pub stock: StockSupervisor,
     pub orders: Addr<OrderRegistry>,
     pub order_actors: Arc<RegistryStats>,

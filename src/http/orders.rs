@@ -9,8 +9,8 @@ use super::error::ApiError;
 use super::{rfc3339, AppState};
 use crate::actors::order::{OrderError, OrderMsg, OrderReply};
 use crate::actors::registry::Route;
-use crate::domain::order::{Command, OrderSnapshot};
-use crate::storage::{DeferredCommand, StoredOrder};
+use crate::domain::order::OrderSnapshot;
+use crate::storage::StoredOrder;
 
 /// The order as the storefront sees it after registering a checkout.
 pub fn order_json(order: &OrderSnapshot) -> Value {
@@ -126,34 +126,17 @@ pub async fn load_snapshot(state: &AppState, order_id: &str) -> Result<OrderSnap
         .ok_or_else(|| order_error(OrderError::NotFound))
 }
 
-/// Stores `command` for `order_id` to run when processing resumes: what an
-/// order-changing request does while the kill switch is on.
-pub async fn defer(
-    state: &AppState,
-    order_id: String,
-    command: Command,
-    cause: String,
-) -> Result<(), ApiError> {
-    state
-        .storage
-        .defer_command(DeferredCommand {
-            id: 0,
-            order_id,
-            command,
-            cause,
-            received_at_ms: state.clock.now_ms(),
-        })
-        .await
-        .map_err(ApiError::storage_unavailable)?;
-    Ok(())
-}
-
 /// The order an actor's reply carries.
 pub fn replied_order(reply: OrderReply) -> Result<OrderSnapshot, ApiError> {
     match reply {
         OrderReply::Created(order) | OrderReply::Existing(order) | OrderReply::Order(order) => {
             Ok(order)
         }
+        OrderReply::Deferred => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "processing_paused",
+            "order processing is paused by an operator; the action is stored and runs on resume",
+        )),
         OrderReply::Passivated | OrderReply::Planned(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "orders_unavailable",

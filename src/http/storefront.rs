@@ -3,7 +3,6 @@
 //! with `api.storefront_token`.
 
 use std::future::{ready, Ready};
-use std::sync::atomic::Ordering;
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
@@ -13,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::auth::bearer;
 use super::error::ApiError;
-use super::orders::{defer, load_snapshot, order_json, public_status, replied_order, route};
+use super::orders::{load_snapshot, order_json, public_status, replied_order, route};
 use super::AppState;
 use crate::actors::order::{Cause, OrderMsg, OrderReply};
 use crate::domain::checkout;
@@ -144,21 +143,6 @@ async fn confirm_payment(
         currency: order.currency.clone(),
         stock_reallocated: None,
     };
-    if state.processing_paused.load(Ordering::SeqCst) {
-        // Kill switch on: keep the verified payment for when processing resumes.
-        defer(
-            &state,
-            order.order_id.clone(),
-            command,
-            CALLBACK_CAUSE.into(),
-        )
-        .await?;
-        let mut body = order_json(&order);
-        if let Some(map) = body.as_object_mut() {
-            map.insert("processing_paused".into(), serde_json::Value::Bool(true));
-        }
-        return Ok(HttpResponse::Accepted().json(body));
-    }
     let cause = Cause::named(CALLBACK_CAUSE);
     let reply = route(
         &state,
@@ -166,5 +150,13 @@ async fn confirm_payment(
         OrderMsg::Command { command, cause },
     )
     .await?;
+    if let OrderReply::Deferred = reply {
+        // Kill switch on: the verified payment is kept for when processing resumes.
+        let mut body = order_json(&order);
+        if let Some(map) = body.as_object_mut() {
+            map.insert("processing_paused".into(), serde_json::Value::Bool(true));
+        }
+        return Ok(HttpResponse::Accepted().json(body));
+    }
     Ok(HttpResponse::Ok().json(order_json(&replied_order(reply)?)))
 }

@@ -5,16 +5,14 @@
 //! gets a 200 once its effect is durable, unknown shipments included (they go
 //! to the dead-letter queue as `unknown_shipment`).
 
-use std::sync::atomic::Ordering;
-
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::orders::{defer, route};
+use super::orders::route;
 use super::AppState;
-use crate::actors::order::{Cause, OrderMsg};
+use crate::actors::order::{Cause, OrderMsg, OrderReply};
 use crate::domain::order::Command;
 use crate::storage::OrderDeadLetter;
 
@@ -106,18 +104,10 @@ pub async fn shiprocket(
         return Ok(HttpResponse::Ok().json(json!({"status": "unknown_shipment"})));
     };
     let cause = format!("tracking:{awb}:{status_id}");
-    if state.processing_paused.load(Ordering::SeqCst) {
-        // Kill switch on: the update waits in storage and applies on resume.
-        let command = Command::Track {
-            awb,
-            status_id,
-            timestamp,
-        };
-        defer(&state, order_id.clone(), command, cause).await?;
-        return Ok(HttpResponse::Ok().json(json!({"status": "deferred", "order_id": order_id})));
-    }
     let status = match apply_update(&state, &order_id, awb, status_id, timestamp, cause).await? {
         Applied::Yes => "accepted",
+        // Kill switch on: the update waits in storage and applies on resume.
+        Applied::Deferred => "deferred",
         Applied::Ignored(_) => "ignored",
     };
     Ok(HttpResponse::Ok().json(json!({"status": status, "order_id": order_id})))
@@ -140,6 +130,8 @@ pub fn parse_update_key(key: &str) -> Option<(String, i64, String)> {
 /// What a tracking update did to its order.
 pub enum Applied {
     Yes,
+    /// Processing is paused: it applies on resume.
+    Deferred,
     /// Journaled before, or refused by the lifecycle: nothing for Shiprocket to retry.
     Ignored(String),
 }
@@ -163,6 +155,7 @@ pub async fn apply_update(
         cause: Cause::named(cause),
     };
     match route(state, order_id.to_owned(), msg).await {
+        Ok(OrderReply::Deferred) => Ok(Applied::Deferred),
         Ok(_) => Ok(Applied::Yes),
         Err(e) if e.status == StatusCode::CONFLICT => Ok(Applied::Ignored(e.message)),
         Err(e) => Err(e),

@@ -55,7 +55,7 @@ pub(super) async fn create(
             currency: checkout.currency.clone(),
             stock_reallocated: None,
         });
-    let paused = deps.paused.load(Ordering::SeqCst);
+    let paused = deps.switch.is_paused();
     let mut deferred = None;
     if let Some(confirm) = cod_confirmation {
         if paused {

@@ -30,6 +30,7 @@ use actix::prelude::*;
 
 use super::shipping::{ShippingQueue, ShiprocketCall};
 use super::stock::{StockFailure, StockSupervisor};
+use super::switch::ProcessingSwitch;
 use crate::domain::checkout::{CustomerRecord, ValidCheckout};
 use crate::domain::clock::SharedClock;
 use crate::domain::order::{Command, OrderSnapshot, OrderState};
@@ -46,8 +47,8 @@ pub struct OrderDeps {
     pub reservation_ttl_ms: i64,
     /// How long an actor may sit idle before it passivates.
     pub idle: Duration,
-    /// The kill switch: while set, nothing advances an order.
-    pub paused: Arc<AtomicBool>,
+    /// The kill switch: while on, nothing advances an order.
+    pub switch: ProcessingSwitch,
     pub shipping: ShippingDeps,
 }
 
@@ -147,6 +148,8 @@ pub enum OrderReply {
     Order(OrderSnapshot),
     /// To a shipping turn: the call to make now, if any.
     Planned(Option<PlannedCall>),
+    /// Processing is paused: the command is stored and runs on resume.
+    Deferred,
     Passivated,
 }
 
@@ -162,6 +165,8 @@ pub enum OrderError {
     AmountMismatch,
     #[error("{from} cannot move to {to}")]
     InvalidTransition { from: OrderState, to: OrderState },
+    /// Processing is paused and the command's own record (an inbox entry)
+    /// keeps it: it is delivered once processing resumes.
     #[error("processing is paused")]
     Paused,
     #[error(transparent)]
@@ -320,13 +325,11 @@ async fn handle_message(
     loaded: &mut Loaded,
     msg: OrderMsg,
 ) -> Result<OrderReply, OrderError> {
-    let paused = || deps.paused.load(std::sync::atomic::Ordering::SeqCst);
     match msg {
         OrderMsg::Create {
             checkout,
             fingerprint,
         } => lifecycle::create(deps, loaded, *checkout, fingerprint).await,
-        OrderMsg::Command { .. } | OrderMsg::QueuePaid if paused() => Err(OrderError::Paused),
         OrderMsg::Command { command, cause } => {
             let order = loaded.order.as_mut().ok_or(OrderError::NotFound)?;
             lifecycle::run_command(deps, order, command, cause).await
@@ -346,7 +349,9 @@ async fn handle_message(
             lifecycle::queue_if_paid(deps, order, deps.clock.now_ms()).await?;
             Ok(OrderReply::Order(order.clone()))
         }
-        OrderMsg::Shipping(turn) => shipping::take_turn(deps, loaded, turn, paused()).await,
+        OrderMsg::Shipping(turn) => {
+            shipping::take_turn(deps, loaded, turn, deps.switch.is_paused()).await
+        }
         OrderMsg::Passivate => Ok(OrderReply::Passivated),
     }
 }

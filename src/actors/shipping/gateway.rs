@@ -32,6 +32,7 @@ use super::queue::ShippingQueue;
 use super::router::GatewayStats;
 use crate::actors::order::{OrderMsg, OrderReply, PlannedCall, ShippingTurn};
 use crate::actors::registry::{OrderRegistry, Route};
+use crate::actors::switch::ProcessingSwitch;
 use crate::clients::shiprocket::{ShiprocketClient, ShiprocketError};
 use crate::config::Secret;
 use crate::domain::breaker::{Breaker, CircuitState, Ticket, Verdict};
@@ -76,7 +77,7 @@ pub struct Work {
     pub queue: ShippingQueue,
     pub orders: Addr<OrderRegistry>,
     /// The kill switch.
-    pub paused: Arc<AtomicBool>,
+    pub switch: ProcessingSwitch,
     /// Manual shipping mode: no call at all.
     pub manual: Arc<AtomicBool>,
 }
@@ -322,7 +323,7 @@ impl ShiprocketGateway {
         };
         let now = self.parts.clock.now_ms();
         self.publish(now);
-        if work.paused.load(Ordering::SeqCst) || work.manual.load(Ordering::SeqCst) {
+        if work.switch.is_paused() || work.manual.load(Ordering::SeqCst) {
             return;
         }
         while self.in_flight < self.max_in_flight {
@@ -504,7 +505,7 @@ impl ShiprocketGateway {
             || self
                 .work
                 .as_ref()
-                .is_some_and(|w| w.paused.load(Ordering::SeqCst) || w.manual.load(Ordering::SeqCst))
+                .is_some_and(|w| w.switch.is_paused() || w.manual.load(Ordering::SeqCst))
         {
             return None;
         }

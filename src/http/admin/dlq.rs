@@ -1,7 +1,6 @@
 //! The dead-letter queue: listing, and an operator's replay of one entry
 //! through the normal path (e.g. once the order it was missing exists).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
@@ -76,13 +75,6 @@ pub(super) async fn replay(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    if state.processing_paused.load(Ordering::SeqCst) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "processing_paused",
-            "processing is paused; resume it before replaying dead letters",
-        ));
-    }
     let found = state
         .storage
         .dead_letter_for_replay(id)
@@ -175,6 +167,7 @@ async fn replay_payment(
         Routed::NoEffect => ReplayOutcome::resolved("no_effect"),
         Routed::Unknown(detail) => ReplayOutcome::still_open(format!("unknown_order: {detail}")),
         Routed::Refused(reason) => ReplayOutcome::still_open(reason),
+        Routed::Deferred => ReplayOutcome::still_open("deferred: processing is paused"),
     })
 }
 
@@ -206,6 +199,7 @@ async fn replay_tracking(
     Ok(
         match apply_update(state, &order_id, awb, status_id, timestamp, cause).await? {
             Applied::Yes => ReplayOutcome::resolved("applied"),
+            Applied::Deferred => ReplayOutcome::still_open("deferred: processing is paused"),
             Applied::Ignored(why) => ReplayOutcome::resolved(format!("ignored: {why}")),
         },
     )

@@ -73,7 +73,7 @@ async fn status(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, A
     Ok(HttpResponse::Ok().json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.started.elapsed().as_secs(),
-        "processing_paused": state.processing_paused.load(Ordering::SeqCst),
+        "processing_paused": state.switch.is_paused(),
         "shipping_mode": if state.shipping_manual.load(Ordering::SeqCst) { "manual" } else { "auto" },
         "inbox_pending": counts.inbox_pending,
         "dlq_entries": counts.dlq_entries,
@@ -154,15 +154,10 @@ async fn set_paused(
     paused: bool,
 ) -> Result<HttpResponse, ApiError> {
     state
-        .storage
-        .set_processing_paused(paused, audit::audited_action(req))
+        .switch
+        .set(paused, audit::audited_action(req))
         .await
         .map_err(ApiError::storage_unavailable)?;
-    state.processing_paused.store(paused, Ordering::SeqCst);
-    state
-        .metrics
-        .processing_paused
-        .set(if paused { 1.0 } else { 0.0 });
     tracing::warn!(
         paused,
         role = ?caller.role,
