@@ -20,6 +20,7 @@ use super::order::{Cause, OrderError, OrderMsg, OrderReply};
 use super::registry::{OrderRegistry, Route};
 use super::switch::ProcessingSwitch;
 use crate::domain::clock::SharedClock;
+use crate::domain::dead_letter::LetterReason;
 use crate::domain::order::Command;
 use crate::domain::webhook::{payment_facts, PaymentFacts};
 use crate::service::health::Heartbeat;
@@ -198,7 +199,7 @@ impl Dispatcher {
             Routed::Applied | Routed::Refused(_) | Routed::Deferred => return Ok(()),
             Routed::NoEffect => None,
             Routed::Unknown(detail) => Some(OrderDeadLetter {
-                reason: "unknown_order",
+                reason: LetterReason::UnknownOrder,
                 detail,
                 event_id: Some(entry.dedup_key.clone()),
             }),

@@ -16,6 +16,7 @@ use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use bytes::Bytes;
 
 use crate::domain::clock::SharedClock;
+use crate::domain::dead_letter::LetterReason;
 use crate::domain::signature::WebhookVerifier;
 use crate::domain::webhook::{classify, DedupKey};
 use crate::storage::{RecordOutcome, Storage, StorageError, WebhookRecord};
@@ -40,7 +41,7 @@ pub enum IngestReply {
     },
     Quarantined {
         event_id: String,
-        reason: &'static str,
+        reason: LetterReason,
     },
 }
 
@@ -100,7 +101,7 @@ impl WebhookIngest {
             },
             Err(quarantine) => WebhookRecord::Quarantined {
                 dedup_key: key.as_str().to_owned(),
-                reason: quarantine.reason.code(),
+                reason: quarantine.reason.into(),
                 detail: quarantine.detail,
                 received_at_ms: now_ms,
                 body: msg.body.to_vec(),
@@ -143,8 +144,9 @@ impl Handler<IngestWebhook> for WebhookIngest {
                     IngestReply::Accepted { event_id }
                 }
                 RecordOutcome::Quarantined { dead_letter_id } => {
-                    let reason = quarantine_reason.unwrap_or("unknown_shape");
-                    tracing::warn!(event_id = %event_id, dead_letter_id, reason, "signed webhook quarantined");
+                    // Storage files a letter only for a record that was one.
+                    let reason = quarantine_reason.unwrap_or(LetterReason::UnknownShape);
+                    tracing::warn!(event_id = %event_id, dead_letter_id, reason = reason.code(), "signed webhook quarantined");
                     IngestReply::Quarantined { event_id, reason }
                 }
                 RecordOutcome::Duplicate => {

@@ -84,6 +84,16 @@ impl OrderState {
         matches!(self, Self::PendingPayment | Self::PaymentFailed)
     }
 
+    /// Whether the order waits for its payment (and so may be reconciled with Razorpay).
+    pub fn awaits_payment(self) -> bool {
+        self.holds_reservation()
+    }
+
+    /// Whether Shiprocket calls are still to make before `ready_to_ship`.
+    pub fn is_being_shipped(self) -> bool {
+        matches!(self, Self::AwaitingShipment | Self::ShipmentCreated)
+    }
+
     /// Whether stock was sold to the order and has not left the warehouse.
     pub fn holds_unshipped_sale(self) -> bool {
         matches!(

@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::orders::route;
 use super::AppState;
 use crate::actors::order::{Cause, OrderMsg, OrderReply};
+use crate::domain::dead_letter::{LetterReason, LetterSource};
 use crate::domain::order::Command;
 use crate::storage::OrderDeadLetter;
 
@@ -60,13 +61,13 @@ pub async fn shiprocket(
     });
     let Some((awb, status_id, timestamp, channel_order_id)) = fields else {
         let letter = OrderDeadLetter {
-            reason: "unknown_shape",
+            reason: LetterReason::UnknownShape,
             detail: "tracking update without awb and shipment_status_id".into(),
             event_id: None,
         };
         state
             .storage
-            .file_dead_letter("tracking", letter, now)
+            .file_dead_letter(LetterSource::Tracking, letter, now)
             .await
             .map_err(ApiError::storage_unavailable)?;
         return Ok(
@@ -92,13 +93,13 @@ pub async fn shiprocket(
     };
     let Some(order_id) = order_id else {
         let letter = OrderDeadLetter {
-            reason: "unknown_shipment",
+            reason: LetterReason::UnknownShipment,
             detail: format!("no order for AWB {awb} (order_id {channel_order_id:?})"),
             event_id: Some(update_key(&awb, status_id, &timestamp)),
         };
         state
             .storage
-            .file_dead_letter("tracking", letter, now)
+            .file_dead_letter(LetterSource::Tracking, letter, now)
             .await
             .map_err(ApiError::storage_unavailable)?;
         return Ok(HttpResponse::Ok().json(json!({"status": "unknown_shipment"})));

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::domain::order::OrderState;
 use rusqlite::{Connection, OpenFlags};
 
 pub use crate::domain::stock::{AllocationStatus, AllocationStep, ProductFacts};
@@ -214,6 +215,17 @@ impl Storage {
     }
 }
 
+/// The states `holds` is true of, as an SQL list (`'paid', 'shipped'`): the
+/// domain says which states a query is about, so a new state cannot be missed.
+fn states_where(holds: fn(OrderState) -> bool) -> String {
+    OrderState::ALL
+        .into_iter()
+        .filter(|s| holds(*s))
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A column holding text or bytes (sealed values are blobs, older ones text).
 fn bytes_at(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Vec<u8>> {
     use rusqlite::types::ValueRef;
@@ -237,4 +249,22 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StorageError> {
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_lists_are_the_states_the_domain_names() {
+        assert_eq!(
+            states_where(OrderState::holds_reservation),
+            "'pending_payment', 'payment_failed'"
+        );
+        assert_eq!(
+            states_where(OrderState::is_being_shipped),
+            "'awaiting_shipment', 'shipment_created'"
+        );
+        assert_eq!(states_where(|_| false), "");
+    }
 }

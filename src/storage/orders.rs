@@ -10,6 +10,8 @@ use super::audit::{self, AuditRecord};
 use super::pii::{Column, PiiCipher};
 use super::stock::{apply_steps, EncodedStep, StockStep};
 use super::{Storage, StorageError};
+use crate::domain::checkout::CustomerRecord;
+use crate::domain::dead_letter::{LetterReason, LetterSource};
 use crate::domain::order::{Command, OrderEvent, OrderSnapshot, OrderState};
 use crate::domain::shipping::QueueEntry;
 
@@ -37,8 +39,8 @@ pub struct StoredOrder {
     /// Row id: the listing cursor, newest first.
     pub id: i64,
     pub snapshot: OrderSnapshot,
-    /// Customer and address as the checkout sent them (JSON).
-    pub customer: serde_json::Value,
+    /// Customer and address as the checkout sent them.
+    pub customer: CustomerRecord,
     pub fingerprint: String,
 }
 
@@ -52,7 +54,7 @@ pub struct ListedOrder {
 /// A dead letter an order change files beside its effect (or instead of one).
 #[derive(Debug, Clone)]
 pub struct OrderDeadLetter {
-    pub reason: &'static str,
+    pub reason: LetterReason,
     pub detail: String,
     pub event_id: Option<String>,
 }
@@ -80,7 +82,7 @@ pub struct OrderWrite {
 pub struct NewOrder {
     /// The snapshot after every entry of `journal`.
     pub snapshot: OrderSnapshot,
-    pub customer: serde_json::Value,
+    pub customer: CustomerRecord,
     pub fingerprint: String,
     pub journal: Vec<JournalAppend>,
     /// A command to run once processing resumes (a cash-on-delivery
@@ -187,7 +189,7 @@ impl Storage {
                 ])?;
             }
             if let Some(letter) = &dead_letter {
-                insert_dead_letter(conn, "order", letter, snapshot.updated_at_ms)?;
+                insert_dead_letter(conn, LetterSource::Order, letter, snapshot.updated_at_ms)?;
             }
             if let Some(entries) = &queue {
                 super::shipping::replace_queue_rows(conn, &snapshot.order_id, entries)?;
@@ -212,7 +214,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         self.write(move |conn| {
             if let Some(letter) = &dead_letter {
-                insert_dead_letter(conn, "razorpay", letter, at_ms)?;
+                insert_dead_letter(conn, LetterSource::Razorpay, letter, at_ms)?;
             }
             mark_processed(conn, inbox_id, at_ms)
         })
@@ -222,7 +224,7 @@ impl Storage {
     /// Files a dead letter on its own (a problem with no inbox entry behind it).
     pub async fn file_dead_letter(
         &self,
-        source: &'static str,
+        source: LetterSource,
         letter: OrderDeadLetter,
         at_ms: i64,
     ) -> Result<(), StorageError> {
@@ -465,13 +467,16 @@ impl Storage {
         limit: u32,
     ) -> Result<Vec<(String, String)>, StorageError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT order_id, razorpay_order_id FROM orders
-                 WHERE state IN ('pending_payment', 'payment_failed') AND razorpay_order_id IS NOT NULL
+                 WHERE state IN ({}) AND razorpay_order_id IS NOT NULL
                    AND created_at_ms <= ?1
                  ORDER BY id LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![created_before_ms, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                super::states_where(OrderState::awaits_payment)
+            ))?;
+            let rows = stmt.query_map(params![created_before_ms, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -510,17 +515,20 @@ impl Storage {
     /// with an unshipped sale.
     pub async fn orders_needing_stock_repair(&self) -> Result<Vec<String>, StorageError> {
         self.read(|conn| {
-            order_ids(
-                conn,
+            let sql = format!(
                 "SELECT DISTINCT a.order_id FROM stock_allocations a
                  LEFT JOIN orders o ON o.order_id = a.order_id
-                 WHERE (a.status = 'held' AND (o.state IS NULL OR o.state NOT IN ('pending_payment', 'payment_failed')))
-                    OR (a.status = 'sold' AND o.state = 'cancelled')
-                    OR (a.status = 'sold' AND o.state = 'refunded'
+                 WHERE (a.status = 'held' AND (o.state IS NULL OR o.state NOT IN ({holding})))
+                    OR (a.status = 'sold' AND o.state = '{cancelled}')
+                    OR (a.status = 'sold' AND o.state = '{refunded}'
                         AND json_extract(o.snapshot, '$.shipping.shipped_at_ms') IS NULL)
-                    OR (a.status = 'released' AND o.state IN ('paid'))",
-                [],
-            )
+                    OR (a.status = 'released' AND o.state = '{paid}')",
+                holding = super::states_where(OrderState::holds_reservation),
+                cancelled = OrderState::Cancelled,
+                refunded = OrderState::Refunded,
+                paid = OrderState::Paid,
+            );
+            order_ids(conn, &sql, [])
         })
         .await
     }
@@ -680,14 +688,14 @@ fn append_journal(
 
 fn insert_dead_letter(
     conn: &Connection,
-    source: &str,
+    source: LetterSource,
     letter: &OrderDeadLetter,
     at_ms: i64,
 ) -> Result<(), StorageError> {
     conn.prepare_cached(
         "INSERT INTO dead_letters (source, reason, detail, event_id, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![source, letter.reason, letter.detail, letter.event_id, at_ms])?;
+    .execute(params![source.code(), letter.reason.code(), letter.detail, letter.event_id, at_ms])?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::pii::Column;
 use super::{Storage, StorageError};
+use crate::domain::order::OrderState;
 use crate::domain::shipping::QueueEntry;
 
 impl Storage {
@@ -164,11 +165,12 @@ impl Storage {
         limit: u32,
     ) -> Result<Vec<String>, StorageError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT DISTINCT q.order_id FROM shipping_queue q JOIN orders o ON o.order_id = q.order_id
-                 WHERE q.due_at_ms <= ?1 AND o.state IN ('awaiting_shipment', 'shipment_created')
+                 WHERE q.due_at_ms <= ?1 AND o.state IN ({})
                  ORDER BY q.order_id LIMIT ?2",
-            )?;
+                super::states_where(OrderState::is_being_shipped)
+            ))?;
             let rows = stmt.query_map(params![now_ms, limit], |row| row.get(0))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })

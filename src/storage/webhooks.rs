@@ -5,6 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::pii::Column;
 use super::AuditedAction;
 use super::{Storage, StorageError};
+use crate::domain::dead_letter::{LetterReason, LetterSource};
 
 /// What to store for one signed delivery.
 #[derive(Debug, Clone)]
@@ -22,7 +23,7 @@ pub enum WebhookRecord {
     /// A signed but unusable event, for the dead-letter queue.
     Quarantined {
         dedup_key: String,
-        reason: &'static str,
+        reason: LetterReason,
         detail: String,
         received_at_ms: i64,
         body: Vec<u8>,
@@ -45,8 +46,8 @@ pub enum RecordOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeadLetter {
     pub id: i64,
-    pub source: String,
-    pub reason: String,
+    pub source: LetterSource,
+    pub reason: LetterReason,
     pub detail: String,
     pub event_id: Option<String>,
     pub received_at_ms: i64,
@@ -302,9 +303,16 @@ fn insert_webhook(
         } => {
             conn.prepare_cached(
                 "INSERT INTO dead_letters (source, reason, detail, event_id, received_at_ms, body)
-                 VALUES ('razorpay', ?1, ?2, ?3, ?4, ?5)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![reason, detail, dedup_key, received_at_ms, body])?;
+            .execute(params![
+                LetterSource::Razorpay.code(),
+                reason.code(),
+                detail,
+                dedup_key,
+                received_at_ms,
+                body
+            ])?;
             Ok(RecordOutcome::Quarantined {
                 dead_letter_id: conn.last_insert_rowid(),
             })
@@ -353,11 +361,28 @@ pub(super) fn pending_inbox(
 fn dead_letter(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
     Ok(DeadLetter {
         id: row.get(0)?,
-        source: row.get(1)?,
-        reason: row.get(2)?,
+        source: coded(row, 1, LetterSource::from_code)?,
+        reason: coded(row, 2, LetterReason::from_code)?,
         detail: row.get(3)?,
         event_id: row.get(4)?,
         received_at_ms: row.get(5)?,
+    })
+}
+
+/// A column holding an enum's code; a code this build does not know is an error,
+/// not a silently different letter.
+fn coded<T>(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+    parse: fn(&str) -> Option<T>,
+) -> rusqlite::Result<T> {
+    let code: String = row.get(index)?;
+    parse(&code).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unknown code {code:?}").into(),
+        )
     })
 }
 
@@ -409,7 +434,7 @@ mod tests {
         );
         let quarantined = WebhookRecord::Quarantined {
             dedup_key: "evt_2".into(),
-            reason: "not_json",
+            reason: LetterReason::NotJson,
             detail: "nope".into(),
             received_at_ms: 3,
             body: b"x".to_vec(),
@@ -443,7 +468,7 @@ mod tests {
         );
         let letters = reopened.dead_letters(None, 10).await.unwrap();
         assert_eq!(letters.len(), 1);
-        assert_eq!(letters[0].letter.reason, "not_json");
+        assert_eq!(letters[0].letter.reason, LetterReason::NotJson);
         assert_eq!(letters[0].letter.event_id.as_deref(), Some("evt_2"));
     }
 

@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -228,9 +227,23 @@ fn path_matches(pattern: &str, path: &str) -> bool {
             .all(|(p, c)| p == c || (p.starts_with('{') && p.ends_with('}')))
 }
 
-/// Long enough for the dispatcher and timers to have moved anything they would move.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+/// Asserts that nothing but the checkout itself happened to `order_id` before
+/// `resumed_at` (RFC 3339 from the same clock as the journal), once `order_id`
+/// has moved after it: a stage that ignored the kill switch leaves an entry
+/// stamped while paused. No sleep: the wait is for the move after the resume.
+async fn moved_only_after(app: &TestApp, order_id: &str, resumed_at: &str) {
+    let detail = app.admin_order(order_id, OPERATOR_TOKEN).await;
+    let journal = detail["journal"].as_array().expect("journal");
+    let early: Vec<_> = journal
+        .iter()
+        .filter(|e| e["kind"] != "created" && e["at"].as_str() < Some(resumed_at))
+        .collect();
+    assert!(early.is_empty(), "{order_id} moved while paused: {early:?}");
+}
+
+fn now_rfc3339() -> String {
+    use dropshipd::domain::clock::{rfc3339, Clock, SystemClock};
+    rfc3339(SystemClock.now_ms())
 }
 
 #[actix_web::test]
@@ -280,7 +293,6 @@ async fn paused_accepts_and_stores_but_nothing_advances_until_resumed_even_acros
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["processing_paused"], true);
 
-    settle().await;
     for id in ["XVC-P1", "XVC-P2", "XVC-P3"] {
         assert_eq!(
             app.order_status(id).await["state"],
@@ -294,7 +306,6 @@ async fn paused_accepts_and_stores_but_nothing_advances_until_resumed_even_acros
     let dir = app.stop().await;
     let app = spawn_app_in(dir, |_| {}).await;
     assert_eq!(app.status().await["processing_paused"], true);
-    settle().await;
     for id in ["XVC-P1", "XVC-P2", "XVC-P3"] {
         assert_eq!(
             app.order_status(id).await["state"],
@@ -303,12 +314,14 @@ async fn paused_accepts_and_stores_but_nothing_advances_until_resumed_even_acros
         );
     }
 
+    let resumed_at = now_rfc3339();
     let resumed = app
         .admin_post("/admin/processing/resume", Some(OPERATOR_TOKEN))
         .await;
     assert_eq!(resumed.status(), 200);
     for id in ["XVC-P1", "XVC-P2", "XVC-P3"] {
         app.wait_for_state(id, "paid").await;
+        moved_only_after(&app, id, &resumed_at).await;
     }
     assert_eq!(app.status().await["inbox_pending"], 0);
     // Each payment counted once: three units sold.
@@ -825,9 +838,23 @@ async fn paid_orders_found_at_a_paused_start_ship_once_resumed() {
     // Restarted paused, now with an account: nothing ships until resumed.
     let (_sandbox, url) = start_sandbox(dropshipd::sandbox::Faults::default());
     let app = spawn_app_in(dir, |settings| with_shiprocket(settings, &url)).await;
-    settle().await;
     assert_eq!(app.order_status("XVC-Q1").await["state"], "paid");
+    let resumed_at = now_rfc3339();
     app.admin_post("/admin/processing/resume", Some(OPERATOR_TOKEN))
         .await;
     app.wait_for_state("XVC-Q1", "ready_to_ship").await;
+    let detail = app.admin_order("XVC-Q1", OPERATOR_TOKEN).await;
+    let calls: Vec<_> = detail["journal"]
+        .as_array()
+        .expect("journal")
+        .iter()
+        .filter(|e| e["kind"] == "shipping_attempt")
+        .collect();
+    assert!(!calls.is_empty(), "{detail}");
+    assert!(
+        calls
+            .iter()
+            .all(|e| e["at"].as_str() >= Some(resumed_at.as_str())),
+        "Shiprocket was called while paused: {calls:?}"
+    );
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use super::{Cause, Loaded, OrderDeps, OrderError, OrderReply};
 use crate::actors::stock::{settled_after, ReserveError, Settled};
 use crate::domain::checkout::{CustomerRecord, ValidCheckout};
+use crate::domain::dead_letter::{LetterReason, LetterSource};
 use crate::domain::order::{
     self, Command, OrderEvent, OrderLine, OrderSnapshot, OrderState, Outcome, PaymentMethod,
 };
@@ -94,8 +95,6 @@ pub(super) async fn create(
         customer: checkout.customer.clone(),
         shipping_address: checkout.shipping_address.clone(),
     };
-    let customer =
-        serde_json::to_value(&record).map_err(|e| StorageError::Encoding(e.to_string()))?;
     let cause = |event: OrderEvent| JournalAppend {
         cause: if matches!(event, OrderEvent::Created { .. }) {
             "checkout".into()
@@ -109,7 +108,7 @@ pub(super) async fn create(
         .storage
         .insert_order(NewOrder {
             snapshot: order.clone(),
-            customer,
+            customer: record.clone(),
             fingerprint: fingerprint.clone(),
             journal: events.into_iter().map(cause).collect(),
             deferred,
@@ -212,7 +211,7 @@ pub(super) async fn run_command(
         }
         Outcome::AmountMismatch => {
             let letter = OrderDeadLetter {
-                reason: "amount_mismatch",
+                reason: LetterReason::AmountMismatch,
                 detail: format!(
                     "order {} expects {} paise {}",
                     order.order_id, order.amount_paise, order.currency
@@ -269,7 +268,7 @@ pub(super) async fn commit_events(
     let work_due = queue_changed && queue_after.iter().any(|e| e.due_at_ms <= now);
     let dead_letter = events.iter().find_map(|event| match event {
         OrderEvent::ShiprocketCancelFailed { account, error } => Some(OrderDeadLetter {
-            reason: "shiprocket_cancel_failed",
+            reason: LetterReason::ShiprocketCancelFailed,
             detail: format!(
                 "order {}: Shiprocket account {account} refused the cancellation: {error}",
                 order.order_id
@@ -280,7 +279,7 @@ pub(super) async fn commit_events(
         OrderEvent::RefundUnapplied {
             refund_id, state, ..
         } if cause.replay_of.is_none() => Some(OrderDeadLetter {
-            reason: "refund_unapplied",
+            reason: LetterReason::RefundUnapplied,
             detail: format!(
                 "order {}: refund {refund_id} refunds the payment in full, but an order in {state} cannot be refunded",
                 order.order_id
@@ -423,7 +422,11 @@ async fn finish_inbox(
     match cause.inbox_id {
         Some(inbox_id) => deps.storage.finish_inbox_entry(inbox_id, letter, now).await,
         None => match letter {
-            Some(letter) => deps.storage.file_dead_letter("order", letter, now).await,
+            Some(letter) => {
+                deps.storage
+                    .file_dead_letter(LetterSource::Order, letter, now)
+                    .await
+            }
             None => Ok(()),
         },
     }

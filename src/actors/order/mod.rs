@@ -312,7 +312,7 @@ async fn load(deps: &OrderDeps, order_id: &str) -> Result<Loaded, OrderError> {
             customer: None,
         },
         Some(stored) => Loaded {
-            customer: serde_json::from_value(stored.customer).ok(),
+            customer: Some(stored.customer),
             fingerprint: Some(stored.fingerprint),
             order: Some(stored.snapshot),
         },

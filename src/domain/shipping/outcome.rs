@@ -48,10 +48,7 @@ fn ship(
     unit: f64,
 ) -> Vec<OrderEvent> {
     let account = step.account.clone();
-    if !matches!(
-        order.state,
-        OrderState::AwaitingShipment | OrderState::ShipmentCreated
-    ) {
+    if !order.state.is_being_shipped() {
         return stale_ship_answer(order, step, result);
     }
     match (&step.call, result) {

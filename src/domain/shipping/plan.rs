@@ -90,11 +90,7 @@ fn ship(
 ) -> Option<Plan> {
     let shipping = &order.shipping;
     let ship_due = shipping.next_attempt_at_ms.is_some_and(|at| at <= now_ms);
-    if !matches!(
-        order.state,
-        OrderState::AwaitingShipment | OrderState::ShipmentCreated
-    ) || !ship_due
-    {
+    if !order.state.is_being_shipped() || !ship_due {
         return None;
     }
     if shipping.cleanup_on(account).is_some() {

@@ -94,16 +94,10 @@ pub(super) async fn replay(
             format!("dead letter {id} was resolved already"),
         ));
     }
-    let result = match found.letter.source.as_str() {
-        "razorpay" | "order" => replay_payment(&state, id, found).await?,
-        "tracking" => replay_tracking(&state, id, &found).await?,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_replayable",
-                format!("dead letters from {other} cannot be replayed"),
-            ))
-        }
+    let result = if found.letter.source.replays_payment_event() {
+        replay_payment(&state, id, found).await?
+    } else {
+        replay_tracking(&state, id, &found).await?
     };
     state
         .storage

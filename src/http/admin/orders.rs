@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::{next_cursor, page_limit, role_name};
 use crate::actors::order::{Cause, OrderMsg};
+use crate::domain::checkout::CustomerRecord;
 use crate::domain::order::{Command, OrderState};
 use crate::http::auth::{Operator, Role, Viewer};
 use crate::http::error::ApiError;
@@ -60,7 +61,7 @@ pub(super) async fn detail(
         .map_err(ApiError::storage_unavailable)?;
     let mut order = order_json(&stored.snapshot);
     let customer = match caller.role {
-        Role::Operator => stored.customer,
+        Role::Operator => json!(stored.customer),
         Role::Viewer => mask_customer(&stored.customer),
     };
     if let Some(map) = order.as_object_mut() {
@@ -74,21 +75,18 @@ pub(super) async fn detail(
 }
 
 /// What a viewer sees of a customer: enough to recognise, not to contact.
-fn mask_customer(customer: &serde_json::Value) -> serde_json::Value {
-    fn mask(value: &serde_json::Value, keep: usize) -> serde_json::Value {
-        match value.as_str() {
-            Some(text) if !text.is_empty() => {
-                let shown: String = text.chars().take(keep).collect();
-                json!(format!("{shown}***"))
-            }
-            _ => value.clone(),
+fn mask_customer(record: &CustomerRecord) -> serde_json::Value {
+    fn mask(text: &str, keep: usize) -> String {
+        if text.is_empty() {
+            return String::new();
         }
+        let shown: String = text.chars().take(keep).collect();
+        format!("{shown}***")
     }
-    let c = &customer["customer"];
-    let a = &customer["shipping_address"];
+    let (c, a) = (&record.customer, &record.shipping_address);
     json!({
-        "customer": {"name": mask(&c["name"], 1), "email": mask(&c["email"], 1), "phone": mask(&c["phone"], 2)},
-        "shipping_address": {"city": a["city"], "state": a["state"], "pincode": mask(&a["pincode"], 3), "country": a["country"]},
+        "customer": {"name": mask(&c.name, 1), "email": mask(&c.email, 1), "phone": mask(&c.phone, 2)},
+        "shipping_address": {"city": a.city, "state": a.state, "pincode": mask(&a.pincode, 3), "country": a.country},
     })
 }
 
