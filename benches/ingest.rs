@@ -1,53 +1,63 @@
-//! Durable webhook ingest against its ceiling, side by side in one run.
+//! Durable webhook ingest of the built binary against the scaling plan's design
+//! and against a verify-only ceiling, side by side in one run.
 //!
-//! Starts the real daemon in-process (SQLite on disk, `synchronous=FULL`, group
-//! commit) and a "ceiling" server that only verifies the HMAC and answers 200
-//! with no storage, then drives both with `wrk` at several concurrencies,
-//! alternating between them so machine noise hits both alike. Every request
-//! carries a fresh `X-Razorpay-Event-Id`, so each one is a real insert, never a
-//! duplicate. Reports the median of the repetitions.
+//! Three servers, each its own process or system, driven in turn by `wrk -t1`:
+//! - `dropshipd serve`, the binary users run (SQLite on disk, `synchronous=FULL`,
+//!   group commit, `shipping.mode = manual`, default `info` logging);
+//! - the plan's "Webhook Scalability" handler: a `node:http` server that verifies
+//!   the HMAC and does `LPUSH webhook-queue` into Redis (`ioredis` from npm,
+//!   `redis-server` with no persistence), written and started here;
+//! - a ceiling that only verifies the HMAC and answers 200 (actix-web, in this
+//!   process, the daemon's worker count).
 //!
-//! A second table isolates the storage writer: the same inserts from 64
-//! concurrent tasks with group commit, and with one commit (one fsync) per
-//! write, to show what sharing commits buys on this disk.
+//! Every request carries one 1,536-byte signed `payment.authorized` body and a
+//! fresh `X-Razorpay-Event-Id`, so each is a new event, never a duplicate. The
+//! systems take turns within each repetition (so machine noise hits all alike);
+//! the table shows medians. After each daemon run the bench checks that the
+//! daemon's `accepted` counter grew by exactly the rows its database gained, and
+//! by no less than wrk's answered requests (wrk abandons the requests in flight
+//! when it stops, at most one per connection).
 //!
-//! Run: `cargo bench --bench ingest` (needs `wrk`: `apt-get install wrk`).
-//! Options after `--`: `--duration SECS` (5), `--reps N` (3),
-//! `--concurrency 16,64,256`, `--dir PATH` (where the database goes).
+//! Run: `cargo bench --bench ingest`. Needs `wrk` (`apt-get install wrk`); the
+//! Node.js side needs `node`, `npm` and `redis-server` (`apt-get install
+//! redis-server`) and is skipped, saying so, where one is missing. Options after
+//! `--`: `--duration SECS` (8), `--reps N` (3), `--concurrency 64,256`.
 
-use dropshipd::domain::clock::{Clock, SystemClock};
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use dropshipd::config::{Config, Secrets, Settings};
+use dropshipd::domain::clock::{Clock, SystemClock};
 use dropshipd::domain::signature::{sign, verify};
-use dropshipd::storage::{Storage, StorageOptions, WebhookRecord, WriterStatsSnapshot};
-use dropshipd::Application;
+
+mod common;
+use common::Daemon;
 
 const SECRET: &str = "whsec_bench_0123456789";
+/// The size of the body every request carries.
+const BODY_BYTES: usize = 1536;
 
 struct Options {
     duration_secs: u64,
     reps: usize,
     concurrency: Vec<usize>,
-    dir: Option<PathBuf>,
 }
 
 fn options() -> Options {
     let mut options = Options {
-        duration_secs: 5,
+        duration_secs: 8,
         reps: 3,
-        concurrency: vec![16, 64, 256],
-        dir: None,
+        concurrency: vec![64, 256],
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--duration" => {
-                options.duration_secs = args.next().and_then(|v| v.parse().ok()).unwrap_or(5)
+                options.duration_secs = args.next().and_then(|v| v.parse().ok()).unwrap_or(8)
             }
             "--reps" => options.reps = args.next().and_then(|v| v.parse().ok()).unwrap_or(3),
             "--concurrency" => {
@@ -56,34 +66,34 @@ fn options() -> Options {
                     .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
                     .unwrap_or_default()
             }
-            "--dir" => options.dir = args.next().map(PathBuf::from),
             _ => {} // `cargo bench` adds `--bench`
         }
     }
     options
 }
 
+/// A `payment.authorized` event as Razorpay sends it, padded through its
+/// `notes` to exactly [`BODY_BYTES`].
 fn body(created_at: i64) -> String {
-    format!(
-        r#"{{"entity":"event","account_id":"acc_Dsh0pTest0001","event":"payment.captured","contains":["payment"],"payload":{{"payment":{{"entity":{{"id":"pay_Q1aAuth000001","entity":"payment","amount":129900,"currency":"INR","base_amount":129900,"status":"captured","order_id":"order_Q1aOrder00001","invoice_id":null,"international":false,"method":"upi","amount_refunded":0,"amount_transferred":0,"refund_status":null,"captured":true,"description":"DS-1042","vpa":"asha.rao@okhdfc","email":"asha.rao@example.in","contact":"+919812345678","notes":{{"ds_order":"DS-1042"}},"fee":2598,"tax":396,"error_code":null,"error_description":null,"error_source":null,"error_step":null,"error_reason":null,"acquirer_data":{{"rrn":"431205558812"}},"created_at":{created_at}}}}}}},"created_at":{created_at}}}"#
-    )
+    let with = |pad: &str| {
+        format!(
+            r#"{{"entity":"event","account_id":"acc_Dsh0pTest0001","event":"payment.authorized","contains":["payment"],"payload":{{"payment":{{"entity":{{"id":"pay_Q1aAuth000001","entity":"payment","amount":129900,"currency":"INR","status":"authorized","order_id":"order_Q1aOrder00001","invoice_id":null,"international":false,"method":"upi","amount_refunded":0,"refund_status":null,"captured":false,"description":"DS-1042","card_id":null,"bank":null,"wallet":null,"vpa":"asha.rao@okhdfc","email":"asha.rao@example.in","contact":"+919812345678","notes":{{"ds_order":"DS-1042","gift_message":"{pad}"}},"fee":null,"tax":null,"error_code":null,"error_description":null,"error_source":null,"error_step":null,"error_reason":null,"acquirer_data":{{"rrn":"431205558812","upi_transaction_id":"HDF5F1C2A7B9E4D3C6A8B0F2E1D4C7A9"}},"upi":{{"payer_account_type":"bank_account","vpa":"asha.rao@okhdfc"}},"created_at":{created_at}}}}}}},"created_at":{created_at}}}"#
+        )
+    };
+    let bare = with("").len();
+    assert!(bare <= BODY_BYTES, "the event alone is {bare} bytes");
+    with(&"x".repeat(BODY_BYTES - bare))
 }
 
 /// The wrk script: a unique event id per request, the same signed body.
 fn wrk_script(body: &str, signature: &str) -> String {
     format!(
         r#"
-local threads = {{}}
-local next_id = 1
-function setup(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
-end
+local body = [==[{body}]==]
 function init(args)
-  prefix = "evt_" .. args[1] .. "_" .. tid .. "_"
+  prefix = "evt_" .. args[1] .. "_"
   counter = 0
 end
-local body = [==[{body}]==]
 function request()
   counter = counter + 1
   return wrk.format("POST", "/webhooks/razorpay", {{
@@ -94,9 +104,9 @@ function request()
 end
 function done(summary, latency, requests)
   io.write(string.format("RESULT %d %d %d %d %d %d\n",
-    summary.requests, summary.duration,
-    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max))
+    summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
 end
 "#
     )
@@ -104,16 +114,18 @@ end
 
 #[derive(Debug, Clone, Copy)]
 struct Run {
+    requests: u64,
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
-    errors: u64,
+    non_2xx: u64,
+    socket_errors: u64,
 }
 
-fn run_wrk(script: &PathBuf, url: &str, concurrency: usize, secs: u64, tag: &str) -> Run {
+fn run_wrk(script: &Path, url: &str, concurrency: usize, secs: u64, tag: &str) -> Run {
     let output = Command::new("wrk")
         .args([
-            "-t2",
+            "-t1",
             &format!("-c{concurrency}"),
             &format!("-d{secs}s"),
             "--timeout",
@@ -124,7 +136,7 @@ fn run_wrk(script: &PathBuf, url: &str, concurrency: usize, secs: u64, tag: &str
         .arg(url)
         .args(["--", tag])
         .output()
-        .unwrap_or_else(|e| panic!("cannot run wrk ({e}); install it with: apt-get install wrk"));
+        .expect("run wrk");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout
         .lines()
@@ -140,10 +152,12 @@ fn run_wrk(script: &PathBuf, url: &str, concurrency: usize, secs: u64, tag: &str
         .filter_map(|v| v.parse().ok())
         .collect();
     Run {
+        requests: n[0] as u64,
         rps: n[0] / (n[1] / 1e6),
-        p50_ms: n[3] / 1000.0,
-        p99_ms: n[4] / 1000.0,
-        errors: n[2] as u64,
+        non_2xx: n[2] as u64,
+        socket_errors: n[3] as u64,
+        p50_ms: n[4] / 1000.0,
+        p99_ms: n[5] / 1000.0,
     }
 }
 
@@ -152,116 +166,39 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+fn found(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+// ---- the verify-only ceiling ----
+
 async fn ceiling(req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let signature = req
-        .headers()
-        .get("X-Razorpay-Signature")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !verify(SECRET.as_bytes(), &body, signature) {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    if !verify(SECRET.as_bytes(), &body, header("X-Razorpay-Signature")) {
         return HttpResponse::BadRequest().json(serde_json::json!({"error": "invalid_signature"}));
     }
-    let event_id = req
-        .headers()
-        .get("X-Razorpay-Event-Id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    HttpResponse::Ok().json(serde_json::json!({"status": "accepted", "event_id": event_id}))
+    HttpResponse::Ok()
+        .json(serde_json::json!({"status": "accepted", "event_id": header("X-Razorpay-Event-Id")}))
 }
 
-/// Inserts from `concurrency` tasks for `secs` seconds; returns writes/s and p99 ms.
-fn storage_only(
-    dir: &std::path::Path,
-    max_batch: usize,
-    concurrency: usize,
-    secs: u64,
-    body: &str,
-) -> (f64, f64) {
-    let mut options = StorageOptions::new(
-        dir.join(format!("writer-{max_batch}.db")),
-        Duration::from_secs(5),
-        dropshipd::storage::PiiKey::from_bytes([7; 32]),
-    );
-    options.max_batch = max_batch;
-    let storage = Storage::open(&options).expect("open storage");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let body = body.as_bytes().to_vec();
-    runtime.block_on(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|task| {
-                let (storage, body) = (storage.clone(), body.clone());
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    let mut n = 0u64;
-                    while tokio::time::Instant::now() < deadline {
-                        n += 1;
-                        let started = std::time::Instant::now();
-                        storage
-                            .record_webhook(WebhookRecord::Accepted {
-                                dedup_key: format!("evt_w{max_batch}_{task}_{n}"),
-                                event: "payment.captured".into(),
-                                razorpay_order_id: Some("order_Q1aOrder00001".into()),
-                                razorpay_payment_id: Some("pay_Q1aAuth000001".into()),
-                                event_created_at: 0,
-                                received_at_ms: 0,
-                                body: body.clone(),
-                            })
-                            .await
-                            .expect("write");
-                        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    latencies
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for task in tasks {
-            all.extend(task.await.expect("task"));
-        }
-        all.sort_by(|a, b| a.total_cmp(b));
-        let p99 = all.get(all.len() * 99 / 100).copied().unwrap_or(0.0);
-        (all.len() as f64 / secs as f64, p99)
-    })
-}
-
-fn main() {
-    let options = options();
-    let dir = match &options.dir {
-        Some(dir) => tempfile::tempdir_in(dir),
-        None => tempfile::tempdir(),
-    }
-    .expect("temp dir");
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".into();
-    config.admin.listen = "127.0.0.1:0".into();
-    config.storage.path = dir.path().join("bench.db");
-    let settings = Settings {
-        config,
-        secrets: Secrets {
-            pii_key: Some(dropshipd::config::Secret::new("ab".repeat(32))),
-            ..Secrets::for_webhooks(SECRET, "bench-viewer", "bench-operator")
-        },
-        warnings: Vec::new(),
-    };
-
-    // The daemon and the ceiling each run in their own actix system, as they would alone.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let app = Application::build(settings).await.expect("daemon builds");
-            let storage = app.state().storage.clone();
-            tx.send((format!("http://{}", app.public_addr()), storage))
-                .expect("send");
-            let _ = app.run_until_stopped().await;
-        })
-    });
-    let (daemon_url, storage) = rx.recv().expect("daemon address");
+fn start_ceiling() -> String {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
@@ -275,103 +212,335 @@ fn main() {
             let _ = server.run().await;
         })
     });
-    let ceiling_url = rx.recv().expect("ceiling address");
+    rx.recv().expect("ceiling address")
+}
 
-    let created_at = SystemClock.now_secs();
-    let body = body(created_at);
+// ---- the plan's design: node:http + ioredis LPUSH ----
+
+/// The plan's handler: verify, `LPUSH webhook-queue` the parsed payload, answer.
+const NODE_SERVER: &str = r#"
+const http = require('node:http');
+const crypto = require('node:crypto');
+const Redis = require('ioredis');
+
+const secret = process.env.WEBHOOK_SECRET;
+const redis = new Redis({ host: '127.0.0.1', port: Number(process.env.REDIS_PORT) });
+
+function validSignature(body, signature) {
+  if (typeof signature !== 'string') return false;
+  const expected = crypto.createHmac('sha256', secret).update(body).digest('hex');
+  const a = Buffer.from(expected);
+  const b = Buffer.from(signature);
+  return a.length === b.length && crypto.timingSafeEqual(a, b);
+}
+
+function json(res, status, value) {
+  const text = JSON.stringify(value);
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+const server = http.createServer((req, res) => {
+  if (req.method !== 'POST' || req.url !== '/webhooks/razorpay') return json(res, 404, { error: 'not_found' });
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', async () => {
+    const body = Buffer.concat(chunks);
+    if (!validSignature(body, req.headers['x-razorpay-signature'])) {
+      return json(res, 400, { error: 'Invalid signature' });
+    }
+    try {
+      const payload = JSON.parse(body);
+      await redis.lpush('webhook-queue', JSON.stringify(payload));
+      json(res, 200, { status: 'accepted' });
+    } catch (e) {
+      json(res, 503, { error: String(e) });
+    }
+  });
+});
+server.keepAliveTimeout = 60000;
+redis.on('ready', () => {
+  server.listen(Number(process.env.PORT), '127.0.0.1', () => console.log('listening'));
+});
+"#;
+
+/// The Node.js server and its Redis, stopped when dropped.
+struct NodeDesign {
+    node: Child,
+    redis: Child,
+    url: String,
+}
+
+impl Drop for NodeDesign {
+    fn drop(&mut self) {
+        for child in [&mut self.node, &mut self.redis] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts Redis and the Node.js server, or says why it cannot.
+fn start_node_design(dir: &Path) -> Result<NodeDesign, String> {
+    for program in ["node", "npm", "redis-server"] {
+        if !found(program) {
+            return Err(format!(
+                "`{program}` not found (apt-get install nodejs npm redis-server)"
+            ));
+        }
+    }
+    // Kept under target/ so that later runs need no download.
+    let app = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ingest-node-design");
+    std::fs::create_dir_all(&app).map_err(|e| e.to_string())?;
+    std::fs::write(app.join("server.js"), NODE_SERVER).map_err(|e| e.to_string())?;
+    if !app.join("node_modules/ioredis").exists() {
+        let installed = Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+                "ioredis@5",
+            ])
+            .current_dir(&app)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !installed.success() {
+            return Err("`npm install ioredis` failed".into());
+        }
+    }
+    let redis_port = free_port();
+    let redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let port = free_port();
+    let mut node = Command::new("node")
+        .arg(app.join("server.js"))
+        .env("WEBHOOK_SECRET", SECRET)
+        .env("REDIS_PORT", redis_port.to_string())
+        .env("PORT", port.to_string())
+        .env("NODE_PATH", app.join("node_modules"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut lines = BufReader::new(node.stdout.take().ok_or("no stdout")?).lines();
+    let design = NodeDesign {
+        node,
+        redis,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    match lines.next() {
+        Some(Ok(line)) if line == "listening" => {}
+        other => return Err(format!("the Node.js server did not start: {other:?}")),
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(design)
+}
+
+// ---- the daemon's own accounting ----
+
+/// `dropship_webhook_requests_total{outcome="accepted"}` from the daemon's scrape.
+fn accepted_counter(admin: &str) -> u64 {
+    let scrape = http_get(admin, "/metrics");
+    scrape
+        .lines()
+        .find(|l| {
+            l.starts_with("dropship_webhook_requests_total{") && l.contains("outcome=\"accepted\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+/// A plain HTTP/1.0 GET: the response's body, or empty on any failure.
+fn http_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Some(addr) = base.strip_prefix("http://") else {
+        return String::new();
+    };
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut response = String::new();
+    if stream.write_all(request.as_bytes()).is_err()
+        || stream.read_to_string(&mut response).is_err()
+    {
+        return String::new();
+    }
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// Inbox rows in the daemon's database: what it has made durable.
+fn stored_events(db: &Path) -> u64 {
+    let conn = dropshipd::storage::open_read_only(db).expect("open the daemon's database");
+    conn.query_row("SELECT count(*) FROM inbox", [], |r| r.get::<_, i64>(0))
+        .expect("count inbox") as u64
+}
+
+struct System {
+    name: &'static str,
+    url: String,
+    runs: Vec<Run>,
+}
+
+fn main() {
+    let options = options();
+    if !found("wrk") {
+        println!("ingest bench skipped: `wrk` not found (apt-get install wrk)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("bench.db");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [storage]\npath = \"{}\"\n[shipping]\nmode = \"manual\"\n\
+             [shiprocket]\nbase_url = \"http://127.0.0.1:9\"\n",
+            db.display()
+        ),
+    )
+    .expect("config");
+    let daemon = Daemon::start_logging(&config, SECRET, "info");
+    let mut systems = vec![System {
+        name: "dropshipd serve (durable, fsync)",
+        url: daemon.public.clone(),
+        runs: Vec::new(),
+    }];
+    let node = match start_node_design(dir.path()) {
+        Ok(node) => {
+            systems.push(System {
+                name: "Node.js + Redis LPUSH (not durable)",
+                url: node.url.clone(),
+                runs: Vec::new(),
+            });
+            Some(node)
+        }
+        Err(why) => {
+            println!("the plan's Node.js + Redis design is skipped: {why}");
+            None
+        }
+    };
+    systems.push(System {
+        name: "verify-only ceiling",
+        url: start_ceiling(),
+        runs: Vec::new(),
+    });
+
+    let body = body(SystemClock.now_secs());
     let script = dir.path().join("ingest.lua");
     std::fs::write(
         &script,
         wrk_script(&body, &sign(SECRET.as_bytes(), body.as_bytes())),
     )
     .expect("script");
-
     println!(
-        "webhook ingest: wrk -t2, {} s per run, median of {} runs, body {} bytes, db {}",
+        "webhook ingest: wrk -t1, {} s per run, {} reps interleaved, medians; {}-byte signed payment.authorized, a new event id per request",
         options.duration_secs,
         options.reps,
-        body.len(),
-        dir.path().display()
-    );
-    println!(
-        "{:>5} | {:>14} {:>9} {:>9} | {:>14} {:>9} {:>9} | {:>8} | {:>10}",
-        "conc",
-        "durable req/s",
-        "p50 ms",
-        "p99 ms",
-        "ceiling req/s",
-        "p50 ms",
-        "p99 ms",
-        "ratio",
-        "jobs/fsync"
-    );
-    let mut tag = 0;
-    for &concurrency in &options.concurrency {
-        let mut durable = Vec::new();
-        let mut ceilings = Vec::new();
-        let before: WriterStatsSnapshot = storage.writer_stats();
-        for _ in 0..options.reps {
-            tag += 1;
-            durable.push(run_wrk(
-                &script,
-                &daemon_url,
-                concurrency,
-                options.duration_secs,
-                &format!("d{tag}"),
-            ));
-            ceilings.push(run_wrk(
-                &script,
-                &ceiling_url,
-                concurrency,
-                options.duration_secs,
-                &format!("c{tag}"),
-            ));
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        let after = storage.writer_stats();
-        let errors: u64 = durable.iter().chain(&ceilings).map(|r| r.errors).sum();
-        let d_rps = median(durable.iter().map(|r| r.rps).collect());
-        let c_rps = median(ceilings.iter().map(|r| r.rps).collect());
-        let commits = (after.commits - before.commits).max(1);
-        println!(
-            "{:>5} | {:>14.0} {:>9.2} {:>9.2} | {:>14.0} {:>9.2} {:>9.2} | {:>7.0}% | {:>10.1}{}",
-            concurrency,
-            d_rps,
-            median(durable.iter().map(|r| r.p50_ms).collect()),
-            median(durable.iter().map(|r| r.p99_ms).collect()),
-            c_rps,
-            median(ceilings.iter().map(|r| r.p50_ms).collect()),
-            median(ceilings.iter().map(|r| r.p99_ms).collect()),
-            100.0 * d_rps / c_rps,
-            (after.jobs - before.jobs) as f64 / commits as f64,
-            if errors > 0 {
-                format!("  ({errors} errors!)")
-            } else {
-                String::new()
-            },
-        );
-    }
-    let stored = storage.writer_stats();
-    println!(
-        "writer: {} jobs in {} commits, largest batch {}",
-        stored.jobs, stored.commits, stored.largest_batch
+        body.len()
     );
 
+    let mut accounting_failures = Vec::new();
+    let started = Instant::now();
+    let mut tag = 0;
+    for &concurrency in &options.concurrency {
+        for system in &mut systems {
+            system.runs.clear();
+        }
+        for rep in 0..options.reps {
+            // Rotate who goes first, so no system always follows the same one.
+            let order: Vec<usize> = (0..systems.len())
+                .map(|i| (i + rep) % systems.len())
+                .collect();
+            for index in order {
+                tag += 1;
+                let is_daemon = index == 0;
+                let before =
+                    is_daemon.then(|| (accepted_counter(&daemon.admin), stored_events(&db)));
+                let system = &mut systems[index];
+                let run = run_wrk(
+                    &script,
+                    &system.url,
+                    concurrency,
+                    options.duration_secs,
+                    &format!("r{tag}"),
+                );
+                if let Some((accepted_before, stored_before)) = before {
+                    // Let the requests wrk abandoned finish before counting.
+                    std::thread::sleep(Duration::from_millis(300));
+                    let accepted = accepted_counter(&daemon.admin) - accepted_before;
+                    let stored = stored_events(&db) - stored_before;
+                    let answered = run.requests - run.non_2xx;
+                    let abandoned = accepted.saturating_sub(answered);
+                    if accepted != stored || accepted < answered || abandoned > concurrency as u64 {
+                        accounting_failures.push(format!(
+                            "c{concurrency} rep {rep}: wrk answered {answered}, accepted counter +{accepted}, stored +{stored}"
+                        ));
+                    }
+                }
+                system.runs.push(run);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        println!();
+        println!("concurrency {concurrency}:");
+        println!(
+            "{:<38} | {:>9} {:>8} {:>8} | {:>7} {:>6} | {:>9} {:>9}",
+            "system", "req/s", "p50 ms", "p99 ms", "non-2xx", "socket", "vs plan", "vs ceil"
+        );
+        let rps = |s: &System| median(s.runs.iter().map(|r| r.rps).collect());
+        let plan = (systems.len() == 3).then(|| rps(&systems[1]));
+        let ceiling = rps(&systems[systems.len() - 1]);
+        for system in &systems {
+            let r = rps(system);
+            println!(
+                "{:<38} | {:>9.0} {:>8.2} {:>8.2} | {:>7} {:>6} | {:>9} {:>8.2}x",
+                system.name,
+                r,
+                median(system.runs.iter().map(|r| r.p50_ms).collect()),
+                median(system.runs.iter().map(|r| r.p99_ms).collect()),
+                system.runs.iter().map(|r| r.non_2xx).sum::<u64>(),
+                system.runs.iter().map(|r| r.socket_errors).sum::<u64>(),
+                plan.map_or("-".into(), |p| format!("{:.2}x", r / p)),
+                r / ceiling,
+            );
+        }
+    }
+    let (rss, peak) = daemon.rss_kib();
     println!();
     println!(
-        "storage writer alone: 64 concurrent writers, {} s per run, median of {} runs",
-        options.duration_secs, options.reps
+        "daemon: RSS {} MiB now, {} MiB peak; {} events stored; bench took {:.0} s",
+        rss / 1024,
+        peak / 1024,
+        stored_events(&db),
+        started.elapsed().as_secs_f64()
     );
-    println!("{:>22} | {:>12} {:>9}", "", "writes/s", "p99 ms");
-    for (label, max_batch) in [("group commit", 2048), ("one commit per write", 1)] {
-        let runs: Vec<(f64, f64)> = (0..options.reps)
-            .map(|_| storage_only(dir.path(), max_batch, 64, options.duration_secs, &body))
-            .collect();
-        println!(
-            "{:>22} | {:>12.0} {:>9.2}",
-            label,
-            median(runs.iter().map(|r| r.0).collect()),
-            median(runs.iter().map(|r| r.1).collect())
-        );
+    if accounting_failures.is_empty() {
+        println!("accounting: every run's accepted counter equals the rows stored, and covers every request wrk saw answered");
+    } else {
+        println!("ACCOUNTING MISMATCH:");
+        for failure in &accounting_failures {
+            println!("  {failure}");
+        }
     }
+    drop(node);
 }

@@ -37,6 +37,7 @@ pub fn quantile(scrape: &str, name: &str, q: f64) -> Option<f64> {
     None
 }
 
+#[allow(dead_code)] // each benchmark uses a different part
 /// The value after `name` on the command line, parsed, or `default`.
 pub fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -68,6 +69,12 @@ impl Daemon {
     /// Starts the daemon on `config` (with `webhook_secret`) and waits for its
     /// `listening` line; its output is drained for the rest of its life.
     pub fn start(config: &std::path::Path, webhook_secret: &str) -> Self {
+        Self::start_logging(config, webhook_secret, "warn,dropshipd::startup=info")
+    }
+
+    /// As [`Daemon::start`], with `RUST_LOG` set to `log_filter` (the daemon's
+    /// default is `info`, which is what a user runs).
+    pub fn start_logging(config: &std::path::Path, webhook_secret: &str, log_filter: &str) -> Self {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dropshipd"))
             .env_clear()
@@ -77,7 +84,7 @@ impl Daemon {
             .env("DROPSHIPD_STOREFRONT_TOKEN", STOREFRONT_TOKEN)
             .env("DROPSHIPD_PII_KEY", "ab".repeat(32))
             .env("SHIPROCKET_PASSWORD", "bench-password")
-            .env("RUST_LOG", "warn,dropshipd::startup=info")
+            .env("RUST_LOG", log_filter)
             .args(["--config", &config.to_string_lossy(), "serve"])
             .stdout(std::process::Stdio::piped())
             .spawn()
