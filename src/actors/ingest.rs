@@ -92,6 +92,7 @@ impl WebhookIngest {
         ) {
             Ok(event) => WebhookRecord::Accepted {
                 dedup_key: key.as_str().to_owned(),
+                acted_on: event.acted.is_some(),
                 event: event.name,
                 razorpay_order_id: event.razorpay_order_id,
                 razorpay_payment_id: event.razorpay_payment_id,
@@ -138,9 +139,17 @@ impl Handler<IngestWebhook> for WebhookIngest {
             };
             let event_id = key.into_string();
             let reply = match storage.record_webhook(record).await? {
-                RecordOutcome::Accepted { inbox_id } => {
-                    tracing::info!(event_id = %event_id, inbox_id, "webhook accepted");
-                    wake.notify_one();
+                RecordOutcome::Accepted { inbox_id, pending } => {
+                    // An event that moves an order is worth a line; one that
+                    // moves nothing (payment.authorized, ...) is only counted
+                    // (dropship_webhook_requests_total): at a sale's rate its
+                    // line would cost more than storing it.
+                    if pending {
+                        tracing::info!(event_id = %event_id, inbox_id, "webhook accepted");
+                        wake.notify_one();
+                    } else {
+                        tracing::debug!(event_id = %event_id, inbox_id, "webhook accepted; no order acts on it");
+                    }
                     IngestReply::Accepted { event_id }
                 }
                 RecordOutcome::Quarantined { dead_letter_id } => {

@@ -7,6 +7,7 @@
 //! every commit durable before anyone is told it happened.
 
 mod audit;
+mod checkpoint;
 mod daemon_state;
 mod lock;
 mod migrations;
@@ -144,13 +145,21 @@ impl Storage {
         // The writer revisits the same index pages batch after batch; 64 MiB keeps
         // them parsed in SQLite's cache instead of re-reading them from the OS.
         conn.pragma_update(None, "cache_size", -65_536)?;
+        // A burst's WAL is cut back to this once it starts over.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         migrations::migrate(&mut conn)?;
+        let checkpointing = Connection::open(&options.path)?;
+        checkpointing.busy_timeout(options.busy_timeout)?;
+        let checkpoints =
+            checkpoint::Checkpoints::start(&conn, checkpointing, checkpoint::RESTART_FRAMES)
+                .map_err(StorageError::Thread)?;
         // The reply deadline covers a full busy wait plus the batch queued ahead.
         let (writer, _thread) = writer::Writer::spawn(
             conn,
             options.busy_timeout * 2,
             options.max_batch,
             audit::record_head,
+            Some(checkpoints),
         )
         .map_err(StorageError::Thread)?;
         let readers = readers::Readers::new(options.path.clone(), options.busy_timeout);

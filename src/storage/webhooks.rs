@@ -13,6 +13,10 @@ pub enum WebhookRecord {
     /// A usable event, for the inbox.
     Accepted {
         dedup_key: String,
+        /// Whether an order acts on it. One no order acts on
+        /// (`payment.authorized`, ...) is stored already processed, so the
+        /// dispatcher never reads it back: one write per such webhook.
+        acted_on: bool,
         event: String,
         razorpay_order_id: Option<String>,
         razorpay_payment_id: Option<String>,
@@ -35,6 +39,8 @@ pub enum WebhookRecord {
 pub enum RecordOutcome {
     Accepted {
         inbox_id: i64,
+        /// The entry waits for the dispatcher (an order acts on it).
+        pending: bool,
     },
     Quarantined {
         dead_letter_id: i64,
@@ -269,6 +275,7 @@ fn insert_webhook(
     match record {
         WebhookRecord::Accepted {
             dedup_key,
+            acted_on,
             event,
             razorpay_order_id,
             razorpay_payment_id,
@@ -276,10 +283,11 @@ fn insert_webhook(
             received_at_ms,
             body,
         } => {
+            let processed_at_ms = (!acted_on).then_some(*received_at_ms);
             conn.prepare_cached(
                 "INSERT INTO inbox (dedup_key, event, razorpay_order_id, razorpay_payment_id,
-                                    event_created_at, received_at_ms, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                    event_created_at, received_at_ms, body, processed_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 dedup_key,
@@ -288,10 +296,12 @@ fn insert_webhook(
                 razorpay_payment_id,
                 event_created_at,
                 received_at_ms,
-                body
+                body,
+                processed_at_ms
             ])?;
             Ok(RecordOutcome::Accepted {
                 inbox_id: conn.last_insert_rowid(),
+                pending: *acted_on,
             })
         }
         WebhookRecord::Quarantined {
@@ -406,6 +416,7 @@ mod tests {
     fn accepted(key: &str) -> WebhookRecord {
         WebhookRecord::Accepted {
             dedup_key: key.into(),
+            acted_on: true,
             event: "payment.captured".into(),
             razorpay_order_id: Some("order_1".into()),
             razorpay_payment_id: Some("pay_1".into()),
@@ -470,6 +481,46 @@ mod tests {
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].letter.reason, LetterReason::NotJson);
         assert_eq!(letters[0].letter.event_id.as_deref(), Some("evt_2"));
+    }
+
+    #[tokio::test]
+    async fn an_event_no_order_acts_on_is_stored_already_processed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageOptions::new(
+            dir.path().join("db.sqlite"),
+            std::time::Duration::from_secs(5),
+            super::super::PiiKey::from_bytes([7; 32]),
+        ))
+        .unwrap();
+        let mut authorized = accepted("evt_auth");
+        if let WebhookRecord::Accepted {
+            acted_on, event, ..
+        } = &mut authorized
+        {
+            *acted_on = false;
+            *event = "payment.authorized".into();
+        }
+        assert!(matches!(
+            storage.record_webhook(authorized).await.unwrap(),
+            RecordOutcome::Accepted { pending: false, .. }
+        ));
+        assert!(matches!(
+            storage.record_webhook(accepted("evt_cap")).await.unwrap(),
+            RecordOutcome::Accepted { pending: true, .. }
+        ));
+        let pending: Vec<_> = storage
+            .pending_inbox(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.dedup_key)
+            .collect();
+        assert_eq!(pending, vec!["evt_cap".to_string()]);
+        // Still a receipt: a redelivery is a duplicate.
+        assert_eq!(
+            storage.record_webhook(accepted("evt_auth")).await.unwrap(),
+            RecordOutcome::Duplicate
+        );
     }
 
     #[tokio::test]

@@ -27,6 +27,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::Checkpoints;
 use super::StorageError;
 
 /// Most jobs in one transaction by default; bounds the time a batch holds the write lock.
@@ -137,13 +138,23 @@ impl Writer {
         reply_deadline: Duration,
         max_batch: usize,
         before_commit: BeforeCommit,
+        checkpoints: Option<Checkpoints>,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(WriterStats::default());
         let thread_stats = Arc::clone(&stats);
         let handle = std::thread::Builder::new()
             .name("storage-writer".into())
-            .spawn(move || run(conn, queue, &thread_stats, max_batch.max(1), before_commit))?;
+            .spawn(move || {
+                run(
+                    conn,
+                    queue,
+                    &thread_stats,
+                    max_batch.max(1),
+                    before_commit,
+                    checkpoints,
+                )
+            })?;
         Ok((
             Self {
                 jobs,
@@ -209,6 +220,7 @@ fn run(
     stats: &WriterStats,
     max_batch: usize,
     before_commit: BeforeCommit,
+    checkpoints: Option<Checkpoints>,
 ) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(max_batch);
     while let Some(first) = queue.blocking_recv() {
@@ -235,6 +247,9 @@ fn run(
         let commit = commit.as_ref().map(|_| ()).map_err(String::as_str);
         for job in batch.drain(..) {
             job.finish(commit);
+        }
+        if let Some(checkpoints) = &checkpoints {
+            checkpoints.after_batch(&conn);
         }
     }
 }
@@ -288,7 +303,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (v INTEGER);")
             .unwrap();
-        let (writer, _) = Writer::spawn(conn, deadline, 64, no_bookkeeping).unwrap();
+        let (writer, _) = Writer::spawn(conn, deadline, 64, no_bookkeeping, None).unwrap();
         (writer, dir, path)
     }
 
