@@ -1,35 +1,36 @@
 //! The stock supervisor and its shards (SPEC §7).
 //!
 //! A SKU lives in shard `hash(sku) % N`; each [`StockShard`] is an actor that
-//! handles one change at a time, *including its commit*, so two checkouts for
-//! the last unit can never both see it available. The shard keeps its SKUs'
-//! levels in memory, decides with [`crate::domain::stock::apply`], and only
-//! once the change is committed updates memory: memory is never ahead of the
-//! disk.
+//! decides one change at a time, so two checkouts for the last unit can never
+//! both see it available. The shard keeps its SKUs' committed levels in memory
+//! and, beside them, the changes it has decided that are not committed yet.
 //!
 //! An order's stock changes are committed in the same transaction as the order
 //! change that implies them (SPEC §6: a reader who sees `paid` sees the sale).
-//! [`StockSupervisor::prepare`] asks the shards involved, in shard order (so
-//! two preparations never wait for each other), to decide the order's moves;
-//! each shard then holds its SKUs until the [`Prepared`] is settled with the
-//! commit's outcome: applied to memory when committed, forgotten when not,
-//! and read back from disk when the outcome is unknown. A multi-SKU
-//! reservation is therefore all-or-nothing by construction.
+//! [`StockSupervisor::prepare`] asks the shards involved to decide the order's
+//! moves; the shard answers at once and records the decision as pending until
+//! the [`Prepared`] is settled with the commit's outcome: added to the
+//! committed level when committed, dropped when not, and read back from disk
+//! when nobody knows. It does not wait for that commit: the next change is
+//! decided against [`stock::deciding_level`], which counts every pending
+//! change that lowers what is available and none that raises it, so a
+//! decision holds whichever pending changes commit. A hot SKU therefore moves
+//! at the writer's group-commit rate, not one fsync per checkout, and never
+//! oversells. A multi-SKU reservation is all-or-nothing by construction.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
 
 use crate::domain::clock::SharedClock;
 use crate::domain::order::OrderLine;
 use crate::domain::stock::{
-    self, reserve_moves, AllocationStatus, AllocationStep, LineMove, StockChange, StockError,
-    StockLevel,
+    self, reserve_moves, AllocationStatus, AllocationStep, LineMove, StockChange, StockDelta,
+    StockError, StockLevel,
 };
 use crate::storage::{StockStep, Storage, StorageError};
 
@@ -80,15 +81,21 @@ pub enum Settled {
     Unknown,
 }
 
-/// Decide `moves` (all of this shard's) for one transaction and hold the
-/// SKUs until `settled` says how its commit ended.
+/// Decide `moves` (all of this shard's; `due` says which are still to
+/// happen) for one transaction, recording them as pending under a ticket.
+#[derive(Message)]
+#[rtype(result = "Result<(u64, Vec<Option<StockStep>>), ReserveError>")]
+struct Prepare {
+    moves: Vec<(LineMove, bool)>,
+    at_ms: i64,
+}
+
+/// How the transaction holding a ticket's steps ended.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Prepare {
-    moves: Vec<LineMove>,
-    at_ms: i64,
-    prepared: oneshot::Sender<Result<Vec<Option<StockStep>>, ReserveError>>,
-    settled: oneshot::Receiver<Settled>,
+struct Settle {
+    ticket: u64,
+    outcome: Settled,
 }
 
 /// Per-shard counters for the status page.
@@ -100,14 +107,19 @@ pub struct ShardStats {
 }
 
 pub struct StockShard {
+    /// Levels as committed.
     levels: HashMap<String, StockLevel>,
+    /// Per SKU, the summed delta of each ticket decided and not yet settled.
+    pending: HashMap<String, Vec<(u64, StockDelta)>>,
+    /// Per ticket, its steps' SKUs and deltas, in the order they were decided.
+    tickets: HashMap<u64, Vec<(String, StockDelta)>>,
+    next_ticket: u64,
     /// SKUs whose level in memory may differ from the disk's until a read
     /// back succeeds: nothing is decided on them meanwhile.
-    untrusted: std::collections::HashSet<String>,
+    untrusted: HashSet<String>,
     storage: Storage,
     clock: SharedClock,
     stats: Arc<ShardStats>,
-    address: Option<Addr<StockShard>>,
 }
 
 impl Actor for StockShard {
@@ -125,20 +137,133 @@ impl StockShard {
             .store(self.levels.len() as u64, Ordering::Relaxed);
     }
 
-    /// The level decisions start from, unless memory cannot be trusted for it.
-    fn level(&self, sku: &str) -> Result<StockLevel, ReserveError> {
+    fn committed(&self, sku: &str) -> StockLevel {
+        self.levels.get(sku).copied().unwrap_or_default()
+    }
+
+    fn pending_of(&self, sku: &str) -> impl Iterator<Item = StockDelta> + '_ {
+        self.pending
+            .get(sku)
+            .into_iter()
+            .flatten()
+            .map(|(_, delta)| *delta)
+    }
+
+    /// The level `change` is decided against, unless memory cannot be trusted for it.
+    fn deciding(&self, sku: &str, change: StockChange) -> Result<StockLevel, StockFailure> {
         if self.untrusted.contains(sku) {
-            return Err(ReserveError::Failed(StockFailure::Storage(
-                StorageError::Reader(format!("the level of {sku} is being read back from disk")),
-            )));
+            return Err(StockFailure::Storage(StorageError::Reader(format!(
+                "the level of {sku} is being read back from disk"
+            ))));
         }
-        Ok(self.levels.get(sku).copied().unwrap_or_default())
+        let committed = self.committed(sku);
+        Ok(match change {
+            // A count's delta depends on the level: it is taken against what
+            // the level will be once everything pending has committed.
+            StockChange::Set(_) => stock::expected_level(committed, self.pending_of(sku)),
+            _ => stock::deciding_level(committed, self.pending_of(sku)),
+        })
+    }
+
+    /// Decides `changes` as one transaction: each on top of the ones before
+    /// it (they commit together). Returns the per-change outcome, `None` for
+    /// a change short of stock, or the first other refusal.
+    fn decide(
+        &self,
+        changes: &[(&str, StockChange)],
+    ) -> Result<Vec<Option<StockDelta>>, StockFailure> {
+        let mut own: HashMap<&str, StockDelta> = HashMap::new();
+        let mut decided = Vec::with_capacity(changes.len());
+        for &(sku, change) in changes {
+            let earlier = own.get(sku).copied().unwrap_or_default();
+            let level = self.deciding(sku, change)?.plus(earlier);
+            match stock::apply(level, change) {
+                Ok((_, delta)) => {
+                    own.insert(sku, earlier.plus(delta));
+                    decided.push(Some(delta));
+                }
+                Err(StockError::Insufficient { .. }) => decided.push(None),
+                Err(e) => return Err(StockFailure::Refused(e)),
+            }
+        }
+        Ok(decided)
+    }
+
+    /// Records decided steps as pending under a new ticket.
+    fn hold(&mut self, steps: Vec<(String, StockDelta)>) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let mut per_sku: BTreeMap<&str, StockDelta> = BTreeMap::new();
+        for (sku, delta) in &steps {
+            let sum = per_sku.entry(sku).or_default();
+            *sum = sum.plus(*delta);
+        }
+        for (sku, delta) in per_sku {
+            self.pending
+                .entry(sku.to_owned())
+                .or_default()
+                .push((ticket, delta));
+        }
+        self.tickets.insert(ticket, steps);
+        ticket
+    }
+
+    /// Ends a ticket: what committed joins the committed levels; when nobody
+    /// knows, its SKUs are read back from disk once nothing else is pending on them.
+    fn settle(&mut self, ticket: u64, outcome: Settled, ctx: &mut Context<Self>) {
+        let Some(steps) = self.tickets.remove(&ticket) else {
+            return;
+        };
+        self.stats.ops_total.fetch_add(1, Ordering::Relaxed);
+        for (sku, _) in &steps {
+            if let Some(list) = self.pending.get_mut(sku) {
+                list.retain(|(t, _)| *t != ticket);
+                if list.is_empty() {
+                    self.pending.remove(sku);
+                }
+            }
+        }
+        match outcome {
+            Settled::Committed(applied) if applied.len() == steps.len() => {
+                // A step not applied had happened before: the disk did not
+                // change for it, and neither does memory.
+                for ((sku, delta), applied) in steps.iter().zip(applied) {
+                    if applied {
+                        let next = self.committed(sku).plus(*delta);
+                        self.levels.insert(sku.clone(), next);
+                    }
+                }
+                self.publish();
+            }
+            Settled::NotCommitted => {}
+            Settled::Committed(_) | Settled::Unknown => {
+                self.untrusted
+                    .extend(steps.iter().map(|(sku, _)| sku.clone()));
+            }
+        }
+        self.reload_settled(ctx);
+    }
+
+    /// Reads back the untrusted SKUs that nothing is pending on any more.
+    fn reload_settled(&mut self, ctx: &mut Context<Self>) {
+        let ready: Vec<String> = self
+            .untrusted
+            .iter()
+            .filter(|sku| !self.pending.contains_key(*sku))
+            .cloned()
+            .collect();
+        if !ready.is_empty() {
+            ctx.notify(Reload(ready));
+        }
     }
 
     /// Puts levels read from disk in memory.
-    fn trust(&mut self, levels: Vec<(String, StockLevel)>) {
+    fn trust(&mut self, skus: &[String], levels: Vec<(String, StockLevel)>) {
+        for sku in skus {
+            self.untrusted.remove(sku);
+            self.levels.remove(sku);
+        }
         for (sku, level) in levels {
-            self.untrusted.remove(&sku);
             self.levels.insert(sku, level);
         }
         self.publish();
@@ -163,244 +288,167 @@ async fn step_due(
     })
 }
 
+/// Which of one transaction's `moves` are still to happen, by their
+/// allocation rows as they stand and as the moves before them leave them.
+/// For an order not stored yet (`new_order`) no row can exist: nothing is read.
+async fn moves_due(
+    storage: &Storage,
+    moves: &[LineMove],
+    new_order: bool,
+) -> Result<Vec<bool>, StorageError> {
+    let mut rows: HashMap<(String, String), Option<AllocationStatus>> = HashMap::new();
+    let mut due = Vec::with_capacity(moves.len());
+    for m in moves {
+        let order_id = match &m.allocation {
+            AllocationStep::None => {
+                due.push(true);
+                continue;
+            }
+            AllocationStep::Create { order_id, .. } | AllocationStep::Move { order_id, .. } => {
+                order_id.clone()
+            }
+        };
+        let key = (order_id, m.sku.clone());
+        let status = match rows.get(&key) {
+            Some(status) => *status,
+            None if new_order => None,
+            None => storage.allocation_status(&key.0, &key.1).await?,
+        };
+        let (is_due, after) = match &m.allocation {
+            AllocationStep::Create { .. } => {
+                (status.is_none(), status.or(Some(AllocationStatus::Held)))
+            }
+            AllocationStep::Move { from, to, .. } => match status.filter(|s| from.contains(s)) {
+                Some(_) => (true, Some(*to)),
+                None => (false, status),
+            },
+            AllocationStep::None => (true, status),
+        };
+        rows.insert(key, after);
+        due.push(is_due);
+    }
+    Ok(due)
+}
+
 impl Handler<ReadLevel> for StockShard {
     type Result = MessageResult<ReadLevel>;
 
     fn handle(&mut self, msg: ReadLevel, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.levels.get(&msg.0).copied().unwrap_or_default())
+        MessageResult(self.committed(&msg.0))
     }
 }
 
 impl Handler<ApplyStock> for StockShard {
-    type Result = AtomicResponse<Self, Result<StepOutcome, StockFailure>>;
+    type Result = ResponseActFuture<Self, Result<StepOutcome, StockFailure>>;
 
     fn handle(&mut self, msg: ApplyStock, _: &mut Self::Context) -> Self::Result {
         let storage = self.storage.clone();
-        let stats = Arc::clone(&self.stats);
         let at_ms = self.clock.now_ms();
         let check = {
             let storage = storage.clone();
             let (sku, allocation) = (msg.sku.clone(), msg.allocation.clone());
             async move { step_due(&storage, &sku, &allocation).await }
         };
-        stats.queued.fetch_add(1, Ordering::Relaxed);
-        AtomicResponse::new(Box::pin(check.into_actor(self).then(
-            move |due, shard, _| {
-                let decided = match due {
-                    Err(e) => Err(StockFailure::Storage(e)),
-                    Ok(false) => Ok(None),
-                    Ok(true) => match shard.level(&msg.sku) {
-                        Ok(level) => stock::apply(level, msg.change)
-                            .map(Some)
-                            .map_err(StockFailure::Refused),
-                        Err(ReserveError::Failed(e)) => Err(e),
-                        Err(ReserveError::Insufficient(_)) => Ok(None),
-                    },
+        Box::pin(check.into_actor(self).then(move |due, shard, _| {
+            // Decided when the read is back, against the levels as they are then.
+            let decided = match due {
+                Err(e) => Err(StockFailure::Storage(e)),
+                Ok(false) => Ok(None),
+                Ok(true) => shard.deciding(&msg.sku, msg.change).and_then(|level| {
+                    stock::apply(level, msg.change)
+                        .map(|(_, delta)| Some(delta))
+                        .map_err(StockFailure::Refused)
+                }),
+            };
+            let ticket = match &decided {
+                Ok(Some(delta)) => Some(shard.hold(vec![(msg.sku.clone(), *delta)])),
+                _ => None,
+            };
+            async move {
+                let Some(delta) = decided? else {
+                    return Ok(StepOutcome::AlreadyDone);
                 };
-                let sku = msg.sku.clone();
-                let write = async move {
-                    match decided? {
-                        None => Ok((StepOutcome::AlreadyDone, None)),
-                        Some((next, delta)) => {
-                            let facts = msg.facts.map(|facts| (msg.sku.clone(), facts));
-                            let step = StockStep {
-                                sku: msg.sku,
-                                delta,
-                                reason: msg.reason,
-                                allocation: msg.allocation,
-                                at_ms,
-                            };
-                            let applied = storage
-                                .apply_operator_steps(vec![step], facts, msg.audit)
-                                .await?
-                                .first()
-                                .copied()
-                                .unwrap_or(false);
-                            Ok(if applied {
-                                (StepOutcome::Applied, Some(next))
-                            } else {
-                                (StepOutcome::AlreadyDone, None)
-                            })
-                        }
+                let facts = msg.facts.map(|facts| (msg.sku.clone(), facts));
+                let step = StockStep {
+                    sku: msg.sku,
+                    delta,
+                    reason: msg.reason,
+                    allocation: msg.allocation,
+                    at_ms,
+                };
+                let applied = storage
+                    .apply_operator_steps(vec![step], facts, msg.audit)
+                    .await?;
+                Ok(if applied.first().copied().unwrap_or(false) {
+                    StepOutcome::Applied
+                } else {
+                    StepOutcome::AlreadyDone
+                })
+            }
+            .into_actor(shard)
+            .map(
+                move |result: Result<StepOutcome, StockFailure>, shard, ctx| {
+                    if let Some(ticket) = ticket {
+                        let outcome = match &result {
+                            Ok(StepOutcome::Applied) => Settled::Committed(vec![true]),
+                            Ok(StepOutcome::AlreadyDone) => Settled::Committed(vec![false]),
+                            Err(StockFailure::Storage(e)) => settled_after(e),
+                            Err(_) => Settled::NotCommitted,
+                        };
+                        shard.settle(ticket, outcome, ctx);
                     }
-                };
-                write
-                    .into_actor(shard)
-                    .map(move |result: Result<_, StockFailure>, shard, _| {
-                        stats.queued.fetch_sub(1, Ordering::Relaxed);
-                        stats.ops_total.fetch_add(1, Ordering::Relaxed);
-                        let (outcome, next) = result?;
-                        if let Some(next) = next {
-                            shard.levels.insert(sku, next);
-                            shard.publish();
-                        }
-                        Ok(outcome)
-                    })
-            },
-        )))
+                    result
+                },
+            )
+        }))
     }
 }
 
 impl Handler<Prepare> for StockShard {
-    type Result = AtomicResponse<Self, ()>;
+    type Result = Result<(u64, Vec<Option<StockStep>>), ReserveError>;
 
     fn handle(&mut self, msg: Prepare, _: &mut Self::Context) -> Self::Result {
-        let storage = self.storage.clone();
-        let Prepare {
-            moves,
-            at_ms,
-            prepared,
-            settled,
-        } = msg;
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        // Which moves are still to happen, by their allocation rows as they
-        // stand and as the moves before them in this transaction leave them.
-        let check = {
-            let storage = storage.clone();
-            let moves = moves.clone();
-            async move {
-                let mut rows: HashMap<(String, String), Option<AllocationStatus>> = HashMap::new();
-                let mut due = Vec::with_capacity(moves.len());
-                for m in &moves {
-                    let order_id = match &m.allocation {
-                        AllocationStep::None => {
-                            due.push(true);
-                            continue;
-                        }
-                        AllocationStep::Create { order_id, .. }
-                        | AllocationStep::Move { order_id, .. } => order_id.clone(),
-                    };
-                    let key = (order_id, m.sku.clone());
-                    let status = match rows.get(&key) {
-                        Some(status) => *status,
-                        None => storage.allocation_status(&key.0, &key.1).await?,
-                    };
-                    let (is_due, after) = match &m.allocation {
-                        AllocationStep::Create { .. } => {
-                            (status.is_none(), status.or(Some(AllocationStatus::Held)))
-                        }
-                        AllocationStep::Move { from, to, .. } => {
-                            match status.filter(|s| from.contains(s)) {
-                                Some(_) => (true, Some(*to)),
-                                None => (false, status),
-                            }
-                        }
-                        AllocationStep::None => (true, status),
-                    };
-                    rows.insert(key, after);
-                    due.push(is_due);
-                }
-                Ok::<_, StorageError>(due)
-            }
-        };
-        AtomicResponse::new(Box::pin(check.into_actor(self).then(
-            move |due, shard, _| {
-                // Decide against memory, each move on top of the ones before;
-                // every SKU short of stock is named.
-                let mut working: BTreeMap<String, StockLevel> = BTreeMap::new();
-                let mut short: Vec<String> = Vec::new();
-                let decided: Result<Vec<Option<(StockStep, StockLevel)>>, ReserveError> = due
-                    .map_err(|e| ReserveError::Failed(StockFailure::Storage(e)))
-                    .and_then(|due| {
-                        let mut steps = Vec::with_capacity(moves.len());
-                        for (m, due) in moves.into_iter().zip(due) {
-                            if !due {
-                                steps.push(None);
-                                continue;
-                            }
-                            let level = match working.get(&m.sku) {
-                                Some(level) => *level,
-                                None => shard.level(&m.sku)?,
-                            };
-                            match stock::apply(level, m.change) {
-                                Ok((next, delta)) => {
-                                    working.insert(m.sku.clone(), next);
-                                    steps.push(Some((
-                                        StockStep {
-                                            sku: m.sku,
-                                            delta,
-                                            reason: m.reason.to_owned(),
-                                            allocation: m.allocation,
-                                            at_ms,
-                                        },
-                                        next,
-                                    )));
-                                }
-                                Err(StockError::Insufficient { .. }) => {
-                                    short.push(m.sku);
-                                    steps.push(None);
-                                }
-                                Err(e) => return Err(ReserveError::Failed(e.into())),
-                            }
-                        }
-                        if short.is_empty() {
-                            Ok(steps)
-                        } else {
-                            Err(ReserveError::Insufficient(short))
-                        }
-                    });
-                let holding = match decided {
-                    Ok(steps) => {
-                        let answer = steps
-                            .iter()
-                            .map(|s| s.as_ref().map(|(step, _)| step.clone()))
-                            .collect();
-                        let _ = prepared.send(Ok(answer));
-                        Some(steps)
-                    }
-                    Err(e) => {
-                        let _ = prepared.send(Err(e));
-                        None
-                    }
-                };
-                // Held until the commit's outcome is known.
-                async move {
-                    let Some(steps) = holding else {
-                        return (Vec::new(), None);
-                    };
-                    let due: Vec<(StockStep, StockLevel)> = steps.into_iter().flatten().collect();
-                    let outcome = settled.await.unwrap_or(Settled::Unknown);
-                    let trusted = match &outcome {
-                        Settled::Committed(applied) => {
-                            applied.len() == due.len() && applied.iter().all(|a| *a)
-                        }
-                        Settled::NotCommitted => true,
-                        Settled::Unknown => false,
-                    };
-                    if trusted {
-                        let levels = match outcome {
-                            Settled::Committed(_) => {
-                                due.into_iter().map(|(step, next)| (step.sku, next)).collect()
-                            }
-                            _ => Vec::new(),
-                        };
-                        return (levels, None);
-                    }
-                    // Committed otherwise than decided, or nobody knows: the disk says.
-                    let skus: Vec<String> = due.into_iter().map(|(step, _)| step.sku).collect();
-                    let read = storage.stock_levels_of(skus.clone()).await;
-                    match read {
-                        Ok(levels) => (levels, None),
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot read stock levels back; their SKUs wait");
-                            (Vec::new(), Some(skus))
-                        }
-                    }
-                }
-                .into_actor(shard)
-                .map(|(levels, unread), shard, _| {
-                    shard.stats.queued.fetch_sub(1, Ordering::Relaxed);
-                    shard.stats.ops_total.fetch_add(1, Ordering::Relaxed);
-                    shard.trust(levels);
-                    if let Some(skus) = unread {
-                        shard.untrusted.extend(skus.iter().cloned());
-                        if let Some(addr) = shard.address.as_ref() {
-                            addr.do_send(Reload(skus));
-                        }
-                    }
+        let Prepare { moves, at_ms } = msg;
+        let due: Vec<(&str, StockChange)> = moves
+            .iter()
+            .filter(|(_, due)| *due)
+            .map(|(m, _)| (m.sku.as_str(), m.change))
+            .collect();
+        let decided = self.decide(&due)?;
+        let short: Vec<String> = due
+            .iter()
+            .zip(&decided)
+            .filter(|(_, delta)| delta.is_none())
+            .map(|((sku, _), _)| (*sku).to_owned())
+            .collect();
+        if !short.is_empty() {
+            return Err(ReserveError::Insufficient(short));
+        }
+        let mut deltas = decided.into_iter().flatten();
+        let mut held = Vec::new();
+        let steps = moves
+            .into_iter()
+            .map(|(m, due)| {
+                let delta = if due { deltas.next() } else { None }?;
+                held.push((m.sku.clone(), delta));
+                Some(StockStep {
+                    sku: m.sku,
+                    delta,
+                    reason: m.reason.to_owned(),
+                    allocation: m.allocation,
+                    at_ms,
                 })
-            },
-        )))
+            })
+            .collect();
+        Ok((self.hold(held), steps))
+    }
+}
+
+impl Handler<Settle> for StockShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Settle, ctx: &mut Self::Context) {
+        self.settle(msg.ticket, msg.outcome, ctx);
     }
 }
 
@@ -414,34 +462,34 @@ impl Handler<Reload> for StockShard {
 
     fn handle(&mut self, Reload(skus): Reload, _: &mut Self::Context) -> Self::Result {
         let storage = self.storage.clone();
-        let retry = skus.clone();
+        let asked = skus.clone();
         AtomicResponse::new(Box::pin(
             async move { storage.stock_levels_of(skus).await }
                 .into_actor(self)
                 .map(move |levels, shard, ctx| match levels {
-                    Ok(levels) => shard.trust(levels),
+                    Ok(levels) => shard.trust(&asked, levels),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot read stock levels back; retrying");
-                        ctx.notify_later(Reload(retry), std::time::Duration::from_millis(500));
+                        ctx.notify_later(Reload(asked), std::time::Duration::from_millis(500));
                     }
                 }),
         ))
     }
 }
 
-/// Steps decided by the shards and held there until [`Prepared::settle`].
+/// Steps decided by the shards and pending there until [`Prepared::settle`].
 pub struct Prepared {
     /// Every step to commit, in move order (moves already done are left out).
     pub steps: Vec<StockStep>,
-    /// Per shard: where its steps sit in `steps`, and its settle channel.
-    shards: Vec<(Vec<usize>, oneshot::Sender<Settled>)>,
+    /// Per shard: where its steps sit in `steps`, the shard and its ticket.
+    shards: Vec<(Vec<usize>, Addr<StockShard>, u64)>,
 }
 
 impl Prepared {
     /// Tells the shards how the commit of `steps` ended; `applied` is the
     /// commit's flag per step.
     pub fn settle(mut self, outcome: Result<&[bool], Settled>) {
-        for (positions, shard) in self.shards.drain(..) {
+        for (positions, shard, ticket) in self.shards.drain(..) {
             let settled = match outcome {
                 Ok(applied) => Settled::Committed(
                     positions
@@ -451,7 +499,10 @@ impl Prepared {
                 ),
                 Err(ref other) => other.clone(),
             };
-            let _ = shard.send(settled);
+            shard.do_send(Settle {
+                ticket,
+                outcome: settled,
+            });
         }
     }
 
@@ -463,8 +514,11 @@ impl Prepared {
 impl Drop for Prepared {
     fn drop(&mut self) {
         // Dropped without a word (a panic, a cancelled future): the shards read back.
-        for (_, shard) in self.shards.drain(..) {
-            let _ = shard.send(Settled::Unknown);
+        for (_, shard, ticket) in self.shards.drain(..) {
+            shard.do_send(Settle {
+                ticket,
+                outcome: Settled::Unknown,
+            });
         }
     }
 }
@@ -514,14 +568,17 @@ impl StockSupervisor {
                 stats.skus.store(levels.len() as u64, Ordering::Relaxed);
                 let (storage, clock, shard_stats) =
                     (storage.clone(), Arc::clone(&clock), Arc::clone(&stats));
-                let shard = StockShard::create(move |ctx| StockShard {
+                let shard = StockShard {
                     levels,
-                    untrusted: Default::default(),
+                    pending: HashMap::new(),
+                    tickets: HashMap::new(),
+                    next_ticket: 0,
+                    untrusted: HashSet::new(),
                     storage,
                     clock,
                     stats: shard_stats,
-                    address: Some(ctx.address()),
-                });
+                }
+                .start();
                 (shard, stats)
             })
             .collect();
@@ -548,38 +605,54 @@ impl StockSupervisor {
         Ok(self.shard(sku).send(ReadLevel(sku.to_owned())).await?)
     }
 
-    /// Has the shards decide `moves` for one transaction, in shard order, and
-    /// hold their SKUs until the result is settled. A move refused for want
-    /// of stock refuses them all ([`ReserveError::Insufficient`] names every
-    /// short SKU of the shards asked so far); moves whose allocation already
-    /// moved are left out, so a repeat prepares nothing.
+    /// Has the shards decide `moves` for one transaction and hold them as
+    /// pending until the result is settled. A move refused for want of stock
+    /// refuses them all ([`ReserveError::Insufficient`] names every short SKU);
+    /// moves whose allocation already moved are left out, so a repeat
+    /// prepares nothing.
     pub async fn prepare(&self, moves: Vec<LineMove>) -> Result<Prepared, ReserveError> {
+        self.prepare_moves(moves, false).await
+    }
+
+    /// [`Self::prepare`] for the moves of an order that is not stored yet and
+    /// is inserted in the same commit (a checkout): its allocations cannot
+    /// exist, so none is read first.
+    pub async fn prepare_new_order(&self, moves: Vec<LineMove>) -> Result<Prepared, ReserveError> {
+        self.prepare_moves(moves, true).await
+    }
+
+    async fn prepare_moves(
+        &self,
+        moves: Vec<LineMove>,
+        new_order: bool,
+    ) -> Result<Prepared, ReserveError> {
         let at_ms = self.clock.now_ms();
-        let mut by_shard: BTreeMap<usize, Vec<(usize, LineMove)>> = BTreeMap::new();
-        for (position, m) in moves.into_iter().enumerate() {
+        let due = moves_due(&self.storage, &moves, new_order)
+            .await
+            .map_err(|e| ReserveError::Failed(StockFailure::Storage(e)))?;
+        // Per shard: each move's position in `moves`, the move and whether it is due.
+        type ShardMoves = Vec<(usize, (LineMove, bool))>;
+        let mut by_shard: BTreeMap<usize, ShardMoves> = BTreeMap::new();
+        for (position, (m, due)) in moves.into_iter().zip(due).enumerate() {
             by_shard
                 .entry(self.shard_index(&m.sku))
                 .or_default()
-                .push((position, m));
+                .push((position, (m, due)));
         }
         let mut decided: Vec<(usize, StockStep)> = Vec::new();
-        let mut held: Vec<(Vec<usize>, oneshot::Sender<Settled>)> = Vec::new();
+        let mut held: Vec<(Vec<usize>, Addr<StockShard>, u64)> = Vec::new();
         let mut short = Vec::new();
         let mut failure = None;
         // Every shard is asked even after a shortage, so the refusal names
         // every SKU short of stock; nothing is committed then.
         for (index, moves) in by_shard {
-            let (prepared_tx, prepared_rx) = oneshot::channel();
-            let (settle_tx, settle_rx) = oneshot::channel();
-            let (positions, moves): (Vec<usize>, Vec<LineMove>) = moves.into_iter().unzip();
-            self.shards[index].0.do_send(Prepare {
-                moves,
-                at_ms,
-                prepared: prepared_tx,
-                settled: settle_rx,
-            });
-            match prepared_rx.await {
-                Ok(Ok(steps)) => {
+            let (shard, stats) = &self.shards[index];
+            let (positions, moves): (Vec<usize>, Vec<(LineMove, bool)>) = moves.into_iter().unzip();
+            stats.queued.fetch_add(1, Ordering::Relaxed);
+            let answer = shard.send(Prepare { moves, at_ms }).await;
+            stats.queued.fetch_sub(1, Ordering::Relaxed);
+            match answer {
+                Ok(Ok((ticket, steps))) => {
                     let mut mine = Vec::new();
                     for (position, step) in positions.into_iter().zip(steps) {
                         if let Some(step) = step {
@@ -587,15 +660,15 @@ impl StockSupervisor {
                             decided.push((position, step));
                         }
                     }
-                    held.push((mine, settle_tx));
+                    held.push((mine, shard.clone(), ticket));
                 }
                 Ok(Err(ReserveError::Insufficient(skus))) => short.extend(skus),
                 Ok(Err(ReserveError::Failed(e))) => {
                     failure = Some(e);
                     break;
                 }
-                Err(_) => {
-                    failure = Some(StockFailure::Mailbox(MailboxError::Closed));
+                Err(e) => {
+                    failure = Some(StockFailure::Mailbox(e));
                     break;
                 }
             }
@@ -761,4 +834,144 @@ pub fn shard_of(sku: &str, shards: usize) -> usize {
     let mut hasher = DefaultHasher::new();
     sku.hash(&mut hasher);
     (hasher.finish() % shards.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::clock::SystemClock;
+    use crate::storage::{PiiKey, StorageOptions};
+
+    async fn supervisor(on_hand: i64) -> (StockSupervisor, Storage, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageOptions::new(
+            dir.path().join("stock.db"),
+            Duration::from_secs(5),
+            PiiKey::from_bytes([5; 32]),
+        ))
+        .unwrap();
+        let stock = StockSupervisor::start(storage.clone(), Arc::new(SystemClock), 4)
+            .await
+            .unwrap();
+        stock
+            .apply(ApplyStock {
+                sku: "HOT".into(),
+                change: StockChange::Set(on_hand),
+                allocation: AllocationStep::None,
+                reason: "count".into(),
+                facts: None,
+                audit: None,
+            })
+            .await
+            .unwrap();
+        (stock, storage, dir)
+    }
+
+    fn hold(order: &str, quantity: u32) -> Vec<LineMove> {
+        reserve_moves(
+            order,
+            &[OrderLine {
+                sku: "HOT".into(),
+                name: "Hot tee".into(),
+                quantity,
+                unit_price_paise: 100,
+                weight_g: None,
+            }],
+        )
+    }
+
+    /// What a checkout does: decide, commit with the order, settle.
+    async fn checkout(stock: &StockSupervisor, storage: &Storage, order: &str) -> bool {
+        let Ok(prepared) = stock.prepare_new_order(hold(order, 1)).await else {
+            return false;
+        };
+        match storage.apply_stock_steps(prepared.steps.clone()).await {
+            Ok(applied) => {
+                prepared.settle(Ok(&applied));
+                true
+            }
+            Err(e) => {
+                prepared.settle(Err(settled_after(&e)));
+                false
+            }
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_hot_sku_commits_in_groups_and_never_oversells() {
+        let (stock, storage, _dir) = supervisor(150).await;
+        let before = storage.writer_stats().commits;
+        let tasks: Vec<_> = (0..400)
+            .map(|i| {
+                let (stock, storage) = (stock.clone(), storage.clone());
+                actix_rt::spawn(async move { checkout(&stock, &storage, &format!("o{i}")).await })
+            })
+            .collect();
+        let mut held = 0;
+        for task in tasks {
+            held += usize::from(task.await.unwrap());
+        }
+        assert_eq!(held, 150, "every unit held once, none twice");
+        let level = stock.level("HOT").await.unwrap();
+        assert_eq!((level.on_hand, level.reserved), (150, 150));
+        let (_, mismatches) = storage.reconcile_stock().await.unwrap();
+        assert!(mismatches.is_empty(), "{mismatches:?}");
+        // One commit per checkout would be 150 commits: decisions did not wait for them.
+        let commits = storage.writer_stats().commits - before;
+        assert!(commits < 75, "{commits} commits for 150 holds");
+    }
+
+    #[actix_rt::test]
+    async fn pending_holds_count_until_settled_and_a_failed_one_frees_its_units() {
+        let (stock, _storage, _dir) = supervisor(5).await;
+        let first = stock.prepare_new_order(hold("a", 3)).await.unwrap();
+        let second = stock.prepare_new_order(hold("b", 2)).await.unwrap();
+        assert!(
+            matches!(
+                stock.prepare_new_order(hold("c", 1)).await,
+                Err(ReserveError::Insufficient(_))
+            ),
+            "pending holds count against what is available"
+        );
+        // The first never commits; the second does. Neither waited for the other.
+        first.settle(Err(Settled::NotCommitted));
+        second.settle(Ok(&[true]));
+        let level = stock.level("HOT").await.unwrap();
+        assert_eq!((level.on_hand, level.reserved), (5, 2));
+        let third = stock.prepare_new_order(hold("c", 3)).await.unwrap();
+        third.settle(Err(Settled::NotCommitted));
+    }
+
+    #[actix_rt::test]
+    async fn an_unknown_outcome_reads_the_level_back_once_nothing_is_pending() {
+        let (stock, storage, _dir) = supervisor(5).await;
+        let lost = stock.prepare_new_order(hold("a", 2)).await.unwrap();
+        let committed = stock.prepare_new_order(hold("b", 1)).await.unwrap();
+        // Committed for real, but the shard is told nobody knows.
+        storage.apply_stock_steps(lost.steps.clone()).await.unwrap();
+        lost.settle(Err(Settled::Unknown));
+        assert!(
+            stock.prepare_new_order(hold("c", 1)).await.is_err(),
+            "nothing is decided on a SKU being read back"
+        );
+        let applied = storage
+            .apply_stock_steps(committed.steps.clone())
+            .await
+            .unwrap();
+        committed.settle(Ok(&applied));
+        // The read-back happens once "b" is settled, and finds both holds.
+        let mut level = stock.level("HOT").await.unwrap();
+        for _ in 0..100 {
+            if level.reserved == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            level = stock.level("HOT").await.unwrap();
+        }
+        assert_eq!((level.on_hand, level.reserved), (5, 3));
+        let next = stock.prepare_new_order(hold("d", 2)).await.unwrap();
+        next.settle(Err(Settled::NotCommitted));
+    }
 }

@@ -192,6 +192,60 @@ pub fn apply(
     Ok((next, delta))
 }
 
+impl StockLevel {
+    /// The level with `delta` applied.
+    pub fn plus(self, delta: StockDelta) -> StockLevel {
+        StockLevel {
+            on_hand: self.on_hand + delta.on_hand,
+            reserved: self.reserved + delta.reserved,
+        }
+    }
+}
+
+impl StockDelta {
+    pub fn plus(self, other: StockDelta) -> StockDelta {
+        StockDelta {
+            on_hand: self.on_hand + other.on_hand,
+            reserved: self.reserved + other.reserved,
+        }
+    }
+}
+
+/// The level to decide a change against while `pending` changes are decided
+/// but not yet committed, each of which may yet commit or not, in any order.
+///
+/// Its `available` is the committed figure less every pending change that
+/// lowers it (a hold, a sale of units not held), and its `reserved` the
+/// committed figure less every pending change that lowers that (a release, a
+/// sale of held units); what pending changes would add counts only once it
+/// is committed. A change [`apply`] allows against this level is therefore
+/// allowed whichever of the pending ones land: decisions never wait for
+/// commits, and a failed commit leaves the others standing. Only `Set`, whose
+/// delta depends on the level itself, needs the expected level
+/// ([`expected_level`]) instead.
+pub fn deciding_level(
+    committed: StockLevel,
+    pending: impl IntoIterator<Item = StockDelta>,
+) -> StockLevel {
+    let (mut available, mut reserved) = (committed.available(), committed.reserved);
+    for delta in pending {
+        available += (delta.on_hand - delta.reserved).min(0);
+        reserved += delta.reserved.min(0);
+    }
+    StockLevel {
+        on_hand: available + reserved,
+        reserved,
+    }
+}
+
+/// The level once every pending change has committed.
+pub fn expected_level(
+    committed: StockLevel,
+    pending: impl IntoIterator<Item = StockDelta>,
+) -> StockLevel {
+    pending.into_iter().fold(committed, StockLevel::plus)
+}
+
 /// One stock change an order's transition implies for one of its lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineMove {
@@ -424,7 +478,90 @@ mod tests {
         assert_eq!(changes(S::AwaitingShipment, S::ShipmentCreated), vec![]);
     }
 
+    fn non_set_change() -> impl Strategy<Value = StockChange> {
+        change().prop_filter("Set is decided on the expected level", |c| {
+            !matches!(c, StockChange::Set(_))
+        })
+    }
+
+    #[test]
+    fn pending_holds_count_against_what_is_available_and_pending_returns_do_not() {
+        let committed = StockLevel {
+            on_hand: 10,
+            reserved: 2,
+        };
+        let hold = StockDelta {
+            on_hand: 0,
+            reserved: 3,
+        };
+        let sale_of_held = StockDelta {
+            on_hand: -2,
+            reserved: -2,
+        };
+        let restock = StockDelta {
+            on_hand: 5,
+            reserved: 0,
+        };
+        let level = deciding_level(committed, [hold, sale_of_held, restock]);
+        assert_eq!(
+            level.available(),
+            5,
+            "8 committed less the pending hold of 3"
+        );
+        assert_eq!(level.reserved, 0, "2 committed less the pending sale of 2");
+        assert_eq!(
+            expected_level(committed, [hold, sale_of_held, restock]),
+            StockLevel {
+                on_hand: 13,
+                reserved: 3
+            }
+        );
+    }
+
     proptest! {
+        /// Changes decided against the deciding level while others are still
+        /// pending: whichever of them commit, in whatever order, no level is
+        /// ever invalid (no oversell, no negative hold).
+        #[test]
+        fn decisions_on_pending_levels_hold_whichever_commit(
+            start in 0i64..20,
+            decisions in proptest::collection::vec(
+                (proptest::collection::vec(non_set_change(), 1..4), any::<bool>(), 0usize..8),
+                0..60,
+            ),
+        ) {
+            let mut committed = StockLevel { on_hand: start, reserved: 0 };
+            // Decided transactions not yet settled: their summed delta each.
+            let mut pending: Vec<StockDelta> = Vec::new();
+            for (changes, commits, settle_index) in decisions {
+                let level = deciding_level(committed, pending.iter().copied());
+                let mut own = StockDelta::default();
+                let mut refused = false;
+                for change in changes {
+                    match apply(level.plus(own), change) {
+                        Ok((_, delta)) => own = own.plus(delta),
+                        Err(_) => { refused = true; break; }
+                    }
+                }
+                if !refused {
+                    pending.push(own);
+                }
+                // Now and then settle one pending transaction, chosen at
+                // random: committed or not. Others stay pending meanwhile.
+                if !pending.is_empty() && settle_index % 2 == 0 {
+                    let settled = pending.remove(settle_index % pending.len());
+                    if commits {
+                        committed = committed.plus(settled);
+                    }
+                }
+                prop_assert!(committed.available() >= 0, "{committed:?}");
+                prop_assert!(committed.reserved >= 0, "{committed:?}");
+                // And the worst case of what is still pending is valid too.
+                let worst = deciding_level(committed, pending.iter().copied());
+                prop_assert!(worst.available() >= 0 && worst.reserved >= 0, "{worst:?}");
+            }
+        }
+
         /// Whatever operators and checkouts do, available never goes negative and
         /// the levels always equal the sums of their ledger deltas.
         #[test]

@@ -83,7 +83,7 @@ pub(super) async fn create(
         OrderState::PendingPayment,
         order.state,
     ));
-    let prepared = match deps.stock.prepare(moves).await {
+    let prepared = match deps.stock.prepare_new_order(moves).await {
         Ok(prepared) => prepared,
         Err(ReserveError::Insufficient(skus)) => {
             deps.metrics.stock_reservation(false);
