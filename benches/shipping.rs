@@ -161,7 +161,8 @@ fn scenario(
         p50: quantile(&scrape, "dropship_shipping_creation_seconds", 0.5).unwrap_or(f64::NAN),
         p99: quantile(&scrape, "dropship_shipping_creation_seconds", 0.99).unwrap_or(f64::NAN),
         creation_p50: quantile(&scrape, "dropship_order_creation_seconds", 0.5).unwrap_or(f64::NAN),
-        creation_p99: quantile(&scrape, "dropship_order_creation_seconds", 0.99).unwrap_or(f64::NAN),
+        creation_p99: quantile(&scrape, "dropship_order_creation_seconds", 0.99)
+            .unwrap_or(f64::NAN),
     }
 }
 
