@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use dropshipd::actors::stock::{settled_after, ApplyStock, StockSupervisor};
 use dropshipd::domain::clock::SystemClock;
 use dropshipd::domain::order::OrderLine;
-use dropshipd::domain::stock::{reserve_moves, AllocationStep, StockChange};
+use dropshipd::domain::stock::reserve_moves;
 use dropshipd::storage::{PiiKey, Storage, StorageOptions};
 
 mod common;
@@ -119,14 +119,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 async fn set_on_hand(stock: &StockSupervisor, on_hand: i64) {
     stock
-        .apply(ApplyStock {
-            sku: SKU.into(),
-            change: StockChange::Set(on_hand),
-            allocation: AllocationStep::None,
-            reason: "count".into(),
-            facts: None,
-            audit: None,
-        })
+        .apply(ApplyStock::count(SKU, on_hand))
         .await
         .expect("count the shelf");
 }

@@ -66,6 +66,21 @@ pub struct ApplyStock {
     pub audit: Option<crate::storage::AuditedAction>,
 }
 
+impl ApplyStock {
+    /// A count of the shelf: `on_hand` becomes this, with no order, facts or
+    /// audit entry attached (seeding, tools and tests).
+    pub fn count(sku: &str, on_hand: i64) -> Self {
+        Self {
+            sku: sku.to_owned(),
+            change: StockChange::Set(on_hand),
+            allocation: AllocationStep::None,
+            reason: "count".into(),
+            facts: None,
+            audit: None,
+        }
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "StockLevel")]
 pub struct ReadLevel(pub String);
@@ -270,24 +285,6 @@ impl StockShard {
     }
 }
 
-/// Whether an allocation step is still to happen, by the row's status now.
-async fn step_due(
-    storage: &Storage,
-    sku: &str,
-    allocation: &AllocationStep,
-) -> Result<bool, StorageError> {
-    Ok(match allocation {
-        AllocationStep::Move { order_id, from, .. } => storage
-            .allocation_status(order_id, sku)
-            .await?
-            .is_some_and(|s| from.contains(&s)),
-        AllocationStep::Create { order_id, .. } => {
-            storage.allocation_status(order_id, sku).await?.is_none()
-        }
-        AllocationStep::None => true,
-    })
-}
-
 /// Which of one transaction's `moves` are still to happen, by their
 /// allocation rows as they stand and as the moves before them leave them.
 /// For an order not stored yet (`new_order`) no row can exist: nothing is read.
@@ -346,8 +343,16 @@ impl Handler<ApplyStock> for StockShard {
         let at_ms = self.clock.now_ms();
         let check = {
             let storage = storage.clone();
-            let (sku, allocation) = (msg.sku.clone(), msg.allocation.clone());
-            async move { step_due(&storage, &sku, &allocation).await }
+            let single = [LineMove {
+                sku: msg.sku.clone(),
+                change: msg.change,
+                allocation: msg.allocation.clone(),
+                reason: "",
+            }];
+            async move {
+                let due = moves_due(&storage, &single, false).await?;
+                Ok::<_, StorageError>(due.first().copied().unwrap_or(false))
+            }
         };
         Box::pin(check.into_actor(self).then(move |due, shard, _| {
             // Decided when the read is back, against the levels as they are then.
@@ -856,14 +861,7 @@ mod tests {
             .await
             .unwrap();
         stock
-            .apply(ApplyStock {
-                sku: "HOT".into(),
-                change: StockChange::Set(on_hand),
-                allocation: AllocationStep::None,
-                reason: "count".into(),
-                facts: None,
-                audit: None,
-            })
+            .apply(ApplyStock::count("HOT", on_hand))
             .await
             .unwrap();
         (stock, storage, dir)

@@ -483,8 +483,8 @@ mod tests {
         assert_eq!(letters[0].letter.event_id.as_deref(), Some("evt_2"));
     }
 
-    #[tokio::test]
-    async fn an_event_no_order_acts_on_is_stored_already_processed() {
+    /// Storage on a new file in a temporary folder (kept while the folder lives).
+    fn fresh_storage() -> (Storage, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(&StorageOptions::new(
             dir.path().join("db.sqlite"),
@@ -492,6 +492,12 @@ mod tests {
             super::super::PiiKey::from_bytes([7; 32]),
         ))
         .unwrap();
+        (storage, dir)
+    }
+
+    #[tokio::test]
+    async fn an_event_no_order_acts_on_is_stored_already_processed() {
+        let (storage, _dir) = fresh_storage();
         let mut authorized = accepted("evt_auth");
         if let WebhookRecord::Accepted {
             acted_on, event, ..
@@ -525,13 +531,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_writes_share_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(&StorageOptions::new(
-            dir.path().join("db.sqlite"),
-            std::time::Duration::from_secs(5),
-            super::super::PiiKey::from_bytes([7; 32]),
-        ))
-        .unwrap();
+        let (storage, _dir) = fresh_storage();
         let tasks: Vec<_> = (0..500)
             .map(|i| {
                 let storage = storage.clone();
@@ -559,13 +559,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_job_does_not_sink_its_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(&StorageOptions::new(
-            dir.path().join("db.sqlite"),
-            std::time::Duration::from_secs(5),
-            super::super::PiiKey::from_bytes([7; 32]),
-        ))
-        .unwrap();
+        let (storage, _dir) = fresh_storage();
         let bad = storage.write(|conn| {
             conn.execute("INSERT INTO inbox (dedup_key) VALUES ('half')", [])?;
             Ok(())

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use dropshipd::actors::stock::{ApplyStock, ReserveError, StockSupervisor};
 use dropshipd::domain::clock::SystemClock;
 use dropshipd::domain::order::OrderLine;
-use dropshipd::domain::stock::StockChange;
-use dropshipd::storage::{AllocationStatus, AllocationStep, Storage, StorageOptions};
+use dropshipd::storage::{AllocationStatus, Storage, StorageOptions};
 
 async fn supervisor(dir: &tempfile::TempDir) -> (Storage, StockSupervisor) {
     let storage = Storage::open(&StorageOptions::new(
@@ -35,14 +34,7 @@ fn line(sku: &str, quantity: u32) -> OrderLine {
 
 async fn set(stock: &StockSupervisor, sku: &str, on_hand: i64) {
     stock
-        .apply(ApplyStock {
-            sku: sku.into(),
-            change: StockChange::Set(on_hand),
-            allocation: AllocationStep::None,
-            facts: None,
-            audit: None,
-            reason: "count".into(),
-        })
+        .apply(ApplyStock::count(sku, on_hand))
         .await
         .expect("set stock");
 }
