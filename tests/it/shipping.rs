@@ -139,6 +139,19 @@ async fn an_unknown_outcome_is_searched_before_creating_again() {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // The clock moves only once the daemon has recorded the failed call:
+    // moved earlier, a retry would be planned from the moved time and never fall due.
+    loop {
+        let detail = app.admin_order("XVC-SH20", OPERATOR_TOKEN).await;
+        let deferred = detail["journal"]
+            .as_array()
+            .is_some_and(|j| j.iter().any(|e| e["kind"] == "shipping_deferred"));
+        if deferred {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{detail}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     sandbox.set_faults(Faults {
         duplicate: DuplicatePolicy::Create,
         ..Faults::default()
