@@ -140,7 +140,7 @@ impl Storage {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Each job runs in a savepoint; keep its sub-journal in memory, not a temp file.
+        // Jobs run in savepoints; keep their sub-journal in memory, not a temp file.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         // The writer revisits the same index pages batch after batch; 64 MiB keeps
         // them parsed in SQLite's cache instead of re-reading them from the OS.
@@ -210,6 +210,17 @@ impl Storage {
         F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
     {
         self.inner.writer.run(op).await
+    }
+
+    /// [`Storage::write`] for an operation that may run twice (an `Fn` whose
+    /// effects are all in the database): it shares a savepoint with the
+    /// writes beside it. For the hottest writes.
+    async fn write_repeatable<T, F>(&self, op: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        self.inner.writer.run_repeatable(op).await
     }
 
     async fn read<T, F>(&self, op: F) -> Result<T, StorageError>

@@ -118,7 +118,7 @@ impl Storage {
         let journal = encode_journal(&snapshot.order_id, 1, &journal)?;
         let deferred = deferred.map(EncodedDeferred::new).transpose()?;
         let stock: Vec<EncodedStep> = stock.into_iter().map(EncodedStep::new).collect();
-        self.write(move |conn| {
+        self.write_repeatable(move |conn| {
             let inserted = conn
                 .prepare_cached(
                     "INSERT INTO orders (order_id, razorpay_order_id, state, snapshot, customer, fingerprint,
@@ -170,7 +170,7 @@ impl Storage {
         let first_seq = snapshot.version + 1 - journal.len() as u64;
         let journal = encode_journal(&snapshot.order_id, first_seq, &journal)?;
         let snapshot_json = to_json(&snapshot)?;
-        self.write(move |conn| {
+        self.write_repeatable(move |conn| {
             append_journal(conn, &snapshot.order_id, &journal)?;
             if !journal.is_empty() {
                 conn.prepare_cached(
@@ -212,7 +212,7 @@ impl Storage {
         dead_letter: Option<OrderDeadLetter>,
         at_ms: i64,
     ) -> Result<(), StorageError> {
-        self.write(move |conn| {
+        self.write_repeatable(move |conn| {
             if let Some(letter) = &dead_letter {
                 insert_dead_letter(conn, LetterSource::Razorpay, letter, at_ms)?;
             }

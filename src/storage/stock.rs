@@ -126,7 +126,7 @@ impl Storage {
         let steps: Vec<EncodedStep> = steps.into_iter().map(EncodedStep::new).collect();
         let record = audit.as_ref().map(|a| a.record.clone());
         let applied = self
-            .write(move |conn| {
+            .write_repeatable(move |conn| {
                 if let Some((sku, facts)) = &facts {
                     put_product_facts(conn, sku, facts)?;
                 }

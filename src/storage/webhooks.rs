@@ -112,7 +112,8 @@ impl Storage {
                 *body = pii.seal(Column::DeadLetterBody, body)?
             }
         }
-        self.write(move |conn| insert_webhook(conn, &record)).await
+        self.write_repeatable(move |conn| insert_webhook(conn, &record))
+            .await
     }
 
     /// Unprocessed inbox entries after `after_id`, oldest first, bodies opened.

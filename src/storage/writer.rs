@@ -4,8 +4,8 @@
 //! costs an fsync (milliseconds). Committing each webhook on its own would cap
 //! ingest near the disk's fsync rate; instead one thread owns the write
 //! connection and, each time it wakes, takes *every* job queued meanwhile, runs
-//! them in one transaction (each inside its own savepoint, so one failing job
-//! does not sink the others) and commits once. Only after that commit returns
+//! them in one transaction (each inside a savepoint, so one failing job does
+//! not sink the others; the hot, repeatable writes share one) and commits once. Only after that commit returns
 //! does any caller hear back: a caller that is told "done" is durable.
 //!
 //! No timer batches on purpose: while one commit is in flight the next batch
@@ -38,7 +38,17 @@ const QUEUE_CAPACITY: usize = 65_536;
 /// A unit of work for the writer: applied inside the batch's transaction, then
 /// finished with the batch's commit outcome.
 trait WriteJob: Send {
+    /// Claims the job for this batch, unless its caller already gave up.
+    /// Called once, before the first apply.
+    fn claim(&mut self);
+    /// Whether the job may be applied again after its work was rolled back,
+    /// so that it can share a savepoint with its neighbours.
+    fn repeatable(&self) -> bool;
+    /// Applies the job in a savepoint of its own: its failure undoes only it.
     fn apply(&mut self, conn: &Connection);
+    /// Applies a repeatable job with no savepoint of its own; false when it
+    /// failed and the savepoint around it must be rolled back.
+    fn apply_shared(&mut self, conn: &Connection) -> bool;
     fn finish(self: Box<Self>, commit: Result<(), &str>);
 }
 
@@ -47,39 +57,113 @@ const QUEUED: u8 = 0;
 const STARTED: u8 = 1;
 const ABANDONED: u8 = 2;
 
-struct Pending<T, F> {
-    op: Option<F>,
+/// What every job carries besides its operation: where its outcome goes.
+struct Slot<T> {
     outcome: Option<Result<T, StorageError>>,
     reply: oneshot::Sender<Result<T, StorageError>>,
     state: Arc<AtomicU8>,
 }
 
-impl<T, F> WriteJob for Pending<T, F>
-where
-    T: Send,
-    F: FnOnce(&Connection) -> Result<T, StorageError> + Send,
-{
-    fn apply(&mut self, conn: &Connection) {
-        let taken =
-            self.state
-                .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire);
-        if taken.is_err() {
-            // The caller gave up (and answered 503) before the writer got
-            // here: doing the work now would store what its sender was told failed.
-            return;
-        }
-        if let Some(op) = self.op.take() {
-            self.outcome = Some(in_savepoint(conn, op));
-        }
+impl<T> Slot<T> {
+    /// True when the writer got to the job before its caller gave up (and
+    /// answered 503): otherwise storing its work would store what its
+    /// sender was told failed.
+    fn claim(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
-    fn finish(self: Box<Self>, commit: Result<(), &str>) {
+    fn finish(self, commit: Result<(), &str>) {
         let result = match (commit, self.outcome) {
             (Err(reason), _) => Err(StorageError::CommitFailed(reason.to_owned())),
             (Ok(()), Some(outcome)) => outcome,
             (Ok(()), None) => Err(StorageError::Abandoned),
         };
         let _ = self.reply.send(result);
+    }
+}
+
+/// A job whose operation runs once, always in its own savepoint.
+struct Once<T, F> {
+    op: Option<F>,
+    slot: Slot<T>,
+}
+
+impl<T, F> WriteJob for Once<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StorageError> + Send,
+{
+    fn claim(&mut self) {
+        if !self.slot.claim() {
+            self.op = None;
+        }
+    }
+
+    fn repeatable(&self) -> bool {
+        false
+    }
+
+    fn apply(&mut self, conn: &Connection) {
+        if let Some(op) = self.op.take() {
+            self.slot.outcome = Some(in_savepoint(conn, op));
+        }
+    }
+
+    fn apply_shared(&mut self, conn: &Connection) -> bool {
+        self.apply(conn);
+        true
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), &str>) {
+        self.slot.finish(commit);
+    }
+}
+
+/// A job whose operation can run again (an `Fn` whose effects are all in the
+/// database): it shares one savepoint with the repeatable jobs beside it,
+/// which saves two statements and a sub-journal copy of every page it
+/// touches. If one of them fails, the shared savepoint is rolled back and
+/// each runs again in its own, so a failure still undoes only its own job.
+struct Repeatable<T, F> {
+    op: Option<F>,
+    slot: Slot<T>,
+}
+
+impl<T, F> WriteJob for Repeatable<T, F>
+where
+    T: Send,
+    F: Fn(&Connection) -> Result<T, StorageError> + Send,
+{
+    fn claim(&mut self) {
+        if !self.slot.claim() {
+            self.op = None;
+        }
+    }
+
+    fn repeatable(&self) -> bool {
+        true
+    }
+
+    fn apply(&mut self, conn: &Connection) {
+        if let Some(op) = &self.op {
+            self.slot.outcome = Some(in_savepoint(conn, op));
+        }
+    }
+
+    fn apply_shared(&mut self, conn: &Connection) -> bool {
+        let Some(op) = &self.op else {
+            return true;
+        };
+        let outcome = op(conn);
+        let applied = outcome.is_ok();
+        self.slot.outcome = Some(outcome);
+        applied
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), &str>) {
+        self.slot.finish(commit);
     }
 }
 
@@ -171,19 +255,58 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
     {
-        let (reply, mut answer) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
-        let job = Box::new(Pending {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Once {
             op: Some(op),
-            outcome: None,
-            reply,
-            state: Arc::clone(&state),
+            slot: Slot {
+                outcome: None,
+                reply,
+                state: Arc::clone(&state),
+            },
         });
+        self.submit(job, answer, state).await
+    }
+
+    /// Like [`Writer::run`] for an operation that can run again after a
+    /// rollback: the hot, small writes (a webhook's insert), which then share
+    /// a savepoint with their neighbours instead of paying for one each.
+    pub(super) async fn run_repeatable<T, F>(&self, op: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Repeatable {
+            op: Some(op),
+            slot: Slot {
+                outcome: None,
+                reply,
+                state: Arc::clone(&state),
+            },
+        });
+        self.submit(job, answer, state).await
+    }
+
+    async fn submit<T>(
+        &self,
+        job: Box<dyn WriteJob>,
+        mut answer: oneshot::Receiver<Result<T, StorageError>>,
+        state: Arc<AtomicU8>,
+    ) -> Result<T, StorageError> {
         let deadline = tokio::time::Instant::now() + self.reply_deadline;
-        tokio::time::timeout_at(deadline, self.jobs.send(job))
-            .await
-            .map_err(|_| StorageError::Timeout(self.reply_deadline))?
-            .map_err(|_| StorageError::WriterStopped)?;
+        // The queue has room nearly always: only a full one costs a timer.
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(StorageError::WriterStopped),
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                tokio::time::timeout_at(deadline, self.jobs.send(job))
+                    .await
+                    .map_err(|_| StorageError::Timeout(self.reply_deadline))?
+                    .map_err(|_| StorageError::WriterStopped)?;
+            }
+        }
         match tokio::time::timeout_at(deadline, &mut answer).await {
             Ok(outcome) => outcome.map_err(|_| StorageError::WriterStopped)?,
             Err(_) => {
@@ -254,6 +377,36 @@ fn run(
     }
 }
 
+/// Applies a run of repeatable jobs under one savepoint; if any fails, rolls
+/// the run back and applies each again in a savepoint of its own.
+fn apply_shared(conn: &Connection, run: &mut [Box<dyn WriteJob>]) -> rusqlite::Result<()> {
+    conn.prepare_cached("SAVEPOINT jobs")?.execute([])?;
+    let mut all_applied = true;
+    for job in run.iter_mut() {
+        if !job.apply_shared(conn) || conn.is_autocommit() {
+            all_applied = false;
+            break;
+        }
+    }
+    if conn.is_autocommit() {
+        return Ok(()); // the caller fails the batch
+    }
+    if !all_applied {
+        conn.prepare_cached("ROLLBACK TO jobs")?.execute([])?;
+        for job in run.iter_mut() {
+            job.apply(conn);
+            if conn.is_autocommit() {
+                break;
+            }
+        }
+        if conn.is_autocommit() {
+            return Ok(());
+        }
+    }
+    conn.prepare_cached("RELEASE jobs")?.execute([])?;
+    Ok(())
+}
+
 /// Runs the batch in one transaction; the error is the reason every job failed.
 fn commit_batch(
     conn: &mut Connection,
@@ -265,13 +418,32 @@ fn commit_batch(
     // lock happens here (bounded by busy_timeout) and not halfway through a batch.
     conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
     for job in batch.iter_mut() {
-        job.apply(conn);
+        job.claim();
+    }
+    let mut start = 0;
+    while start < batch.len() {
+        let end = if batch[start].repeatable() {
+            start
+                + batch[start..]
+                    .iter()
+                    .take_while(|job| job.repeatable())
+                    .count()
+        } else {
+            start + 1
+        };
+        let run = &mut batch[start..end];
+        if let [single] = run {
+            single.apply(conn);
+        } else {
+            apply_shared(conn, run).map_err(failed)?;
+        }
         if conn.is_autocommit() {
             // SQLite rolled the whole transaction back (SQLITE_FULL, IOERR):
             // the jobs before are undone, and those after must not run
             // outside it, each committing on its own.
             return Err("the transaction was rolled back by a failing write".into());
         }
+        start = end;
     }
     if let Err(e) = before_commit(conn) {
         let _ = conn.execute_batch("ROLLBACK");
@@ -371,5 +543,42 @@ mod tests {
         assert_eq!(first.unwrap(), 1);
         assert!(before.is_err() && rollback.is_err() && after.is_err());
         assert_eq!(values(&path), vec![1], "nothing of that batch stayed");
+    }
+
+    #[tokio::test]
+    async fn a_failing_repeatable_job_undoes_only_itself() {
+        let (writer, _dir, path) = writer(Duration::from_secs(5));
+        // The first job holds the writer so that the next four share a batch,
+        // the repeatable ones one savepoint.
+        let first = writer.run(insert(1, Duration::from_millis(200)));
+        let batch = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let repeatable = |v: i64| {
+                writer.run_repeatable(move |conn: &Connection| {
+                    conn.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                    Ok(v)
+                })
+            };
+            let failing = writer.run_repeatable(|conn: &Connection| {
+                // Half done, then an error: the half must not stay.
+                conn.execute("INSERT INTO t (v) VALUES (99)", [])?;
+                conn.execute("INSERT INTO no_such_table (v) VALUES (1)", [])?;
+                Ok(0)
+            });
+            let once = writer.run(insert(5, Duration::ZERO));
+            tokio::join!(repeatable(2), failing, repeatable(3), once, repeatable(4))
+        };
+        let (first, (two, failing, three, five, four)) = tokio::join!(first, batch);
+        assert_eq!(first.unwrap(), 1);
+        assert!(
+            matches!(failing, Err(StorageError::Sqlite(_))),
+            "{failing:?}"
+        );
+        assert_eq!(
+            (two.unwrap(), three.unwrap(), five.unwrap(), four.unwrap()),
+            (2, 3, 5, 4)
+        );
+        assert_eq!(values(&path), vec![1, 2, 3, 4, 5]);
+        assert_eq!(writer.stats().commits, 2, "the four shared one commit");
     }
 }
