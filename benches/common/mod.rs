@@ -76,7 +76,11 @@ impl Daemon {
     /// default is `info`, which is what a user runs).
     pub fn start_logging(config: &std::path::Path, webhook_secret: &str, log_filter: &str) -> Self {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dropshipd"))
+        // DROPSHIPD_BIN runs another build (an A/B of two commits) under the same bench.
+        let binary = std::env::var_os("DROPSHIPD_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_dropshipd").into());
+        let mut child = std::process::Command::new(binary)
             .env_clear()
             .env("RAZORPAY_WEBHOOK_SECRET", webhook_secret)
             .env("DROPSHIPD_VIEWER_TOKEN", VIEWER_TOKEN)
