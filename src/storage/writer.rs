@@ -435,7 +435,12 @@ fn commit_batch(
         if let [single] = run {
             single.apply(conn);
         } else {
-            apply_shared(conn, run).map_err(failed)?;
+            if let Err(e) = apply_shared(conn, run) {
+                // The savepoint statements themselves failed: nothing of the
+                // batch can be trusted, and the next batch needs no open transaction.
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(failed(e));
+            }
         }
         if conn.is_autocommit() {
             // SQLite rolled the whole transaction back (SQLITE_FULL, IOERR):
