@@ -84,57 +84,54 @@ impl<T> Slot<T> {
     }
 }
 
-/// A job whose operation runs once, always in its own savepoint.
-struct Once<T, F> {
-    op: Option<F>,
-    slot: Slot<T>,
+/// A writer job's operation: run once (an `FnOnce`, always in its own
+/// savepoint) or repeatable (an `Fn` whose effects are all in the database),
+/// which shares one savepoint with the repeatable jobs beside it and saves
+/// two statements and a sub-journal copy of every page it touches. If one of
+/// those fails, the shared savepoint is rolled back and each runs again in
+/// its own, so a failure still undoes only its own job.
+trait Operation<T>: Send {
+    const REPEATABLE: bool;
+    fn call(&mut self, conn: &Connection) -> Result<T, StorageError>;
 }
 
-impl<T, F> WriteJob for Once<T, F>
+struct RunOnce<F>(Option<F>);
+
+impl<T, F> Operation<T> for RunOnce<F>
 where
-    T: Send,
     F: FnOnce(&Connection) -> Result<T, StorageError> + Send,
 {
-    fn claim(&mut self) {
-        if !self.slot.claim() {
-            self.op = None;
-        }
-    }
+    const REPEATABLE: bool = false;
 
-    fn repeatable(&self) -> bool {
-        false
-    }
-
-    fn apply(&mut self, conn: &Connection) {
-        if let Some(op) = self.op.take() {
-            self.slot.outcome = Some(in_savepoint(conn, op));
-        }
-    }
-
-    fn apply_shared(&mut self, conn: &Connection) -> bool {
-        self.apply(conn);
-        true
-    }
-
-    fn finish(self: Box<Self>, commit: Result<(), &str>) {
-        self.slot.finish(commit);
+    fn call(&mut self, conn: &Connection) -> Result<T, StorageError> {
+        // Never asked twice: a run-once job is never part of a shared savepoint.
+        self.0.take().ok_or(StorageError::Abandoned)?(conn)
     }
 }
 
-/// A job whose operation can run again (an `Fn` whose effects are all in the
-/// database): it shares one savepoint with the repeatable jobs beside it,
-/// which saves two statements and a sub-journal copy of every page it
-/// touches. If one of them fails, the shared savepoint is rolled back and
-/// each runs again in its own, so a failure still undoes only its own job.
-struct Repeatable<T, F> {
-    op: Option<F>,
+struct RunAgain<F>(F);
+
+impl<T, F> Operation<T> for RunAgain<F>
+where
+    F: Fn(&Connection) -> Result<T, StorageError> + Send,
+{
+    const REPEATABLE: bool = true;
+
+    fn call(&mut self, conn: &Connection) -> Result<T, StorageError> {
+        (self.0)(conn)
+    }
+}
+
+struct Job<T, O> {
+    /// `None` once its caller gave up.
+    op: Option<O>,
     slot: Slot<T>,
 }
 
-impl<T, F> WriteJob for Repeatable<T, F>
+impl<T, O> WriteJob for Job<T, O>
 where
     T: Send,
-    F: Fn(&Connection) -> Result<T, StorageError> + Send,
+    O: Operation<T>,
 {
     fn claim(&mut self) {
         if !self.slot.claim() {
@@ -143,20 +140,20 @@ where
     }
 
     fn repeatable(&self) -> bool {
-        true
+        O::REPEATABLE
     }
 
     fn apply(&mut self, conn: &Connection) {
-        if let Some(op) = &self.op {
-            self.slot.outcome = Some(in_savepoint(conn, op));
+        if let Some(op) = &mut self.op {
+            self.slot.outcome = Some(in_savepoint(conn, |conn| op.call(conn)));
         }
     }
 
     fn apply_shared(&mut self, conn: &Connection) -> bool {
-        let Some(op) = &self.op else {
+        let Some(op) = &mut self.op else {
             return true;
         };
-        let outcome = op(conn);
+        let outcome = op.call(conn);
         let applied = outcome.is_ok();
         self.slot.outcome = Some(outcome);
         applied
@@ -257,8 +254,8 @@ impl Writer {
     {
         let state = Arc::new(AtomicU8::new(QUEUED));
         let (reply, answer) = oneshot::channel();
-        let job = Box::new(Once {
-            op: Some(op),
+        let job = Box::new(Job {
+            op: Some(RunOnce(Some(op))),
             slot: Slot {
                 outcome: None,
                 reply,
@@ -278,8 +275,8 @@ impl Writer {
     {
         let state = Arc::new(AtomicU8::new(QUEUED));
         let (reply, answer) = oneshot::channel();
-        let job = Box::new(Repeatable {
-            op: Some(op),
+        let job = Box::new(Job {
+            op: Some(RunAgain(op)),
             slot: Slot {
                 outcome: None,
                 reply,
