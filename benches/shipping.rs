@@ -35,6 +35,9 @@ struct Report {
     p99: f64,
     creation_p50: f64,
     creation_p99: f64,
+    /// The storage writer's jobs and commits over the run (`GET /admin/status`).
+    writer_jobs: u64,
+    writer_commits: u64,
 }
 
 /// Starts a sandbox and a daemon, pays `orders` orders at `concurrency`, waits
@@ -79,7 +82,7 @@ fn scenario(
         .enable_all()
         .build()
         .expect("runtime");
-    let (elapsed, scrape) = runtime.block_on(async move {
+    let (elapsed, scrape, writer) = runtime.block_on(async move {
         let client = reqwest::Client::new();
         client
             .put(format!("{admin}/admin/stock/TEE"))
@@ -124,7 +127,7 @@ fn scenario(
         for worker in workers {
             worker.await.expect("worker");
         }
-        loop {
+        let status = loop {
             let status: Value = client
                 .get(format!("{admin}/admin/status"))
                 .bearer_auth(VIEWER_TOKEN)
@@ -140,13 +143,13 @@ fn scenario(
                 if stuck > 0 {
                     eprintln!("  ({stuck} orders went to manual_required)");
                 }
-                break;
+                break status;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
         let elapsed = started.elapsed();
         let scrape = client.get(format!("{admin}/metrics")).send().await.expect("metrics").text().await.expect("text");
-        (elapsed, scrape)
+        (elapsed, scrape, status["storage"].clone())
     });
     let calls = sandbox.calls();
     Report {
@@ -163,6 +166,8 @@ fn scenario(
         creation_p50: quantile(&scrape, "dropship_order_creation_seconds", 0.5).unwrap_or(f64::NAN),
         creation_p99: quantile(&scrape, "dropship_order_creation_seconds", 0.99)
             .unwrap_or(f64::NAN),
+        writer_jobs: writer["jobs"].as_u64().unwrap_or(0),
+        writer_commits: writer["commits"].as_u64().unwrap_or(0),
     }
 }
 
@@ -222,13 +227,15 @@ fn main() {
     );
     for r in &runs {
         println!(
-            "  {:.2} s -> {:.0} orders/s; order creation p50 {:.1} ms, p99 {:.1} ms; shipping p99 {:.0} ms; {} Shiprocket calls",
+            "  {:.2} s -> {:.0} orders/s; order creation p50 {:.1} ms, p99 {:.1} ms; shipping p99 {:.0} ms; {} Shiprocket calls; {:.1} writer jobs and {:.2} commits per order",
             r.elapsed.as_secs_f64(),
             r.orders as f64 / r.elapsed.as_secs_f64(),
             r.creation_p50 * 1000.0,
             r.creation_p99 * 1000.0,
             r.p99 * 1000.0,
             r.calls,
+            r.writer_jobs as f64 / r.orders as f64,
+            r.writer_commits as f64 / r.orders as f64,
         );
     }
     let median = |f: &dyn Fn(&Report) -> f64| {
