@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::io_thread::IoThread;
+
 pub use crate::domain::shipping::{
     AssignedAwb, CreatedShipment, FoundOrder, ShipmentItem, ShipmentRequest,
 };
@@ -273,11 +275,48 @@ pub fn parse_search(body: &Value) -> Vec<FoundOrder> {
         .unwrap_or_default()
 }
 
+/// One request and its answer, on the client's I/O thread.
+async fn exchange(request: reqwest::RequestBuilder) -> Result<Value, ShiprocketError> {
+    let response = request.send().await.map_err(|e| {
+        ShiprocketError::Transient(if e.is_timeout() {
+            "timed out".into()
+        } else {
+            e.to_string()
+        })
+    })?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let text = response
+        .text()
+        .await
+        .map_err(|e| ShiprocketError::Transient(e.to_string()))?;
+    let body: Value = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else {
+        Err(classify_status(status, &body, retry_after))
+    }
+}
+
 /// The HTTP client. Tokens are the caller's: the gateway owns and refreshes them.
+///
+/// Its exchanges run on an I/O thread of its own ([`IoThread`]), shared by
+/// its clones: the caller's thread only builds the request and reads the
+/// answer.
 #[derive(Clone)]
 pub struct ShiprocketClient {
     http: reqwest::Client,
     base_url: String,
+    io: IoThread,
 }
 
 impl ShiprocketClient {
@@ -286,9 +325,12 @@ impl ShiprocketClient {
             .timeout(timeout)
             .build()
             .map_err(|e| ShiprocketError::Transient(e.to_string()))?;
+        let io = IoThread::start("shiprocket-io")
+            .map_err(|e| ShiprocketError::Transient(e.to_string()))?;
         Ok(Self {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
+            io,
         })
     }
 
@@ -297,34 +339,10 @@ impl ShiprocketClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ShiprocketError> {
-        let response = request.send().await.map_err(|e| {
-            ShiprocketError::Transient(if e.is_timeout() {
-                "timed out".into()
-            } else {
-                e.to_string()
-            })
-        })?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let text = response
-            .text()
+        self.io
+            .run(exchange(request))
             .await
-            .map_err(|e| ShiprocketError::Transient(e.to_string()))?;
-        let body: Value = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        if (200..300).contains(&status) {
-            Ok(body)
-        } else {
-            Err(classify_status(status, &body, retry_after))
-        }
+            .map_err(|e| ShiprocketError::Transient(e.to_string()))?
     }
 
     /// `POST auth/login` → a token.
