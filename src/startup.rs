@@ -62,6 +62,8 @@ pub struct Application {
     public: Server,
     admin: Server,
     state: web::Data<AppState>,
+    /// Where the order actors run; stopped once the drain is done.
+    order_arbiters: Vec<actix::ArbiterHandle>,
 }
 
 /// Stops a running [`Application`] from elsewhere (tests, signal handlers).
@@ -118,6 +120,7 @@ impl Application {
         )
         .await?;
         let order_actor_stats = Arc::new(RegistryStats::default());
+        let order_arbiters = order_arbiters();
         let shipping_manual = Arc::new(AtomicBool::new(
             config.shipping.mode == ShippingMode::Manual
                 || storage.shipping_manual().await?.unwrap_or(false),
@@ -187,6 +190,7 @@ impl Application {
             config.processing.max_live_order_actors as usize,
             Arc::clone(&order_actor_stats),
         )
+        .with_arbiters(order_arbiters.clone())
         .start();
         let work = Work {
             queue: shipping_queue.clone(),
@@ -355,6 +359,7 @@ impl Application {
             public,
             admin,
             state,
+            order_arbiters,
         })
     }
 
@@ -403,6 +408,9 @@ impl Application {
         let (public, admin) = futures_util::future::join(self.public, self.admin).await;
         upkeep.abort();
         drain(&self.state).await;
+        for arbiter in &self.order_arbiters {
+            arbiter.stop();
+        }
         self.state.storage.release();
         if let Some(watchdog) = watchdog {
             watchdog.abort();
@@ -602,4 +610,11 @@ fn first_addr(addrs: &[SocketAddr], listen: &str) -> Result<SocketAddr, StartupE
         addr: listen.to_owned(),
         source: std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address bound"),
     })
+}
+
+/// One arbiter per core for the order actors, beside the one running the
+/// registry, the stock shards, the gateways and the dispatcher.
+fn order_arbiters() -> Vec<actix::ArbiterHandle> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..cores).map(|_| actix::Arbiter::new().handle()).collect()
 }

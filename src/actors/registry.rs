@@ -9,6 +9,10 @@
 //! (idle) is re-sent to a fresh one, which loads the order from storage: an
 //! order never has two live actors.
 //!
+//! Actors run on arbiters of their own, one per core, taken in turn as actors
+//! start, so the orders' work is not bound to the one thread that runs the
+//! registry, the stock shards and the gateways.
+//!
 //! While the kill switch is on, a command for an order is not delivered: the
 //! registry stores it as a deferred command (it runs on resume) and answers
 //! [`OrderReply::Deferred`].
@@ -80,6 +84,8 @@ impl Drop for InFlight {
 
 pub struct OrderRegistry {
     deps: Arc<OrderDeps>,
+    /// Where order actors run, in turn; empty: on the registry's own arbiter.
+    arbiters: Vec<ArbiterHandle>,
     cap: usize,
     live: HashMap<String, Entry>,
     /// Asked to passivate, not stopped yet: `(order id, incarnation)`.
@@ -95,6 +101,7 @@ impl OrderRegistry {
     pub fn new(deps: Arc<OrderDeps>, cap: usize, stats: Arc<RegistryStats>) -> Self {
         Self {
             deps,
+            arbiters: Vec::new(),
             cap: cap.max(1),
             live: HashMap::new(),
             evicting: HashSet::new(),
@@ -103,6 +110,14 @@ impl OrderRegistry {
             clock: 0,
             stats,
         }
+    }
+
+    /// Runs order actors on `arbiters`, spread in turn, instead of on the
+    /// registry's arbiter: on a sale day the orders' work is most of what the
+    /// actor system does, and one thread for all of it is a ceiling.
+    pub fn with_arbiters(mut self, arbiters: Vec<ArbiterHandle>) -> Self {
+        self.arbiters = arbiters;
+        self
     }
 
     fn existing(&mut self, order_id: &str) -> Option<Addr<OrderActor>> {
@@ -132,13 +147,17 @@ impl OrderRegistry {
 
     fn start_actor(&mut self, order_id: &str, ctx: &mut Context<Self>) -> Addr<OrderActor> {
         self.next_incarnation += 1;
-        let addr = OrderActor::new(
+        let actor = OrderActor::new(
             order_id.to_owned(),
             self.next_incarnation,
             Arc::clone(&self.deps),
             ctx.address().recipient(),
-        )
-        .start();
+        );
+        let turn = (self.next_incarnation as usize).checked_rem(self.arbiters.len());
+        let addr = match turn.and_then(|i| self.arbiters.get(i)) {
+            Some(arbiter) => OrderActor::start_in_arbiter(arbiter, move |_| actor),
+            None => actor.start(),
+        };
         self.live.insert(
             order_id.to_owned(),
             Entry {
