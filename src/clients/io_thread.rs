@@ -7,7 +7,11 @@
 //! and the answer. The runtime is a current-thread one, so a connection it
 //! opens is only ever used from it.
 //!
-//! The thread stops when the last handle to it is dropped.
+//! The thread stops when the last handle to it is dropped. Not an actix
+//! `Arbiter`: the client is also used outside an actix system (the command
+//! line, tests), a caller needs the exchange's output and its cancellation,
+//! and the runtime must be dropped on its own thread, never inside the async
+//! code that dropped the last client.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -252,17 +252,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
     {
-        let state = Arc::new(AtomicU8::new(QUEUED));
-        let (reply, answer) = oneshot::channel();
-        let job = Box::new(Job {
-            op: Some(RunOnce(Some(op))),
-            slot: Slot {
-                outcome: None,
-                reply,
-                state: Arc::clone(&state),
-            },
-        });
-        self.submit(job, answer, state).await
+        self.run_operation(RunOnce(Some(op))).await
     }
 
     /// Like [`Writer::run`] for an operation that can run again after a
@@ -273,10 +263,18 @@ impl Writer {
         T: Send + 'static,
         F: Fn(&Connection) -> Result<T, StorageError> + Send + 'static,
     {
+        self.run_operation(RunAgain(op)).await
+    }
+
+    async fn run_operation<T, O>(&self, op: O) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        O: Operation<T> + 'static,
+    {
         let state = Arc::new(AtomicU8::new(QUEUED));
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Job {
-            op: Some(RunAgain(op)),
+            op: Some(op),
             slot: Slot {
                 outcome: None,
                 reply,
