@@ -307,16 +307,7 @@ impl Storage {
     pub async fn load_order(&self, order_id: &str) -> Result<Option<StoredOrder>, StorageError> {
         let order_id = order_id.to_owned();
         let pii = self.pii();
-        self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT id, snapshot, customer, fingerprint FROM orders WHERE order_id = ?1",
-            )?
-            .query_row([&order_id], order_row)
-            .optional()?
-            .map(|row| row.open(&pii))
-            .transpose()
-        })
-        .await
+        self.read(move |conn| order_on(conn, &order_id, &pii)).await
     }
 
     pub async fn order_id_for_razorpay(
@@ -333,23 +324,23 @@ impl Storage {
         .await
     }
 
-    pub async fn order_journal(&self, order_id: &str) -> Result<Vec<JournalRow>, StorageError> {
+    /// An order and its journal as of one moment: both are read in one
+    /// transaction, so the journal ends exactly at the snapshot's version even
+    /// while the order's actor keeps writing.
+    pub async fn order_with_journal(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<(StoredOrder, Vec<JournalRow>)>, StorageError> {
         let order_id = order_id.to_owned();
+        let pii = self.pii();
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT seq, at_ms, kind, cause, data FROM order_journal WHERE order_id = ?1 ORDER BY seq",
-            )?;
-            let rows = stmt.query_map([&order_id], |row| {
-                let data: String = row.get(4)?;
-                Ok(JournalRow {
-                    seq: row.get::<_, i64>(0)? as u64,
-                    at_ms: row.get(1)?,
-                    kind: row.get(2)?,
-                    cause: row.get(3)?,
-                    data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let tx = conn.unchecked_transaction()?;
+            let Some(order) = order_on(&tx, &order_id, &pii)? else {
+                return Ok(None);
+            };
+            let journal = journal_on(&tx, &order_id)?;
+            tx.finish()?;
+            Ok(Some((order, journal)))
         })
         .await
     }
@@ -361,12 +352,10 @@ impl Storage {
         &self,
         order_id: &str,
     ) -> Result<Option<(OrderSnapshot, Vec<(OrderEvent, i64)>)>, StorageError> {
-        let Some(stored) = self.load_order(order_id).await? else {
+        let Some((stored, journal)) = self.order_with_journal(order_id).await? else {
             return Ok(None);
         };
-        let events = self
-            .order_journal(order_id)
-            .await?
+        let events = journal
             .into_iter()
             .map(|row| {
                 serde_json::from_value::<OrderEvent>(row.data)
@@ -553,6 +542,37 @@ struct OrderRow {
     fingerprint: String,
 }
 
+fn order_on(
+    conn: &Connection,
+    order_id: &str,
+    pii: &PiiCipher,
+) -> Result<Option<StoredOrder>, StorageError> {
+    conn.prepare_cached(
+        "SELECT id, snapshot, customer, fingerprint FROM orders WHERE order_id = ?1",
+    )?
+    .query_row([order_id], order_row)
+    .optional()?
+    .map(|row| row.open(pii))
+    .transpose()
+}
+
+fn journal_on(conn: &Connection, order_id: &str) -> Result<Vec<JournalRow>, StorageError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, at_ms, kind, cause, data FROM order_journal WHERE order_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([order_id], |row| {
+        let data: String = row.get(4)?;
+        Ok(JournalRow {
+            seq: row.get::<_, i64>(0)? as u64,
+            at_ms: row.get(1)?,
+            kind: row.get(2)?,
+            cause: row.get(3)?,
+            data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 fn order_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
     Ok(OrderRow {
         id: row.get(0)?,
@@ -705,4 +725,124 @@ fn mark_processed(conn: &Connection, inbox_id: i64, at_ms: i64) -> Result<(), St
     )?
     .execute(params![inbox_id, at_ms])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{PiiKey, StorageOptions};
+    use super::*;
+    use crate::domain::checkout::{Address, Customer};
+    use crate::domain::order::{apply, genesis, OrderLine, PaymentMethod};
+
+    fn customer() -> CustomerRecord {
+        CustomerRecord {
+            customer: Customer {
+                name: "Asha".into(),
+                email: "asha@example.com".into(),
+                phone: "9800000000".into(),
+            },
+            shipping_address: Address {
+                line1: "1 MG Road".into(),
+                line2: String::new(),
+                city: "Pune".into(),
+                state: "MH".into(),
+                pincode: "411001".into(),
+                country: "India".into(),
+            },
+        }
+    }
+
+    fn append(event: OrderEvent, at_ms: i64) -> JournalAppend {
+        JournalAppend {
+            event,
+            at_ms,
+            cause: "test".into(),
+        }
+    }
+
+    /// A reader racing the order's writes must never see a journal that ends
+    /// before or after the snapshot it read with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_order_and_its_journal_are_read_as_of_one_moment() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StorageOptions::new(
+            dir.path().join("db.sqlite"),
+            std::time::Duration::from_millis(500),
+            PiiKey::from_bytes([7; 32]),
+        );
+        let storage = Storage::open(&options).unwrap();
+        let created = OrderEvent::Created {
+            razorpay_order_id: None,
+            payment_method: PaymentMethod::Prepaid,
+            currency: "INR".into(),
+            amount_paise: 74_900,
+            lines: vec![OrderLine {
+                sku: "TEE".into(),
+                name: "Black tee M".into(),
+                quantity: 1,
+                unit_price_paise: 74_900,
+                weight_g: None,
+            }],
+            reserved_until_ms: None,
+        };
+        let mut snapshot = genesis("XVC-R1", &created, 1).unwrap();
+        storage
+            .insert_order(NewOrder {
+                snapshot: snapshot.clone(),
+                customer: customer(),
+                fingerprint: "f".into(),
+                journal: vec![append(created, 1)],
+                deferred: None,
+                stock: vec![],
+                queue: vec![],
+            })
+            .await
+            .unwrap()
+            .expect("inserted");
+
+        const CHANGES: i64 = 300;
+        let writer = {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                for at in 2..CHANGES + 2 {
+                    let event = OrderEvent::PaymentFailureNoted { payment_id: None };
+                    apply(&mut snapshot, &event, at);
+                    storage
+                        .commit_order(OrderWrite {
+                            snapshot: snapshot.clone(),
+                            journal: vec![append(event, at)],
+                            inbox_done: None,
+                            dead_letter: None,
+                            queue: None,
+                            stock: vec![],
+                            audit: None,
+                        })
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let mut reads = 0;
+        while !writer.is_finished() {
+            let (order, journal) = storage
+                .order_with_journal("XVC-R1")
+                .await
+                .unwrap()
+                .expect("order exists");
+            assert_eq!(
+                journal.last().map(|row| row.seq),
+                Some(order.snapshot.version),
+                "a journal of {} entries beside a snapshot of version {}",
+                journal.len(),
+                order.snapshot.version
+            );
+            reads += 1;
+        }
+        writer.await.unwrap();
+        assert!(reads > 0);
+        let (snapshot, events) = storage.order_history("XVC-R1").await.unwrap().unwrap();
+        assert_eq!(events.len() as i64, CHANGES + 1);
+        let rebuilt = crate::domain::order::replay("XVC-R1", events.iter().map(|(e, at)| (e, *at)));
+        assert_eq!(rebuilt, Some(snapshot));
+    }
 }

@@ -6,12 +6,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{next_cursor, page_limit, role_name};
-use crate::actors::order::{Cause, OrderMsg};
+use crate::actors::order::{Cause, OrderError, OrderMsg};
 use crate::domain::checkout::CustomerRecord;
 use crate::domain::order::{Command, OrderState};
 use crate::http::auth::{Operator, Role, Viewer};
 use crate::http::error::ApiError;
-use crate::http::orders::{load_order, order_json, replied_order, route};
+use crate::http::orders::{order_error, order_json, replied_order, route};
 use crate::http::{rfc3339, AppState};
 
 #[derive(Deserialize)]
@@ -53,12 +53,12 @@ pub(super) async fn detail(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let stored = load_order(&state, &path).await?;
-    let journal = state
+    let (stored, journal) = state
         .storage
-        .order_journal(&path)
+        .order_with_journal(&path)
         .await
-        .map_err(ApiError::storage_unavailable)?;
+        .map_err(ApiError::storage_unavailable)?
+        .ok_or_else(|| order_error(OrderError::NotFound))?;
     let mut order = order_json(&stored.snapshot);
     let customer = match caller.role {
         Role::Operator => json!(stored.customer),
