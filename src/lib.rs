@@ -15,6 +15,7 @@
 //! | [`service`] | the health check, systemd readiness and watchdog |
 //! | [`startup`] | assembling the above into a running daemon, and its orderly stop |
 //! | [`sandbox`] | the Shiprocket sandbox: a local Shiprocket with switchable faults |
+//! | [`scratch_postgres`] | a throw-away PostgreSQL server for tests, benches and the demo |
 //! | [`demo`] | `dropshipd demo`: the daemon and the sandbox under real HTTP traffic and faults, then a report |
 //!
 //! Data flows one way: `http` → `actors` → `domain` (decide) → `storage`
@@ -27,6 +28,7 @@ pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod sandbox;
+pub mod scratch_postgres;
 pub mod service;
 pub mod startup;
 pub mod storage;

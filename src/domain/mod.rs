@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod checkout;
 pub mod clock;
+pub mod cluster;
 pub mod dead_letter;
 pub mod order;
 pub mod shipping;
