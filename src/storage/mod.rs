@@ -13,6 +13,7 @@ mod lock;
 mod migrations;
 mod orders;
 mod pii;
+pub mod postgres;
 mod readers;
 mod shipping;
 mod stock;
@@ -81,6 +82,12 @@ pub enum StorageError {
     Encoding(String),
     #[error("a storage reader task failed: {0}")]
     Reader(String),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    #[error("storage.postgres_url is not a PostgreSQL URL: {0}")]
+    PostgresUrl(String),
+    #[error("the lease on {resource} (epoch {epoch}) is no longer this instance's")]
+    LeaseLost { resource: String, epoch: i64 },
 }
 
 /// A cheap, cloneable handle to the database.

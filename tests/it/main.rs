@@ -10,6 +10,7 @@ mod helpers;
 mod operations;
 mod orders;
 mod passivation;
+mod postgres;
 mod reconciliation;
 mod sale_day;
 mod shipping;

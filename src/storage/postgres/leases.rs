@@ -1,0 +1,278 @@
+//! Instances and leases (SPEC §13), by the database's clock: an instance's
+//! own clock may be wrong or paused, the database's is the one every instance
+//! shares. A lease is taken only when it is free or expired, every new owner
+//! gets a higher epoch, and [`hold`] makes a write's transaction depend on the
+//! epoch it was made under.
+
+use std::time::Duration;
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use super::PgStore;
+use crate::domain::cluster::Resource;
+use crate::storage::StorageError;
+
+/// A lease as the table holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub resource: Resource,
+    pub owner: Option<String>,
+    pub epoch: i64,
+    pub expires_at_ms: i64,
+    /// Held and not expired, by the database's clock.
+    pub live: bool,
+}
+
+/// An instance as the table holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceView {
+    pub instance_id: String,
+    pub last_seen_ms: i64,
+    pub live: bool,
+}
+
+/// What a write made for an owned resource was made under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub instance_id: String,
+    pub resource: Resource,
+    pub epoch: i64,
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A timestamp column as milliseconds since the epoch, as the rest of the schema keeps time.
+fn ms_of(column: &str) -> String {
+    format!("(extract(epoch FROM {column}) * 1000)::bigint")
+}
+
+impl PgStore {
+    /// Announces `instance_id` as live for `ttl` more, and lists every
+    /// instance the table knows.
+    pub async fn heartbeat(
+        &self,
+        instance_id: &str,
+        ttl: Duration,
+    ) -> Result<Vec<InstanceView>, StorageError> {
+        let instance_id = instance_id.to_owned();
+        let ttl = ttl_ms(ttl);
+        self.run(move |pool| async move {
+            let client = pool.get().await?;
+            client
+                .execute(
+                    "INSERT INTO cluster_instances (instance_id, started_at, last_seen, expires_at)
+                     VALUES ($1, now(), now(), now() + $2::bigint * interval '1 millisecond')
+                     ON CONFLICT (instance_id) DO UPDATE
+                     SET last_seen = now(), expires_at = EXCLUDED.expires_at",
+                    &[&instance_id, &ttl],
+                )
+                .await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT instance_id, {}, expires_at > now() FROM cluster_instances
+                         ORDER BY instance_id",
+                        ms_of("last_seen")
+                    ),
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|row| InstanceView {
+                    instance_id: row.get(0),
+                    last_seen_ms: row.get(1),
+                    live: row.get(2),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// An orderly stop: every lease of `instance_id` is released at once (so
+    /// others take them on their next round) and the instance leaves.
+    pub async fn leave(&self, instance_id: &str) -> Result<(), StorageError> {
+        let instance_id = instance_id.to_owned();
+        self.run(move |pool| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.execute(
+                "UPDATE cluster_leases SET owner = NULL, expires_at = now() WHERE owner = $1",
+                &[&instance_id],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM cluster_instances WHERE instance_id = $1",
+                &[&instance_id],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every lease, in resource order.
+    pub async fn leases(&self) -> Result<Vec<LeaseRow>, StorageError> {
+        self.run(|pool| async move {
+            let client = pool.get().await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT resource, owner, epoch, {}, owner IS NOT NULL AND expires_at > now()
+                         FROM cluster_leases ORDER BY resource",
+                        ms_of("expires_at")
+                    ),
+                    &[],
+                )
+                .await?;
+            rows.iter().map(lease_row).collect()
+        })
+        .await
+    }
+
+    /// Takes `resource` for `ttl` if it is free or its lease expired, and
+    /// returns the new epoch; `None` while someone else holds it. Taking a
+    /// lease one already holds renews it under the same epoch.
+    pub async fn acquire_lease(
+        &self,
+        instance_id: &str,
+        resource: &Resource,
+        ttl: Duration,
+    ) -> Result<Option<i64>, StorageError> {
+        let instance_id = instance_id.to_owned();
+        let (key, kind) = (resource.to_string(), resource.kind().as_str());
+        let ttl = ttl_ms(ttl);
+        self.run(move |pool| async move {
+            let client = pool.get().await?;
+            let row = client
+                .query_opt(
+                    "INSERT INTO cluster_leases AS l (resource, kind, owner, epoch, acquired_at, expires_at)
+                     VALUES ($1, $2, $3, 1, now(), now() + $4::bigint * interval '1 millisecond')
+                     ON CONFLICT (resource) DO UPDATE
+                     SET owner = EXCLUDED.owner,
+                         epoch = CASE WHEN l.owner = EXCLUDED.owner AND l.expires_at > now()
+                                      THEN l.epoch ELSE l.epoch + 1 END,
+                         acquired_at = CASE WHEN l.owner = EXCLUDED.owner AND l.expires_at > now()
+                                            THEN l.acquired_at ELSE now() END,
+                         expires_at = EXCLUDED.expires_at
+                     WHERE l.owner IS NULL OR l.expires_at <= now() OR l.owner = EXCLUDED.owner
+                     RETURNING epoch",
+                    &[&key, &kind, &instance_id, &ttl],
+                )
+                .await?;
+            Ok(row.map(|row| row.get(0)))
+        })
+        .await
+    }
+
+    /// Extends every lease `instance_id` still holds by `ttl`, and returns
+    /// them. A lease that expired is not renewed: it is lost, even if nobody
+    /// took it yet, and must be acquired again (under a new epoch).
+    pub async fn renew_leases(
+        &self,
+        instance_id: &str,
+        ttl: Duration,
+    ) -> Result<Vec<(Resource, i64)>, StorageError> {
+        let instance_id = instance_id.to_owned();
+        let ttl = ttl_ms(ttl);
+        self.run(move |pool| async move {
+            let client = pool.get().await?;
+            let rows = client
+                .query(
+                    "UPDATE cluster_leases
+                     SET expires_at = now() + $2::bigint * interval '1 millisecond'
+                     WHERE owner = $1 AND expires_at > now()
+                     RETURNING resource, epoch",
+                    &[&instance_id, &ttl],
+                )
+                .await?;
+            let mut held = rows
+                .iter()
+                .map(|row| Ok((parse_resource(row.get(0))?, row.get(1))))
+                .collect::<Result<Vec<_>, StorageError>>()?;
+            held.sort();
+            Ok(held)
+        })
+        .await
+    }
+
+    /// Gives `resource` back at once; false if `instance_id` did not hold it.
+    pub async fn release_lease(
+        &self,
+        instance_id: &str,
+        resource: &Resource,
+    ) -> Result<bool, StorageError> {
+        let instance_id = instance_id.to_owned();
+        let key = resource.to_string();
+        self.run(move |pool| async move {
+            let client = pool.get().await?;
+            let released = client
+                .execute(
+                    "UPDATE cluster_leases SET owner = NULL, expires_at = now()
+                     WHERE resource = $1 AND owner = $2",
+                    &[&key, &instance_id],
+                )
+                .await?;
+            Ok(released == 1)
+        })
+        .await
+    }
+
+    /// Whether a write under `fence` would commit right now.
+    pub async fn check_fence(&self, fence: &Fence) -> Result<(), StorageError> {
+        let fence = fence.clone();
+        self.run(move |pool| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            hold(&tx, &fence).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Makes the transaction `tx` depend on `fence`: it fails with
+/// [`StorageError::LeaseLost`] unless the lease is still the fence's owner's,
+/// at the fence's epoch and unexpired; and the row stays share-locked until
+/// `tx` ends, so no takeover can commit in between.
+pub async fn hold(tx: &impl GenericClient, fence: &Fence) -> Result<(), StorageError> {
+    let held = tx
+        .query_opt(
+            "SELECT 1 FROM cluster_leases
+             WHERE resource = $1 AND owner = $2 AND epoch = $3 AND expires_at > now()
+             FOR SHARE",
+            &[
+                &fence.resource.to_string(),
+                &fence.instance_id,
+                &fence.epoch,
+            ],
+        )
+        .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(StorageError::LeaseLost {
+            resource: fence.resource.to_string(),
+            epoch: fence.epoch,
+        }),
+    }
+}
+
+fn lease_row(row: &Row) -> Result<LeaseRow, StorageError> {
+    Ok(LeaseRow {
+        resource: parse_resource(row.get(0))?,
+        owner: row.get(1),
+        epoch: row.get(2),
+        expires_at_ms: row.get(3),
+        live: row.get(4),
+    })
+}
+
+fn parse_resource(text: &str) -> Result<Resource, StorageError> {
+    Resource::parse(text)
+        .ok_or_else(|| StorageError::Encoding(format!("unknown lease resource {text:?}")))
+}

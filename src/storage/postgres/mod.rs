@@ -1,0 +1,180 @@
+//! The PostgreSQL backend (SPEC §13): one database shared by every instance.
+//!
+//! PostgreSQL I/O runs on a small tokio runtime this module owns, on threads
+//! named `postgres-io`: every pooled connection's task lives there, and
+//! callers on actix's single-threaded arbiters reach it through [`PgStore::run`],
+//! which hands the work over and awaits its answer on a channel. A connection
+//! made on one actix worker's runtime would stall whenever that worker is busy
+//! and cannot be used from another one; this way none is.
+//!
+//! Like the SQLite backend, a caller that gives up does not cancel a write that
+//! already started: it commits or rolls back on its own.
+
+mod leases;
+mod migrations;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+pub use leases::{hold, Fence, InstanceView, LeaseRow};
+
+use super::StorageError;
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Connections per instance (`storage.pool_size`).
+    pub pool_size: usize,
+    /// How long a request waits for a connection, and a statement for the
+    /// server, before it answers 503 (`storage.busy_timeout_ms`).
+    pub busy_timeout: Duration,
+}
+
+/// A cheap, cloneable handle to the PostgreSQL store.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    io: IoRuntime,
+    pool: Pool,
+    busy_timeout: Duration,
+}
+
+impl PgStore {
+    /// Connects, then brings the schema to the latest version (safe when
+    /// several instances start at once).
+    pub async fn connect(options: &PgOptions) -> Result<Self, StorageError> {
+        let config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StorageError::PostgresUrl(e.to_string()))?;
+        let io = IoRuntime::start()?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = {
+            // The pool spawns its connections' tasks on the runtime it is built in.
+            let _entered = io.handle().enter();
+            Pool::builder(manager)
+                .max_size(options.pool_size.max(1))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(Some(options.busy_timeout))
+                .create_timeout(Some(options.busy_timeout))
+                .build()
+                .map_err(|e| StorageError::Postgres(e.to_string()))?
+        };
+        let store = Self {
+            inner: Arc::new(Inner {
+                io,
+                pool,
+                busy_timeout: options.busy_timeout,
+            }),
+        };
+        store
+            .run(|pool| async move {
+                let mut client = pool.get().await?;
+                migrations::migrate(&mut client).await
+            })
+            .await?;
+        Ok(store)
+    }
+
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> Result<u32, StorageError> {
+        self.run(|pool| async move {
+            let client = pool.get().await?;
+            migrations::current_version(&client).await
+        })
+        .await
+    }
+
+    /// Runs `work` on the store's runtime with a handle to the pool, and
+    /// awaits its answer. The work runs to its end even if the caller stops
+    /// waiting.
+    pub(crate) async fn run<T, F, Fut>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Pool) -> Fut,
+        Fut: Future<Output = Result<T, StorageError>> + Send + 'static,
+    {
+        let pool = self.inner.pool.clone();
+        let deadline = self.inner.busy_timeout * 2;
+        let task = self.inner.io.handle().spawn(work(pool));
+        match tokio::time::timeout(deadline, task).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(join)) => Err(StorageError::Reader(join.to_string())),
+            Err(_) => Err(StorageError::Timeout(deadline)),
+        }
+    }
+}
+
+/// The runtime PostgreSQL I/O runs on; shut down without waiting when the
+/// last handle goes (dropping a runtime inside another would panic).
+struct IoRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl IoRuntime {
+    fn start() -> Result<Self, StorageError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("postgres-io")
+            .enable_all()
+            .build()
+            .map_err(StorageError::Thread)?;
+        Ok(Self {
+            runtime: Some(runtime),
+        })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match &self.runtime {
+            Some(runtime) => runtime.handle(),
+            None => unreachable!("the runtime is only taken on drop"),
+        }
+    }
+}
+
+impl Drop for IoRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        StorageError::Postgres(describe(&error))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StorageError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StorageError::Postgres(other.to_string()),
+        }
+    }
+}
+
+/// The server's own message where there is one: tokio-postgres's `Display`
+/// says only "db error".
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => error.to_string(),
+    }
+}

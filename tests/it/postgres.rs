@@ -1,0 +1,328 @@
+//! The PostgreSQL backend against a real, throw-away PostgreSQL server:
+//! migrations from instances starting at once, and leases with fencing.
+
+use std::time::Duration;
+
+use dropshipd::domain::cluster::Resource;
+use dropshipd::scratch_postgres::{ScratchError, ScratchPostgres};
+use dropshipd::storage::postgres::{hold, Fence, PgOptions, PgStore};
+use dropshipd::storage::StorageError;
+
+/// A scratch server, or `None` (with the reason printed) where PostgreSQL is
+/// not installed. With `DROPSHIPD_REQUIRE_POSTGRES` set, as in CI, its absence fails.
+pub fn scratch_postgres(test: &str) -> Option<ScratchPostgres> {
+    match ScratchPostgres::start() {
+        Ok(server) => Some(server),
+        Err(e @ (ScratchError::NotInstalled | ScratchError::NoServerUser))
+            if std::env::var_os("DROPSHIPD_REQUIRE_POSTGRES").is_none() =>
+        {
+            eprintln!("skipped {test}: {e}");
+            None
+        }
+        Err(e) => panic!("cannot start PostgreSQL for {test}: {e}"),
+    }
+}
+
+fn options(url: String) -> PgOptions {
+    PgOptions {
+        url,
+        pool_size: 4,
+        busy_timeout: Duration::from_secs(5),
+    }
+}
+
+const TTL: Duration = Duration::from_secs(30);
+/// A lease that is already over when the next transaction starts: expiry by
+/// the database's clock without waiting for it.
+const EXPIRED: Duration = Duration::ZERO;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_at_once_migrate_the_schema_once() {
+    let Some(server) = scratch_postgres("instances_starting_at_once_migrate_the_schema_once")
+    else {
+        return;
+    };
+    let url = server.create_database("migrations").expect("database");
+    let starts: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PgStore::connect(&options(url)).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for start in starts {
+        stores.push(start.await.expect("task").expect("every instance starts"));
+    }
+    let version = stores[0].schema_version().await.expect("version");
+    assert!(version >= 1);
+    for store in &stores {
+        assert_eq!(store.schema_version().await.expect("version"), version);
+    }
+    // A fourth start later finds nothing to do.
+    let again = PgStore::connect(&options(url.clone()))
+        .await
+        .expect("restart");
+    assert_eq!(again.schema_version().await.expect("version"), version);
+
+    // A database a newer dropshipd migrated is refused, not guessed at.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&(version as i32 + 1)],
+        )
+        .await
+        .expect("a future version");
+    match PgStore::connect(&options(url)).await {
+        Err(StorageError::SchemaTooNew { found, supported }) => {
+            assert_eq!((found, supported), (version + 1, version));
+        }
+        Err(other) => panic!("expected SchemaTooNew, got {other}"),
+        Ok(_) => panic!("a newer schema was accepted"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_has_one_owner_and_a_new_epoch_with_each_new_one() {
+    let Some(server) = scratch_postgres("a_lease_has_one_owner_and_a_new_epoch_with_each_new_one")
+    else {
+        return;
+    };
+    let url = server.create_database("leases").expect("database");
+    let store = PgStore::connect(&options(url)).await.expect("connect");
+    let partition = Resource::OrderPartition(7);
+
+    let epoch_a = store
+        .acquire_lease("a", &partition, TTL)
+        .await
+        .expect("acquire")
+        .expect("a free lease is taken");
+    assert_eq!(epoch_a, 1);
+    assert_eq!(
+        store
+            .acquire_lease("b", &partition, TTL)
+            .await
+            .expect("acquire"),
+        None,
+        "a live lease is not taken from its owner"
+    );
+    assert_eq!(
+        store
+            .acquire_lease("a", &partition, TTL)
+            .await
+            .expect("acquire"),
+        Some(1),
+        "taking one's own lease renews it under the same epoch"
+    );
+    let fence_a = Fence {
+        instance_id: "a".into(),
+        resource: partition.clone(),
+        epoch: epoch_a,
+    };
+    store
+        .check_fence(&fence_a)
+        .await
+        .expect("a's writes commit");
+
+    // a stops renewing (paused, partitioned): its lease runs out.
+    assert_eq!(
+        store.renew_leases("a", EXPIRED).await.expect("renew"),
+        vec![(partition.clone(), 1)]
+    );
+    assert!(
+        store
+            .renew_leases("a", TTL)
+            .await
+            .expect("renew")
+            .is_empty(),
+        "an expired lease is lost"
+    );
+    assert!(matches!(
+        store.check_fence(&fence_a).await,
+        Err(StorageError::LeaseLost { epoch: 1, .. })
+    ));
+    let epoch_b = store
+        .acquire_lease("b", &partition, TTL)
+        .await
+        .expect("acquire")
+        .expect("an expired lease is taken");
+    assert_eq!(epoch_b, 2);
+    // a comes back: nothing it writes under its old epoch commits, and
+    // asking again does not take the lease back.
+    assert!(matches!(
+        store.check_fence(&fence_a).await,
+        Err(StorageError::LeaseLost { .. })
+    ));
+    assert_eq!(
+        store
+            .acquire_lease("a", &partition, TTL)
+            .await
+            .expect("acquire"),
+        None
+    );
+    let fence_b = Fence {
+        instance_id: "b".into(),
+        resource: partition.clone(),
+        epoch: epoch_b,
+    };
+    store
+        .check_fence(&fence_b)
+        .await
+        .expect("b's writes commit");
+
+    // A release hands over at once, and the next owner's epoch is higher.
+    assert!(store.release_lease("b", &partition).await.expect("release"));
+    assert!(!store
+        .release_lease("b", &partition)
+        .await
+        .expect("release twice"));
+    assert!(matches!(
+        store.check_fence(&fence_b).await,
+        Err(StorageError::LeaseLost { .. })
+    ));
+    assert_eq!(
+        store
+            .acquire_lease("a", &partition, TTL)
+            .await
+            .expect("acquire"),
+        Some(3)
+    );
+
+    let table = store.leases().await.expect("leases");
+    assert_eq!(table.len(), 1);
+    assert_eq!(table[0].owner.as_deref(), Some("a"));
+    assert_eq!((table[0].epoch, table[0].live), (3, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_instance_frees_its_leases_and_expired_instances_show_as_gone() {
+    let Some(server) =
+        scratch_postgres("a_leaving_instance_frees_its_leases_and_expired_instances_show_as_gone")
+    else {
+        return;
+    };
+    let url = server.create_database("instances").expect("database");
+    let store = PgStore::connect(&options(url)).await.expect("connect");
+    store.heartbeat("a", TTL).await.expect("a");
+    store.heartbeat("b", EXPIRED).await.expect("b");
+    let seen = store.heartbeat("c", TTL).await.expect("c");
+    let live: Vec<(&str, bool)> = seen
+        .iter()
+        .map(|i| (i.instance_id.as_str(), i.live))
+        .collect();
+    assert_eq!(live, vec![("a", true), ("b", false), ("c", true)]);
+
+    for resource in [Resource::Leader, Resource::Account("primary".into())] {
+        assert_eq!(
+            store
+                .acquire_lease("a", &resource, TTL)
+                .await
+                .expect("acquire"),
+            Some(1)
+        );
+    }
+    store.leave("a").await.expect("leave");
+    assert!(store
+        .leases()
+        .await
+        .expect("leases")
+        .iter()
+        .all(|l| !l.live));
+    assert_eq!(
+        store
+            .acquire_lease("c", &Resource::Leader, TTL)
+            .await
+            .expect("acquire"),
+        Some(2),
+        "a released lease is taken at once"
+    );
+    let after = store.heartbeat("c", TTL).await.expect("c");
+    assert!(after.iter().all(|i| i.instance_id != "a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_waits_for_a_write_in_flight_under_the_old_epoch() {
+    let Some(server) =
+        scratch_postgres("a_takeover_waits_for_a_write_in_flight_under_the_old_epoch")
+    else {
+        return;
+    };
+    let url = server.create_database("fencing").expect("database");
+    let store = PgStore::connect(&options(url.clone()))
+        .await
+        .expect("connect");
+    let partition = Resource::OrderPartition(0);
+    // A lease about to end, by the database's clock.
+    let epoch = store
+        .acquire_lease("a", &partition, Duration::from_millis(500))
+        .await
+        .expect("acquire")
+        .expect("free");
+
+    // a's write holds the fence in an open transaction...
+    let pool = deadpool_postgres::Config {
+        url: Some(url.clone()),
+        ..Default::default()
+    }
+    .create_pool(
+        Some(deadpool_postgres::Runtime::Tokio1),
+        tokio_postgres::NoTls,
+    )
+    .expect("pool");
+    let mut client = pool.get().await.expect("connection");
+    let write = client.transaction().await.expect("begin");
+    let fence = Fence {
+        instance_id: "a".into(),
+        resource: partition.clone(),
+        epoch,
+    };
+    hold(&write, &fence).await.expect("a holds the lease");
+
+    // ...so b cannot take it until that write is over, even once it expired.
+    let takeover = {
+        let store = store.clone();
+        let partition = partition.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(epoch) = store
+                    .acquire_lease("b", &partition, TTL)
+                    .await
+                    .expect("acquire")
+                {
+                    return epoch;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // Wait until the lease has expired and b's attempt is blocked on a's row
+    // lock, both as the server sees them.
+    let (watcher, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    loop {
+        let row = watcher
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'),
+                        (SELECT expires_at < clock_timestamp() FROM cluster_leases WHERE resource = $1)",
+                &[&partition.to_string()],
+            )
+            .await
+            .expect("activity");
+        let (waiting, expired): (i64, bool) = (row.get(0), row.get(1));
+        if waiting > 0 && expired {
+            break;
+        }
+        assert!(
+            !takeover.is_finished(),
+            "b took a lease while a's write held it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write.commit().await.expect("a's write commits");
+    assert_eq!(takeover.await.expect("b"), epoch + 1);
+}
