@@ -1,47 +1,41 @@
-//! Durable state in SQLite: the one module that knows SQL and table names.
+//! Durable state: the one module that knows SQL and table names.
 //!
-//! Layout: one write connection owned by the group-commit `writer` thread, a
-//! small pool of read-only connections for queries (`readers`), versioned
-//! `migrations` run at open, and one file per kind of record (webhooks for
-//! now). WAL mode lets readers run beside the writer; `synchronous=FULL` makes
-//! every commit durable before anyone is told it happened.
+//! [`Storage`] is the API the rest of the daemon uses; behind it a backend
+//! does the work: `sqlite` (embedded, one instance, group commit) or
+//! `postgres` (one database shared by several instances, SPEC §13). The
+//! records it takes and gives are the same on both.
 
-mod audit;
-mod checkpoint;
-mod daemon_state;
-mod lock;
-mod migrations;
-mod orders;
 mod pii;
 pub mod postgres;
-mod readers;
-mod shipping;
-mod stock;
-mod webhooks;
-mod writer;
+mod sqlite;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::order::OrderState;
-use rusqlite::{Connection, OpenFlags};
+use crate::domain::audit::AuditEntry;
+use crate::domain::dead_letter::LetterSource;
+use crate::domain::order::{OrderEvent, OrderSnapshot, OrderState};
+use crate::domain::shipping::QueueEntry;
+use crate::domain::stock::StockLevel;
+use sqlite::SqliteStore;
 
 pub use crate::domain::stock::{AllocationStatus, AllocationStep, ProductFacts};
-pub use audit::{verify_audit_log, AuditRecord, AuditVerifyError, AuditedAction};
-pub use lock::lock_path;
-pub use orders::{
+pub use pii::PiiKey;
+pub use sqlite::audit::{verify_audit_log, AuditRecord, AuditVerifyError, AuditedAction};
+pub use sqlite::lock::lock_path;
+pub use sqlite::open_read_only;
+pub use sqlite::orders::{
     DeferredCommand, JournalAppend, JournalRow, ListedOrder, NewOrder, OrderDeadLetter, OrderWrite,
     StoredOrder,
 };
-pub use pii::PiiKey;
-pub use shipping::{QueueBacklog, QueueSource, QueuedOrder};
-pub use stock::{Allocation, StockItem, StockMismatch, StockStep};
-pub use webhooks::{
+pub use sqlite::shipping::{QueueBacklog, QueueSource, QueuedOrder};
+pub use sqlite::stock::{Allocation, StockItem, StockMismatch, StockStep};
+pub use sqlite::webhooks::{
     inbox_entries, DeadLetter, DeadLetterView, InboxEntry, IngestCounts, RecordOutcome,
     ReplayableLetter, WebhookRecord,
 };
-pub use writer::WriterStatsSnapshot;
+pub use sqlite::writer::WriterStatsSnapshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -90,21 +84,6 @@ pub enum StorageError {
     LeaseLost { resource: String, epoch: i64 },
 }
 
-/// A cheap, cloneable handle to the database.
-#[derive(Clone)]
-pub struct Storage {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    writer: writer::Writer,
-    readers: Arc<readers::Readers>,
-    pii: Arc<pii::PiiCipher>,
-    path: PathBuf,
-    /// Held until [`Storage::release`] or the process ends.
-    lock: std::sync::Mutex<Option<lock::DatabaseLock>>,
-}
-
 /// How to open the database.
 #[derive(Debug, Clone)]
 pub struct StorageOptions {
@@ -123,182 +102,424 @@ impl StorageOptions {
         Self {
             path,
             busy_timeout,
-            max_batch: writer::DEFAULT_MAX_BATCH,
+            max_batch: sqlite::writer::DEFAULT_MAX_BATCH,
             pii_key,
         }
     }
 }
 
-impl Storage {
-    /// Opens (creating if needed) and migrates the database, then starts the
-    /// writer thread. Blocking: call before serving, or from a blocking task.
-    pub fn open(options: &StorageOptions) -> Result<Self, StorageError> {
-        if let Some(folder) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder).map_err(|source| StorageError::Folder {
-                path: folder.to_path_buf(),
-                source,
-            })?;
+/// A cheap, cloneable handle to the daemon's durable state, whichever
+/// backend holds it.
+#[derive(Clone)]
+pub struct Storage {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqliteStore),
+}
+
+/// Calls the same method on whichever backend is in use.
+macro_rules! on_backend {
+    ($self:ident, $db:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($db) => $call,
         }
-        let lock = lock::DatabaseLock::acquire(&options.path)?;
-        let mut conn = Connection::open(&options.path)?;
-        conn.busy_timeout(options.busy_timeout)?;
-        // WAL: readers never block the writer. FULL: the WAL is fsynced at every
-        // commit, so an acknowledged webhook survives power loss, not just a crash.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Jobs run in savepoints; keep their sub-journal in memory, not a temp file.
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
-        // The writer revisits the same index pages batch after batch; 64 MiB keeps
-        // them parsed in SQLite's cache instead of re-reading them from the OS.
-        conn.pragma_update(None, "cache_size", -65_536)?;
-        // A burst's WAL is cut back to this once it starts over.
-        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        migrations::migrate(&mut conn)?;
-        let checkpointing = Connection::open(&options.path)?;
-        checkpointing.busy_timeout(options.busy_timeout)?;
-        let checkpoints =
-            checkpoint::Checkpoints::start(&conn, checkpointing, checkpoint::RESTART_FRAMES)
-                .map_err(StorageError::Thread)?;
-        // The reply deadline covers a full busy wait plus the batch queued ahead.
-        let (writer, _thread) = writer::Writer::spawn(
-            conn,
-            options.busy_timeout * 2,
-            options.max_batch,
-            audit::record_head,
-            Some(checkpoints),
-        )
-        .map_err(StorageError::Thread)?;
-        let readers = Arc::new(readers::Readers::new(
-            options.path.clone(),
-            options.busy_timeout,
-        ));
+    };
+}
+
+impl Storage {
+    /// Opens (creating if needed) and migrates the SQLite database, then
+    /// starts its writer thread. Blocking: call before serving, or from a
+    /// blocking task.
+    pub fn open(options: &StorageOptions) -> Result<Self, StorageError> {
         Ok(Self {
-            inner: Arc::new(Inner {
-                writer,
-                readers,
-                pii: Arc::new(pii::PiiCipher::new(&options.pii_key)),
-                path: options.path.clone(),
-                lock: std::sync::Mutex::new(Some(lock)),
-            }),
+            backend: Backend::Sqlite(SqliteStore::open(options)?),
         })
     }
 
-    /// Lets another daemon open the file: at the end of an orderly stop,
-    /// once the writer has nothing left to do.
+    /// Lets another daemon open the database: at the end of an orderly stop,
+    /// once nothing is left to write.
     pub fn release(&self) {
-        if let Ok(mut lock) = self.inner.lock.lock() {
-            lock.take();
-        }
+        on_backend!(self, db => db.release())
     }
 
+    /// The SQLite file.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        on_backend!(self, db => db.path())
     }
 
     pub fn writer_stats(&self) -> WriterStatsSnapshot {
-        self.inner.writer.stats()
+        on_backend!(self, db => db.writer_stats())
     }
 
     /// True when a write commits right now: readiness means "a webhook would be
     /// accepted", which only an actual commit proves.
     pub async fn probe_writable(&self, now_ms: i64) -> Result<(), StorageError> {
-        if !self.inner.writer.is_running() {
-            return Err(StorageError::WriterStopped);
-        }
-        self.write(move |conn| daemon_state::put(conn, "ready_probe_at_ms", &now_ms.to_string()))
-            .await
+        on_backend!(self, db => db.probe_writable(now_ms).await)
     }
 
-    fn pii(&self) -> Arc<pii::PiiCipher> {
-        Arc::clone(&self.inner.pii)
+    /// Stores a delivery unless its dedup key was seen before. The receipt and the
+    /// record commit together, so the first delivery wins even across restarts.
+    pub async fn record_webhook(
+        &self,
+        record: WebhookRecord,
+    ) -> Result<RecordOutcome, StorageError> {
+        on_backend!(self, db => db.record_webhook(record).await)
     }
 
-    async fn write<T, F>(&self, op: F) -> Result<T, StorageError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
-    {
-        self.inner.writer.run(op).await
+    /// Unprocessed inbox entries after `after_id`, oldest first, bodies opened.
+    pub async fn pending_inbox(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StorageError> {
+        on_backend!(self, db => db.pending_inbox(after_id, limit).await)
     }
 
-    /// [`Storage::write`] for an operation that may run twice (an `Fn` whose
-    /// effects are all in the database): it shares a savepoint with the
-    /// writes beside it. For the hottest writes.
-    async fn write_repeatable<T, F>(&self, op: F) -> Result<T, StorageError>
-    where
-        T: Send + 'static,
-        F: Fn(&Connection) -> Result<T, StorageError> + Send + 'static,
-    {
-        self.inner.writer.run_repeatable(op).await
+    /// An open or resolved dead letter with what a replay needs: its own body,
+    /// or the inbox entry it was filed for (bodies opened).
+    pub async fn dead_letter_for_replay(
+        &self,
+        id: i64,
+    ) -> Result<Option<ReplayableLetter>, StorageError> {
+        on_backend!(self, db => db.dead_letter_for_replay(id).await)
     }
 
-    async fn read<T, F>(&self, op: F) -> Result<T, StorageError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
-    {
-        Arc::clone(&self.inner.readers).run(op).await
+    /// Records a replay's outcome on its letter, with the operator's action.
+    pub async fn record_replay(
+        &self,
+        id: i64,
+        outcome: String,
+        resolved: bool,
+        at_ms: i64,
+        audit: Option<AuditedAction>,
+    ) -> Result<(), StorageError> {
+        on_backend!(self, db => db.record_replay(id, outcome, resolved, at_ms, audit).await)
     }
-}
 
-/// The states `holds` is true of, as an SQL list (`'paid', 'shipped'`): the
-/// domain says which states a query is about, so a new state cannot be missed.
-fn states_where(holds: fn(OrderState) -> bool) -> String {
-    OrderState::ALL
-        .into_iter()
-        .filter(|s| holds(*s))
-        .map(|s| format!("'{s}'"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A column holding text or bytes (sealed values are blobs, older ones text).
-fn bytes_at(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Vec<u8>> {
-    use rusqlite::types::ValueRef;
-    match row.get_ref(index)? {
-        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Ok(bytes.to_vec()),
-        ValueRef::Null => Ok(Vec::new()),
-        other => Err(rusqlite::Error::InvalidColumnType(
-            index,
-            "customer data".into(),
-            other.data_type(),
-        )),
+    /// Open dead letters, newest first; `before` is the cursor from the last page.
+    pub async fn dead_letters(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterView>, StorageError> {
+        on_backend!(self, db => db.dead_letters(before, limit).await)
     }
-}
 
-/// Prepared statements a connection keeps: more than storage has distinct
-/// statements. With rusqlite's default of 16 the writer evicted and parsed
-/// its SQL again on an order's path (about 6% of its CPU).
-const STATEMENT_CACHE: usize = 256;
+    pub async fn ingest_counts(&self) -> Result<IngestCounts, StorageError> {
+        on_backend!(self, db => db.ingest_counts().await)
+    }
 
-/// Read-only access to a database file another process owns, for tools and
-/// tests that inspect what a daemon left behind.
-pub fn open_read_only(path: &Path) -> Result<Connection, StorageError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    Ok(conn)
-}
+    /// Inserts a new order with its first journal entries and its stock
+    /// steps (each flagged applied or already done). `Ok(None)` when an order
+    /// with that id exists already: then nothing is written.
+    pub async fn insert_order(&self, order: NewOrder) -> Result<Option<Vec<bool>>, StorageError> {
+        on_backend!(self, db => db.insert_order(order).await)
+    }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    /// Commits an order change: journal rows, the snapshot, the inbox entry,
+    /// its queue rows and stock steps (each flagged applied or already done).
+    pub async fn commit_order(&self, write: OrderWrite) -> Result<Vec<bool>, StorageError> {
+        on_backend!(self, db => db.commit_order(write).await)
+    }
 
-    #[test]
-    fn state_lists_are_the_states_the_domain_names() {
-        assert_eq!(
-            states_where(OrderState::holds_reservation),
-            "'pending_payment', 'payment_failed'"
-        );
-        assert_eq!(
-            states_where(OrderState::is_being_shipped),
-            "'awaiting_shipment', 'shipment_created'"
-        );
-        assert_eq!(states_where(|_| false), "");
+    /// Completes an inbox entry that changes no order, filing a dead letter if given.
+    pub async fn finish_inbox_entry(
+        &self,
+        inbox_id: i64,
+        dead_letter: Option<OrderDeadLetter>,
+        at_ms: i64,
+    ) -> Result<(), StorageError> {
+        on_backend!(self, db => db.finish_inbox_entry(inbox_id, dead_letter, at_ms).await)
+    }
+
+    /// Files a dead letter on its own (a problem with no inbox entry behind it).
+    pub async fn file_dead_letter(
+        &self,
+        source: LetterSource,
+        letter: OrderDeadLetter,
+        at_ms: i64,
+    ) -> Result<(), StorageError> {
+        on_backend!(self, db => db.file_dead_letter(source, letter, at_ms).await)
+    }
+
+    /// Stores a command to run when processing resumes (the kill switch is on).
+    pub async fn defer_command(&self, command: DeferredCommand) -> Result<i64, StorageError> {
+        on_backend!(self, db => db.defer_command(command).await)
+    }
+
+    /// Deferred commands, oldest first.
+    pub async fn deferred_commands(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<DeferredCommand>, StorageError> {
+        on_backend!(self, db => db.deferred_commands(limit).await)
+    }
+
+    /// Removes a deferred command once its order has dealt with it.
+    pub async fn finish_deferred(&self, id: i64) -> Result<(), StorageError> {
+        on_backend!(self, db => db.finish_deferred(id).await)
+    }
+
+    /// An order's snapshot alone: for views that show no customer data, so
+    /// nothing is decrypted.
+    pub async fn load_snapshot(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<OrderSnapshot>, StorageError> {
+        on_backend!(self, db => db.load_snapshot(order_id).await)
+    }
+
+    pub async fn load_order(&self, order_id: &str) -> Result<Option<StoredOrder>, StorageError> {
+        on_backend!(self, db => db.load_order(order_id).await)
+    }
+
+    pub async fn order_id_for_razorpay(
+        &self,
+        razorpay_order_id: &str,
+    ) -> Result<Option<String>, StorageError> {
+        on_backend!(self, db => db.order_id_for_razorpay(razorpay_order_id).await)
+    }
+
+    /// An order and its journal as of one moment: both are read in one
+    /// transaction, so the journal ends exactly at the snapshot's version even
+    /// while the order's actor keeps writing.
+    pub async fn order_with_journal(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<(StoredOrder, Vec<JournalRow>)>, StorageError> {
+        on_backend!(self, db => db.order_with_journal(order_id).await)
+    }
+
+    /// An order's stored snapshot and its journal as events, oldest first: what
+    /// a replay check compares (`domain::order::replay` over the events must
+    /// give the snapshot).
+    pub async fn order_history(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<(OrderSnapshot, Vec<(OrderEvent, i64)>)>, StorageError> {
+        on_backend!(self, db => db.order_history(order_id).await)
+    }
+
+    /// Orders newest first, optionally in one state; `before` is the cursor.
+    /// Snapshots only: a listing shows no customer data, so none is decrypted.
+    pub async fn list_orders(
+        &self,
+        state: Option<OrderState>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ListedOrder>, StorageError> {
+        on_backend!(self, db => db.list_orders(state, before, limit).await)
+    }
+
+    /// How many orders are in each state (every state present, zeros too).
+    pub async fn order_counts(&self) -> Result<BTreeMap<OrderState, u64>, StorageError> {
+        on_backend!(self, db => db.order_counts().await)
+    }
+
+    /// Orders whose reservation ended at or before `now_ms`.
+    pub async fn reservations_ended(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, StorageError> {
+        on_backend!(self, db => db.reservations_ended(now_ms, limit).await)
+    }
+
+    /// Unpaid orders registered at or before `created_before_ms`, with their
+    /// Razorpay order ids, for payment reconciliation.
+    pub async fn unpaid_orders(
+        &self,
+        created_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        on_backend!(self, db => db.unpaid_orders(created_before_ms, limit).await)
+    }
+
+    /// The order that shipped under `awb`.
+    pub async fn order_id_for_awb(&self, awb: &str) -> Result<Option<String>, StorageError> {
+        on_backend!(self, db => db.order_id_for_awb(awb).await)
+    }
+
+    /// Every order in `state` (for bulk operator actions), oldest first.
+    pub async fn order_ids_in_state(
+        &self,
+        state: OrderState,
+        limit: u32,
+    ) -> Result<Vec<String>, StorageError> {
+        on_backend!(self, db => db.order_ids_in_state(state, limit).await)
+    }
+
+    /// Orders whose stock allocations may lag their state after a crash: any
+    /// order with a `held` allocation that no longer holds, or a cancelled order
+    /// with an unshipped sale.
+    pub async fn orders_needing_stock_repair(&self) -> Result<Vec<String>, StorageError> {
+        on_backend!(self, db => db.orders_needing_stock_repair().await)
+    }
+
+    /// Applies a step; `false` when its allocation move had already happened.
+    pub async fn apply_stock_step(&self, step: StockStep) -> Result<bool, StorageError> {
+        on_backend!(self, db => db.apply_stock_step(step).await)
+    }
+
+    /// Applies `steps` in one commit, each flagged as applied or already done.
+    pub async fn apply_stock_steps(
+        &self,
+        steps: Vec<StockStep>,
+    ) -> Result<Vec<bool>, StorageError> {
+        on_backend!(self, db => db.apply_stock_steps(steps).await)
+    }
+
+    /// An operator's stock change: the steps, the product facts given with
+    /// them and the action's audit entry, in one commit.
+    pub async fn apply_operator_steps(
+        &self,
+        steps: Vec<StockStep>,
+        facts: Option<(String, ProductFacts)>,
+        audit: Option<AuditedAction>,
+    ) -> Result<Vec<bool>, StorageError> {
+        on_backend!(self, db => db.apply_operator_steps(steps, facts, audit).await)
+    }
+
+    /// The levels of `skus` as committed now.
+    pub async fn stock_levels_of(
+        &self,
+        skus: Vec<String>,
+    ) -> Result<Vec<(String, StockLevel)>, StorageError> {
+        on_backend!(self, db => db.stock_levels_of(skus).await)
+    }
+
+    /// Every SKU's level, for the shards to start from.
+    pub async fn stock_levels(&self) -> Result<Vec<(String, StockLevel)>, StorageError> {
+        on_backend!(self, db => db.stock_levels().await)
+    }
+
+    pub async fn stock_item(&self, sku: &str) -> Result<Option<StockItem>, StorageError> {
+        on_backend!(self, db => db.stock_item(sku).await)
+    }
+
+    /// Records product facts; absent fields keep their stored value.
+    pub async fn set_product_facts(
+        &self,
+        sku: &str,
+        facts: ProductFacts,
+    ) -> Result<(), StorageError> {
+        on_backend!(self, db => db.set_product_facts(sku, facts).await)
+    }
+
+    /// The status of one order's allocation of one SKU, if it has one.
+    pub async fn allocation_status(
+        &self,
+        order_id: &str,
+        sku: &str,
+    ) -> Result<Option<AllocationStatus>, StorageError> {
+        on_backend!(self, db => db.allocation_status(order_id, sku).await)
+    }
+
+    pub async fn allocations(&self, order_id: &str) -> Result<Vec<Allocation>, StorageError> {
+        on_backend!(self, db => db.allocations(order_id).await)
+    }
+
+    /// Levels that differ from the sums of their ledgers: `(checked, mismatches)`.
+    pub async fn reconcile_stock(&self) -> Result<(u64, Vec<StockMismatch>), StorageError> {
+        on_backend!(self, db => db.reconcile_stock().await)
+    }
+
+    /// The cached token of `account` and when it was issued.
+    pub async fn shiprocket_token(
+        &self,
+        account: &str,
+    ) -> Result<Option<(String, i64)>, StorageError> {
+        on_backend!(self, db => db.shiprocket_token(account).await)
+    }
+
+    pub async fn save_shiprocket_token(
+        &self,
+        account: &str,
+        token: &str,
+        issued_at_ms: i64,
+    ) -> Result<(), StorageError> {
+        on_backend!(self, db => db.save_shiprocket_token(account, token, issued_at_ms).await)
+    }
+
+    /// Up to `limit` orders with work due at `now_ms` from `sources`, oldest
+    /// paid first (an order listed by two sources appears once).
+    pub async fn shipping_due(
+        &self,
+        sources: Vec<QueueSource>,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<QueuedOrder>, StorageError> {
+        on_backend!(self, db => db.shipping_due(sources, now_ms, limit).await)
+    }
+
+    /// Orders on their way to `ready_to_ship` with a call due at `now_ms` on
+    /// any account: what manual mode hands to operators.
+    pub async fn shipments_due(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, StorageError> {
+        on_backend!(self, db => db.shipments_due(now_ms, limit).await)
+    }
+
+    /// The queue's size per account: orders, calls left, the oldest payment.
+    pub async fn shipping_backlog(&self) -> Result<Vec<QueueBacklog>, StorageError> {
+        on_backend!(self, db => db.shipping_backlog().await)
+    }
+
+    /// An order's queue rows as stored, for checks that they follow its snapshot.
+    pub async fn queue_rows(&self, order_id: &str) -> Result<Vec<QueueEntry>, StorageError> {
+        on_backend!(self, db => db.queue_rows(order_id).await)
+    }
+
+    /// Records an admin action (or any entry not tied to another write).
+    pub async fn append_audit(&self, record: AuditRecord) -> Result<i64, StorageError> {
+        on_backend!(self, db => db.append_audit(record).await)
+    }
+
+    /// Records an admin action that changed nothing (the order was already
+    /// where it was asked to go), marking it committed.
+    pub async fn record_action(&self, action: &AuditedAction) -> Result<(), StorageError> {
+        on_backend!(self, db => db.record_action(action).await)
+    }
+
+    /// Entries after sequence number `after`, oldest first.
+    pub async fn audit_entries(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StorageError> {
+        on_backend!(self, db => db.audit_entries(after, limit).await)
+    }
+
+    /// The kill switch as an operator last set it, if ever.
+    pub async fn processing_paused(&self) -> Result<Option<bool>, StorageError> {
+        on_backend!(self, db => db.processing_paused().await)
+    }
+
+    /// Sets the kill switch; `audit` is the operator's action, committed with it.
+    pub async fn set_processing_paused(
+        &self,
+        paused: bool,
+        audit: Option<AuditedAction>,
+    ) -> Result<(), StorageError> {
+        on_backend!(self, db => db.set_processing_paused(paused, audit).await)
+    }
+
+    /// The shipping mode as an operator last set it: `Some(true)` for manual.
+    pub async fn shipping_manual(&self) -> Result<Option<bool>, StorageError> {
+        on_backend!(self, db => db.shipping_manual().await)
+    }
+
+    /// Sets the shipping mode; `audit` is the operator's action, committed with it.
+    pub async fn set_shipping_manual(
+        &self,
+        manual: bool,
+        audit: Option<AuditedAction>,
+    ) -> Result<(), StorageError> {
+        on_backend!(self, db => db.set_shipping_manual(manual, audit).await)
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use dropshipd::domain::cluster::Resource;
 use dropshipd::scratch_postgres::{ScratchError, ScratchPostgres};
 use dropshipd::storage::postgres::{hold, Fence, PgOptions, PgStore};
-use dropshipd::storage::StorageError;
+use dropshipd::storage::{PiiKey, StorageError};
 
 /// A scratch server, or `None` (with the reason printed) where PostgreSQL is
 /// not installed. With `DROPSHIPD_REQUIRE_POSTGRES` set, as in CI, its absence fails.
@@ -28,6 +28,7 @@ fn options(url: String) -> PgOptions {
         url,
         pool_size: 4,
         busy_timeout: Duration::from_secs(5),
+        pii_key: PiiKey::from_bytes([7; 32]),
     }
 }
 

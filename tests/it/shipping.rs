@@ -39,14 +39,15 @@ async fn a_paid_order_becomes_ready_to_ship_with_its_awb() {
         (order.sub_total, order.payment_method.as_str()),
         (749.0, "Prepaid")
     );
-    assert!(order.pickup_requested);
 
-    // The pickup's answer is journaled just after Shiprocket took it.
+    // The pickup follows the AWB (the order is ready to ship in between); its
+    // answer is journaled just after Shiprocket took it.
     eventually("the pickup journaled", || async {
         let detail = app.admin_order("XVC-SH1", OPERATOR_TOKEN).await;
         journal_kinds(&detail).contains(&json!("pickup_requested"))
     })
     .await;
+    assert!(sandbox.orders()[0].pickup_requested);
     let detail = app.admin_order("XVC-SH1", OPERATOR_TOKEN).await;
     let kinds = journal_kinds(&detail);
     assert_eq!(

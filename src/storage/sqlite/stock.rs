@@ -9,7 +9,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::{AuditRecord, AuditedAction, Storage, StorageError};
+use super::{AuditRecord, AuditedAction, SqliteStore, StorageError};
 use crate::domain::stock::{
     AllocationStatus, AllocationStep, ProductFacts, StockDelta, StockLevel,
 };
@@ -100,7 +100,7 @@ pub(super) fn apply_steps(
         .collect()
 }
 
-impl Storage {
+impl SqliteStore {
     /// Applies a step; `false` when its allocation move had already happened.
     pub async fn apply_stock_step(&self, step: StockStep) -> Result<bool, StorageError> {
         let applied = self.apply_stock_steps(vec![step]).await?;

@@ -2,10 +2,10 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::pii::Column;
 use super::AuditedAction;
-use super::{Storage, StorageError};
+use super::{SqliteStore, StorageError};
 use crate::domain::dead_letter::{LetterReason, LetterSource};
+use crate::storage::pii::Column;
 
 /// What to store for one signed delivery.
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ pub struct InboxEntry {
     pub body: Vec<u8>,
 }
 
-impl Storage {
+impl SqliteStore {
     /// Stores a delivery unless its dedup key was seen before. The receipt and the
     /// record commit together, so the first delivery wins even across restarts.
     pub async fn record_webhook(
@@ -187,7 +187,6 @@ impl Storage {
         .await
     }
 
-    /// Records a replay's outcome on its dead letter; `resolved` closes it.
     /// Records a replay's outcome on its letter, with the operator's action.
     pub async fn record_replay(
         &self,
@@ -411,8 +410,8 @@ fn inbox_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<InboxEntry> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::StorageOptions;
     use super::*;
+    use crate::storage::StorageOptions;
 
     fn accepted(key: &str) -> WebhookRecord {
         WebhookRecord::Accepted {
@@ -433,9 +432,9 @@ mod tests {
         let options = StorageOptions::new(
             dir.path().join("db.sqlite"),
             std::time::Duration::from_millis(500),
-            super::super::PiiKey::from_bytes([7; 32]),
+            crate::storage::PiiKey::from_bytes([7; 32]),
         );
-        let storage = Storage::open(&options).unwrap();
+        let storage = SqliteStore::open(&options).unwrap();
         assert!(matches!(
             storage.record_webhook(accepted("evt_1")).await.unwrap(),
             RecordOutcome::Accepted { .. }
@@ -469,7 +468,7 @@ mod tests {
         );
         drop(storage);
 
-        let reopened = Storage::open(&options).unwrap();
+        let reopened = SqliteStore::open(&options).unwrap();
         assert_eq!(
             reopened.record_webhook(accepted("evt_1")).await.unwrap(),
             RecordOutcome::Duplicate
@@ -485,12 +484,12 @@ mod tests {
     }
 
     /// Storage on a new file in a temporary folder (kept while the folder lives).
-    fn fresh_storage() -> (Storage, tempfile::TempDir) {
+    fn fresh_storage() -> (SqliteStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(&StorageOptions::new(
+        let storage = SqliteStore::open(&StorageOptions::new(
             dir.path().join("db.sqlite"),
             std::time::Duration::from_secs(5),
-            super::super::PiiKey::from_bytes([7; 32]),
+            crate::storage::PiiKey::from_bytes([7; 32]),
         ))
         .unwrap();
         (storage, dir)
@@ -554,7 +553,7 @@ mod tests {
             "every write committed alone: {stats:?}"
         );
         assert!(stats.largest_batch > 1, "{stats:?}");
-        let conn = super::super::open_read_only(storage.path()).unwrap();
+        let conn = crate::storage::open_read_only(storage.path()).unwrap();
         assert_eq!(inbox_entries(&conn).unwrap().len(), 500);
     }
 
@@ -569,7 +568,7 @@ mod tests {
         let (bad, good) = tokio::join!(bad, good);
         assert!(bad.is_err());
         assert!(matches!(good.unwrap(), RecordOutcome::Accepted { .. }));
-        let conn = super::super::open_read_only(storage.path()).unwrap();
+        let conn = crate::storage::open_read_only(storage.path()).unwrap();
         let keys: Vec<_> = inbox_entries(&conn)
             .unwrap()
             .into_iter()

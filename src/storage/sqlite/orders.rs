@@ -7,13 +7,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::audit::{self, AuditRecord};
-use super::pii::{Column, PiiCipher};
 use super::stock::{apply_steps, EncodedStep, StockStep};
-use super::{Storage, StorageError};
+use super::{SqliteStore, StorageError};
 use crate::domain::checkout::CustomerRecord;
 use crate::domain::dead_letter::{LetterReason, LetterSource};
 use crate::domain::order::{Command, OrderEvent, OrderSnapshot, OrderState};
 use crate::domain::shipping::QueueEntry;
+use crate::storage::pii::{Column, PiiCipher};
 
 /// A journal entry to append: the event with its time and cause.
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ fn to_json<T: Serialize>(value: &T) -> Result<String, StorageError> {
     serde_json::to_string(value).map_err(|e| StorageError::Encoding(e.to_string()))
 }
 
-impl Storage {
+impl SqliteStore {
     /// Inserts a new order with its first journal entries and its stock
     /// steps (each flagged applied or already done). `Ok(None)` when an order
     /// with that id exists already: then nothing is written.
@@ -729,10 +729,10 @@ fn mark_processed(conn: &Connection, inbox_id: i64, at_ms: i64) -> Result<(), St
 
 #[cfg(test)]
 mod tests {
-    use super::super::{PiiKey, StorageOptions};
     use super::*;
     use crate::domain::checkout::{Address, Customer};
     use crate::domain::order::{apply, genesis, OrderLine, PaymentMethod};
+    use crate::storage::{PiiKey, StorageOptions};
 
     fn customer() -> CustomerRecord {
         CustomerRecord {
@@ -770,7 +770,7 @@ mod tests {
             std::time::Duration::from_millis(500),
             PiiKey::from_bytes([7; 32]),
         );
-        let storage = Storage::open(&options).unwrap();
+        let storage = SqliteStore::open(&options).unwrap();
         let created = OrderEvent::Created {
             razorpay_order_id: None,
             payment_method: PaymentMethod::Prepaid,

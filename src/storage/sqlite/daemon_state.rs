@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::{AuditedAction, Storage, StorageError};
+use super::{AuditedAction, SqliteStore, StorageError};
 
 const PROCESSING_PAUSED: &str = "processing_paused";
 const SHIPPING_MANUAL: &str = "shipping_manual";
@@ -27,7 +27,7 @@ pub(super) fn put(conn: &Connection, key: &str, value: &str) -> Result<(), Stora
     Ok(())
 }
 
-impl Storage {
+impl SqliteStore {
     /// The kill switch as an operator last set it, if ever.
     pub async fn processing_paused(&self) -> Result<Option<bool>, StorageError> {
         self.flag(PROCESSING_PAUSED).await

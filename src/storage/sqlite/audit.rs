@@ -9,7 +9,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{daemon_state, Storage, StorageError};
+use super::{daemon_state, SqliteStore, StorageError};
 use crate::domain::audit::{self, AuditEntry, AuditHead, ChainBreak, ChainVerifier};
 
 const HEAD_KEY: &str = "audit_head";
@@ -222,7 +222,7 @@ pub fn verify_audit_log(conn: &Connection) -> Result<u64, AuditVerifyError> {
     result
 }
 
-impl Storage {
+impl SqliteStore {
     /// Records an admin action (or any entry not tied to another write).
     pub async fn append_audit(&self, record: AuditRecord) -> Result<i64, StorageError> {
         self.write(move |conn| append(conn, &record)).await
@@ -278,7 +278,7 @@ mod tests {
             Duration::from_secs(5),
             PiiKey::from_bytes([3; 32]),
         );
-        let storage = Storage::open(&options).unwrap();
+        let storage = SqliteStore::open(&options).unwrap();
         for i in 1..=5 {
             storage.append_audit(record(i)).await.unwrap();
         }

@@ -3,12 +3,12 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::pii::Column;
-use super::{Storage, StorageError};
+use super::{SqliteStore, StorageError};
 use crate::domain::order::OrderState;
 use crate::domain::shipping::QueueEntry;
+use crate::storage::pii::Column;
 
-impl Storage {
+impl SqliteStore {
     /// The cached token of `account` and when it was issued.
     pub async fn shiprocket_token(
         &self,
@@ -113,7 +113,7 @@ pub(super) fn replace_queue_rows(
     Ok(())
 }
 
-impl Storage {
+impl SqliteStore {
     /// Up to `limit` orders with work due at `now_ms` from `sources`, oldest
     /// paid first (an order listed by two sources appears once).
     pub async fn shipping_due(
