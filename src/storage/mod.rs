@@ -5,6 +5,7 @@
 //! `postgres` (one database shared by several instances, SPEC §13). The
 //! records it takes and gives are the same on both.
 
+mod order_encoding;
 mod pii;
 pub mod postgres;
 mod sqlite;

@@ -9,6 +9,9 @@ use serde::Serialize;
 use super::audit::{self, AuditRecord};
 use super::stock::{apply_steps, EncodedStep, StockStep};
 use super::{SqliteStore, StorageError};
+use crate::storage::order_encoding::{
+    encode_journal, to_json, EncodedDeferred, EncodedEntry, OrderRow,
+};
 use crate::domain::checkout::CustomerRecord;
 use crate::domain::dead_letter::{LetterReason, LetterSource};
 use crate::domain::order::{Command, OrderEvent, OrderSnapshot, OrderState};
@@ -90,10 +93,6 @@ pub struct NewOrder {
     pub deferred: Option<DeferredCommand>,
     pub stock: Vec<StockStep>,
     pub queue: Vec<QueueEntry>,
-}
-
-fn to_json<T: Serialize>(value: &T) -> Result<String, StorageError> {
-    serde_json::to_string(value).map_err(|e| StorageError::Encoding(e.to_string()))
 }
 
 impl SqliteStore {
@@ -534,14 +533,6 @@ fn order_ids(
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// An order row before its customer record is opened.
-struct OrderRow {
-    id: i64,
-    snapshot: String,
-    customer: Vec<u8>,
-    fingerprint: String,
-}
-
 fn order_on(
     conn: &Connection,
     order_id: &str,
@@ -582,20 +573,6 @@ fn order_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
     })
 }
 
-impl OrderRow {
-    fn open(self, pii: &PiiCipher) -> Result<StoredOrder, StorageError> {
-        let customer = pii.open(Column::OrderCustomer, &self.customer)?;
-        Ok(StoredOrder {
-            id: self.id,
-            snapshot: serde_json::from_str(&self.snapshot)
-                .map_err(|e| StorageError::Encoding(e.to_string()))?,
-            customer: serde_json::from_slice(&customer)
-                .map_err(|e| StorageError::Encoding(e.to_string()))?,
-            fingerprint: self.fingerprint,
-        })
-    }
-}
-
 /// A command that waits in storage for processing to resume.
 #[derive(Debug, Clone)]
 pub struct DeferredCommand {
@@ -604,25 +581,6 @@ pub struct DeferredCommand {
     pub command: Command,
     pub cause: String,
     pub received_at_ms: i64,
-}
-
-/// A deferred command with its command encoded, ready for the writer.
-struct EncodedDeferred {
-    order_id: String,
-    command: String,
-    cause: String,
-    received_at_ms: i64,
-}
-
-impl EncodedDeferred {
-    fn new(deferred: DeferredCommand) -> Result<Self, StorageError> {
-        Ok(Self {
-            command: to_json(&deferred.command)?,
-            order_id: deferred.order_id,
-            cause: deferred.cause,
-            received_at_ms: deferred.received_at_ms,
-        })
-    }
 }
 
 fn insert_deferred(conn: &Connection, command: &EncodedDeferred) -> Result<i64, StorageError> {
@@ -636,49 +594,6 @@ fn insert_deferred(conn: &Connection, command: &EncodedDeferred) -> Result<i64, 
         command.received_at_ms
     ])?;
     Ok(conn.last_insert_rowid())
-}
-
-/// A journal entry as stored, with its audit record if it moves money or goods.
-struct EncodedEntry {
-    seq: u64,
-    at_ms: i64,
-    kind: &'static str,
-    cause: String,
-    data: String,
-    audit: Option<AuditRecord>,
-}
-
-/// Encodes `journal` (numbered from `first_seq`) for the writer. A financial
-/// event's audit detail is the same JSON as its journal data.
-fn encode_journal(
-    order_id: &str,
-    first_seq: u64,
-    journal: &[JournalAppend],
-) -> Result<Vec<EncodedEntry>, StorageError> {
-    journal
-        .iter()
-        .zip(first_seq..)
-        .map(|(entry, seq)| {
-            let data = to_json(&entry.event)?;
-            let audit = entry.event.is_financial().then(|| {
-                AuditRecord::event(
-                    entry.at_ms,
-                    entry.cause.clone(),
-                    format!("order.{}", entry.event.kind()),
-                    order_id.to_owned(),
-                    data.clone(),
-                )
-            });
-            Ok(EncodedEntry {
-                seq,
-                at_ms: entry.at_ms,
-                kind: entry.event.kind(),
-                cause: entry.cause.clone(),
-                data,
-                audit,
-            })
-        })
-        .collect()
 }
 
 /// Appends journal rows, and the audit entries of the financial ones.
