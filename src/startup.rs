@@ -27,7 +27,7 @@ use crate::actors::timers;
 use crate::clients::razorpay::RazorpayClient;
 use crate::clients::shiprocket::ShiprocketClient;
 use crate::config::Settings;
-use crate::config::ShippingMode;
+use crate::config::{ShippingMode, StorageBackend};
 use crate::domain::backoff::Backoff;
 use crate::domain::clock::{SharedClock, SystemClock};
 use crate::domain::order::OrderState;
@@ -46,6 +46,11 @@ pub enum StartupError {
     Storage(#[from] StorageError),
     #[error("storage.pii_key is not set: customer data cannot be stored without it")]
     NoPiiKey,
+    #[error(
+        "storage.backend = \"postgres\" is not available in this build yet: \
+         its storage is being built (SPEC §13); use the default \"sqlite\""
+    )]
+    BackendUnavailable,
     #[error("cannot build an HTTP client: {0}")]
     Client(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -97,6 +102,9 @@ impl Application {
             .as_ref()
             .ok_or(StartupError::NoPiiKey)
             .and_then(|key| Ok(PiiKey::from_hex(key.expose())?))?;
+        if config.storage.backend == StorageBackend::Postgres {
+            return Err(StartupError::BackendUnavailable);
+        }
         let options = StorageOptions::new(
             config.storage.path.clone(),
             Duration::from_millis(config.storage.busy_timeout_ms),

@@ -34,6 +34,7 @@ pub struct Config {
     pub shiprocket: ShiprocketConfig,
     pub stock: StockConfig,
     pub processing: ProcessingConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,7 +74,13 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// SQLite only.
     pub path: PathBuf,
+    /// PostgreSQL only: a secret reference to `postgres://user:password@host:port/db`.
+    pub postgres_url: SecretRef,
+    /// PostgreSQL only: connections per instance.
+    pub pool_size: u32,
     pub busy_timeout_ms: u64,
     pub pii_key: SecretRef,
 }
@@ -81,9 +88,52 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
+            backend: StorageBackend::Sqlite,
             path: PathBuf::from("data/dropshipd.db"),
+            postgres_url: SecretRef::default(),
+            pool_size: 16,
             busy_timeout_ms: 2000,
             pii_key: SecretRef::new("env:DROPSHIPD_PII_KEY"),
+        }
+    }
+}
+
+/// `storage.backend`: where the daemon's durable state lives (SPEC §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// One embedded file, one instance.
+    #[default]
+    Sqlite,
+    /// One shared database, any number of instances.
+    Postgres,
+}
+
+impl StorageBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageBackend::Sqlite => "sqlite",
+            StorageBackend::Postgres => "postgres",
+        }
+    }
+}
+
+/// `[cluster]`: how instances on one PostgreSQL database share the work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Empty: the host name and process id.
+    pub instance_id: String,
+    pub lease_ttl_secs: u64,
+    pub order_partitions: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            instance_id: String::new(),
+            lease_ttl_secs: 10,
+            order_partitions: 32,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use super::secret::{self, Secret, SecretEnv, SecretRef};
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, StorageBackend};
 
 /// The resolved secrets. Optional ones are `None` when not set.
 #[derive(Debug, Clone)]
@@ -17,6 +17,8 @@ pub struct Secrets {
     pub operator_token: Secret,
     pub storefront_token: Option<Secret>,
     pub pii_key: Option<Secret>,
+    /// Resolved when `storage.backend = "postgres"` (required then).
+    pub postgres_url: Option<Secret>,
     pub razorpay_key_id: Option<Secret>,
     pub razorpay_key_secret: Option<Secret>,
     pub tracking_token: Option<Secret>,
@@ -34,6 +36,7 @@ impl Secrets {
             operator_token: Secret::new(operator_token),
             storefront_token: None,
             pii_key: None,
+            postgres_url: None,
             razorpay_key_id: None,
             razorpay_key_secret: None,
             tracking_token: None,
@@ -95,6 +98,22 @@ pub(super) fn settle(mut config: Config, env: SecretEnv) -> Result<Settings, Con
     }
     if config.storage.busy_timeout_ms == 0 {
         problems.push("storage.busy_timeout_ms: must be at least 1".into());
+    }
+    if !(1..=1000).contains(&config.storage.pool_size) {
+        problems.push("storage.pool_size: must be between 1 and 1000".into());
+    }
+    let cl = &config.cluster;
+    if !(2..=3600).contains(&cl.lease_ttl_secs) {
+        problems.push(
+            "cluster.lease_ttl_secs: must be between 2 and 3600 (leases are renewed several times within it)"
+                .into(),
+        );
+    }
+    if !(1..=4096).contains(&cl.order_partitions) {
+        problems.push("cluster.order_partitions: must be between 1 and 4096".into());
+    }
+    if cl.instance_id.len() > 128 || cl.instance_id.chars().any(|c| c.is_control()) {
+        problems.push("cluster.instance_id: at most 128 characters, no control characters".into());
     }
     if config.api.reservation_ttl_secs == 0 {
         problems.push("api.reservation_ttl_secs: must be at least 1".into());
@@ -220,6 +239,12 @@ pub(super) fn settle(mut config: Config, env: SecretEnv) -> Result<Settings, Con
     let viewer_token = resolve("admin.viewer_token", &config.admin.viewer_token, true);
     let operator_token = resolve("admin.operator_token", &config.admin.operator_token, true);
     let storefront_token = resolve("api.storefront_token", &config.api.storefront_token, false);
+    let postgres = config.storage.backend == StorageBackend::Postgres;
+    let postgres_url = resolve(
+        "storage.postgres_url",
+        &config.storage.postgres_url,
+        postgres,
+    );
     // Customer data is never stored in the clear (SPEC §10), so the key is required.
     let pii_key = resolve("storage.pii_key", &config.storage.pii_key, true);
     let razorpay_key_id = resolve("razorpay.key_id", &config.razorpay.key_id, false);
@@ -251,6 +276,15 @@ pub(super) fn settle(mut config: Config, env: SecretEnv) -> Result<Settings, Con
             );
         }
     }
+    if let Some(url) = postgres_url.as_ref().filter(|_| postgres) {
+        let text = url.expose();
+        if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+            problems.push(
+                "storage.postgres_url: must be a URL like postgres://user:password@host:5432/db"
+                    .into(),
+            );
+        }
+    }
     if let Some(key) = &pii_key {
         let hex = key.expose();
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -272,6 +306,7 @@ pub(super) fn settle(mut config: Config, env: SecretEnv) -> Result<Settings, Con
                     operator_token,
                     storefront_token,
                     pii_key,
+                    postgres_url,
                     razorpay_key_id,
                     razorpay_key_secret,
                     tracking_token,
@@ -309,7 +344,13 @@ impl Settings {
             "admin.operator_token",
             secret(&c.admin.operator_token, Some(&s.operator_token)),
         );
+        line("storage.backend", c.storage.backend.as_str().to_owned());
         line("storage.path", c.storage.path.display().to_string());
+        line(
+            "storage.postgres_url",
+            secret(&c.storage.postgres_url, s.postgres_url.as_ref()),
+        );
+        line("storage.pool_size", c.storage.pool_size.to_string());
         line(
             "storage.busy_timeout_ms",
             c.storage.busy_timeout_ms.to_string(),
@@ -380,6 +421,22 @@ impl Settings {
         }
         line("stock.shards", c.stock.shards.to_string());
         line("processing.paused", c.processing.paused.to_string());
+        if c.storage.backend == StorageBackend::Postgres {
+            let id = if c.cluster.instance_id.is_empty() {
+                "(host name and process id)".to_owned()
+            } else {
+                c.cluster.instance_id.clone()
+            };
+            line("cluster.instance_id", id);
+            line(
+                "cluster.lease_ttl_secs",
+                c.cluster.lease_ttl_secs.to_string(),
+            );
+            line(
+                "cluster.order_partitions",
+                c.cluster.order_partitions.to_string(),
+            );
+        }
         out
     }
 }
@@ -463,6 +520,64 @@ mod tests {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
         assert_eq!(err.problems.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn the_postgres_backend_needs_its_url_and_sane_cluster_keys() {
+        let text = r#"
+            [storage]
+            backend = "postgres"
+            postgres_url = "env:PG_URL"
+            pool_size = 0
+            [cluster]
+            lease_ttl_secs = 1
+            order_partitions = 0
+        "#;
+        let config = parse(text, &BTreeMap::new()).unwrap();
+        let err = settle(config, good_env()).unwrap_err();
+        let all = err.to_string();
+        for expected in [
+            "storage.postgres_url: environment variable PG_URL is not set",
+            "storage.pool_size",
+            "cluster.lease_ttl_secs",
+            "cluster.order_partitions",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert_eq!(err.problems.len(), 4, "{all}");
+
+        let config = parse(text, &BTreeMap::new()).unwrap();
+        let mut vars = good_env();
+        vars.vars.insert("PG_URL".into(), "mysql://x".into());
+        let err = settle(config, vars).unwrap_err().to_string();
+        assert!(err.contains("storage.postgres_url: must be a URL"), "{err}");
+
+        let good = r#"
+            [storage]
+            backend = "postgres"
+            postgres_url = "env:PG_URL"
+            [cluster]
+            instance_id = "web-1"
+        "#;
+        let mut vars = good_env();
+        vars.vars
+            .insert("PG_URL".into(), "postgres://shop:pw@db:5432/shop".into());
+        let settings = settle(parse(good, &BTreeMap::new()).unwrap(), vars).unwrap();
+        assert_eq!(settings.config.storage.backend, StorageBackend::Postgres);
+        assert_eq!(settings.config.storage.pool_size, 16);
+        assert_eq!(settings.config.cluster.lease_ttl_secs, 10);
+        assert_eq!(settings.config.cluster.order_partitions, 32);
+        let summary = settings.summary();
+        assert!(summary.contains("cluster.instance_id"), "{summary}");
+        assert!(!summary.contains("pw@db"), "the URL is a secret: {summary}");
+    }
+
+    #[test]
+    fn on_sqlite_the_postgres_url_is_not_needed() {
+        let settings = settle(Config::default(), good_env()).unwrap();
+        assert_eq!(settings.config.storage.backend, StorageBackend::Sqlite);
+        assert!(settings.secrets.postgres_url.is_none());
+        assert!(!settings.summary().contains("cluster."));
     }
 
     #[test]

@@ -9,13 +9,13 @@ use serde::Serialize;
 use super::audit::{self, AuditRecord};
 use super::stock::{apply_steps, EncodedStep, StockStep};
 use super::{SqliteStore, StorageError};
-use crate::storage::order_encoding::{
-    encode_journal, to_json, EncodedDeferred, EncodedEntry, OrderRow,
-};
 use crate::domain::checkout::CustomerRecord;
 use crate::domain::dead_letter::{LetterReason, LetterSource};
 use crate::domain::order::{Command, OrderEvent, OrderSnapshot, OrderState};
 use crate::domain::shipping::QueueEntry;
+use crate::storage::order_encoding::{
+    encode_journal, to_json, EncodedDeferred, EncodedEntry, OrderRow,
+};
 use crate::storage::pii::{Column, PiiCipher};
 
 /// A journal entry to append: the event with its time and cause.
