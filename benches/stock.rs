@@ -70,7 +70,7 @@ async fn run(
     secs: u64,
     limit: Option<usize>,
 ) -> Run {
-    let commits_before = storage.writer_stats().commits;
+    let commits_before = storage.writer_stats().map_or(0, |s| s.commits);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
@@ -102,7 +102,7 @@ async fn run(
         .get(latencies.len().saturating_sub(1) * 99 / 100)
         .copied()
         .unwrap_or_default();
-    let commits = (storage.writer_stats().commits - commits_before).max(1);
+    let commits = (storage.writer_stats().map_or(0, |s| s.commits) - commits_before).max(1);
     Run {
         held: latencies.len(),
         refused,

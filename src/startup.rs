@@ -444,7 +444,8 @@ async fn drain(state: &AppState) {
     let started = Instant::now();
     loop {
         let in_flight = state.order_actors.in_flight.load(Ordering::Relaxed);
-        let queued = state.storage.writer_stats().queued;
+        // PostgreSQL has no queue of its own: each write is done when its caller is answered.
+        let queued = state.storage.writer_stats().map_or(0, |stats| stats.queued);
         if in_flight == 0 && queued == 0 {
             tracing::info!(elapsed = ?started.elapsed(), "drained: no order work in flight, writer idle");
             return;

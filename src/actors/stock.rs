@@ -900,7 +900,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_hot_sku_commits_in_groups_and_never_oversells() {
         let (stock, storage, _dir) = supervisor(150).await;
-        let before = storage.writer_stats().commits;
+        let before = storage.writer_stats().expect("sqlite").commits;
         let tasks: Vec<_> = (0..400)
             .map(|i| {
                 let (stock, storage) = (stock.clone(), storage.clone());
@@ -917,7 +917,7 @@ mod tests {
         let (_, mismatches) = storage.reconcile_stock().await.unwrap();
         assert!(mismatches.is_empty(), "{mismatches:?}");
         // One commit per checkout would be 150 commits: decisions did not wait for them.
-        let commits = storage.writer_stats().commits - before;
+        let commits = storage.writer_stats().expect("sqlite").commits - before;
         assert!(commits < 75, "{commits} commits for 150 holds");
     }
 

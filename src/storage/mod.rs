@@ -11,7 +11,7 @@ pub mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::domain::audit::AuditEntry;
@@ -146,13 +146,12 @@ impl Storage {
         on_backend!(self, db => db.release())
     }
 
-    /// The SQLite file.
-    pub fn path(&self) -> &Path {
-        on_backend!(self, db => db.path())
-    }
-
-    pub fn writer_stats(&self) -> WriterStatsSnapshot {
-        on_backend!(self, db => db.writer_stats())
+    /// The group-commit writer's figures (SQLite only: PostgreSQL commits
+    /// each transaction on its own connection).
+    pub fn writer_stats(&self) -> Option<WriterStatsSnapshot> {
+        match &self.backend {
+            Backend::Sqlite(db) => Some(db.writer_stats()),
+        }
     }
 
     /// True when a write commits right now: readiness means "a webhook would be

@@ -17,7 +17,7 @@ pub(super) mod stock;
 pub(super) mod webhooks;
 pub(super) mod writer;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +37,6 @@ struct Inner {
     writer: writer::Writer,
     readers: Arc<readers::Readers>,
     pii: Arc<pii::PiiCipher>,
-    path: PathBuf,
     /// Held until [`Storage::release`] or the process ends.
     lock: std::sync::Mutex<Option<lock::DatabaseLock>>,
 }
@@ -92,7 +91,6 @@ impl SqliteStore {
                 writer,
                 readers,
                 pii: Arc::new(pii::PiiCipher::new(&options.pii_key)),
-                path: options.path.clone(),
                 lock: std::sync::Mutex::new(Some(lock)),
             }),
         })
@@ -104,10 +102,6 @@ impl SqliteStore {
         if let Ok(mut lock) = self.inner.lock.lock() {
             lock.take();
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.inner.path
     }
 
     pub fn writer_stats(&self) -> WriterStatsSnapshot {

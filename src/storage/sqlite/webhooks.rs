@@ -531,7 +531,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_writes_share_commits() {
-        let (storage, _dir) = fresh_storage();
+        let (storage, dir) = fresh_storage();
         let tasks: Vec<_> = (0..500)
             .map(|i| {
                 let storage = storage.clone();
@@ -553,13 +553,13 @@ mod tests {
             "every write committed alone: {stats:?}"
         );
         assert!(stats.largest_batch > 1, "{stats:?}");
-        let conn = crate::storage::open_read_only(storage.path()).unwrap();
+        let conn = crate::storage::open_read_only(&dir.path().join("db.sqlite")).unwrap();
         assert_eq!(inbox_entries(&conn).unwrap().len(), 500);
     }
 
     #[tokio::test]
     async fn a_failing_job_does_not_sink_its_batch() {
-        let (storage, _dir) = fresh_storage();
+        let (storage, dir) = fresh_storage();
         let bad = storage.write(|conn| {
             conn.execute("INSERT INTO inbox (dedup_key) VALUES ('half')", [])?;
             Ok(())
@@ -568,7 +568,7 @@ mod tests {
         let (bad, good) = tokio::join!(bad, good);
         assert!(bad.is_err());
         assert!(matches!(good.unwrap(), RecordOutcome::Accepted { .. }));
-        let conn = crate::storage::open_read_only(storage.path()).unwrap();
+        let conn = crate::storage::open_read_only(&dir.path().join("db.sqlite")).unwrap();
         let keys: Vec<_> = inbox_entries(&conn)
             .unwrap()
             .into_iter()
