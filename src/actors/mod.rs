@@ -2,6 +2,7 @@
 //! pure rules in [`crate::domain`] what to do, persist through
 //! [`crate::storage`], and reply. They contain no business rule of their own.
 
+pub mod cluster;
 pub mod dispatcher;
 pub mod ingest;
 pub mod order;

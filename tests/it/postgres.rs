@@ -327,3 +327,149 @@ async fn a_takeover_waits_for_a_write_in_flight_under_the_old_epoch() {
     write.commit().await.expect("a's write commits");
     assert_eq!(takeover.await.expect("b"), epoch + 1);
 }
+
+mod membership {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use dropshipd::actors::cluster::{ClusterMember, Ownership};
+    use dropshipd::domain::cluster::{LeaseKind, Resource};
+
+    use super::*;
+
+    const PARTITIONS: u32 = 12;
+
+    fn member(store: &PgStore, id: &str, offset: usize) -> ClusterMember {
+        ClusterMember::new(
+            store.clone(),
+            Arc::new(Ownership::new(id, PARTITIONS)),
+            TTL,
+            vec!["primary".into(), "secondary".into()],
+            offset,
+        )
+    }
+
+    /// Rounds of every member in turn until a whole pass changes nothing.
+    async fn settle(members: &mut [&mut ClusterMember]) -> usize {
+        for pass in 0..40 {
+            let mut changed = false;
+            for member in members.iter_mut() {
+                let report = member.round().await.expect("round");
+                changed |= !(report.gained.is_empty()
+                    && report.lost.is_empty()
+                    && report.released.is_empty());
+            }
+            if !changed {
+                return pass;
+            }
+        }
+        panic!("the cluster never settled");
+    }
+
+    fn kinds(member: &ClusterMember) -> (usize, usize, usize) {
+        let counts = member.ownership().counts();
+        (
+            counts[&LeaseKind::OrderPartition],
+            counts[&LeaseKind::Account],
+            counts[&LeaseKind::Leader],
+        )
+    }
+
+    /// Every lease in the table has exactly one live owner among `ids`.
+    async fn owners(store: &PgStore) -> BTreeMap<Resource, (String, i64)> {
+        store
+            .leases()
+            .await
+            .expect("leases")
+            .into_iter()
+            .filter(|l| l.live)
+            .filter_map(|l| Some((l.resource, (l.owner?, l.epoch))))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leases_spread_evenly_move_when_an_instance_dies_and_come_back_when_it_returns() {
+        let Some(server) = scratch_postgres(
+            "leases_spread_evenly_move_when_an_instance_dies_and_come_back_when_it_returns",
+        ) else {
+            return;
+        };
+        let url = server.create_database("membership").expect("database");
+        let store = PgStore::connect(&options(url.clone()))
+            .await
+            .expect("connect");
+        let (mut a, mut b, mut c) = (
+            member(&store, "a", 0),
+            member(&store, "b", 5),
+            member(&store, "c", 9),
+        );
+
+        settle(&mut [&mut a, &mut b, &mut c]).await;
+        let spread = [kinds(&a), kinds(&b), kinds(&c)];
+        assert_eq!(
+            spread.iter().map(|k| k.0).collect::<Vec<_>>(),
+            vec![4, 4, 4],
+            "partitions spread evenly: {spread:?}"
+        );
+        assert_eq!(
+            spread.iter().map(|k| k.1).sum::<usize>(),
+            2,
+            "each account has one gateway"
+        );
+        assert!(spread.iter().all(|k| k.1 <= 1), "{spread:?}");
+        assert_eq!(spread.iter().map(|k| k.2).sum::<usize>(), 1, "one leader");
+        let before = owners(&store).await;
+        assert_eq!(before.len(), PARTITIONS as usize + 3);
+        let c_held: Vec<Resource> = c.ownership().held().into_iter().map(|(r, _)| r).collect();
+
+        // c dies: its leases and its presence run out by the database's clock.
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(
+                "UPDATE cluster_leases SET expires_at = now() - interval '1 second' WHERE owner = 'c';
+                 UPDATE cluster_instances SET expires_at = now() - interval '1 second' WHERE instance_id = 'c';",
+            )
+            .await
+            .expect("expire c");
+        settle(&mut [&mut a, &mut b]).await;
+        assert_eq!((kinds(&a).0, kinds(&b).0), (6, 6));
+        let after = owners(&store).await;
+        assert_eq!(
+            after.len(),
+            PARTITIONS as usize + 3,
+            "nothing is left without an owner"
+        );
+        for resource in &c_held {
+            let (owner, epoch) = &after[resource];
+            assert_ne!(owner, "c");
+            assert_eq!(
+                *epoch,
+                before[resource].1 + 1,
+                "a new owner, a new epoch: {resource}"
+            );
+        }
+
+        // c comes back: what it held is gone, and it gets its share again.
+        let report = c.round().await.expect("c's round");
+        let mut lost = report.lost.clone();
+        lost.sort();
+        assert_eq!(lost, c_held, "c learns it lost everything");
+        settle(&mut [&mut a, &mut b, &mut c]).await;
+        assert_eq!(
+            [kinds(&a).0, kinds(&b).0, kinds(&c).0],
+            [4, 4, 4],
+            "the newcomer is made room for"
+        );
+
+        // An orderly stop hands over at once.
+        a.leave().await.expect("leave");
+        settle(&mut [&mut b, &mut c]).await;
+        assert_eq!((kinds(&b).0, kinds(&c).0), (6, 6));
+        let last = owners(&store).await;
+        assert!(last.values().all(|(owner, _)| owner != "a"));
+        assert_eq!(last.len(), PARTITIONS as usize + 3);
+    }
+}

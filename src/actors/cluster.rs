@@ -1,0 +1,278 @@
+//! This instance's part in the cluster (SPEC §13): it announces itself,
+//! renews what it holds, and takes or gives back leases a few at a time so
+//! that order partitions and Shiprocket accounts spread evenly over the live
+//! instances, and one of them leads the cluster-wide sweeps.
+//!
+//! [`Ownership`] is what the rest of the daemon asks ("is this order's
+//! partition mine, and under which epoch?"). It is only a hint for deciding
+//! what to work on: the database decides what may be written, since every
+//! write for an owned resource checks its epoch in its own transaction.
+//! When renewals fail for longer than the lease lasts, the instance drops
+//! everything it held: by then others may have taken it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::domain::cluster::{partition_of, plan_partitions, LeaseKind, PartitionView, Resource};
+use crate::storage::postgres::{Fence, LeaseRow, PgStore};
+use crate::storage::StorageError;
+
+/// Leases an instance takes or gives back per round, per kind: when an
+/// instance joins or leaves, work moves over several rounds instead of all
+/// at once, and resumes at a bounded rate.
+pub const MOVES_PER_ROUND: usize = 4;
+
+/// What this instance holds, by resource, with each lease's epoch.
+#[derive(Debug, Default)]
+pub struct Ownership {
+    instance_id: String,
+    order_partitions: u32,
+    held: RwLock<BTreeMap<Resource, i64>>,
+}
+
+impl Ownership {
+    pub fn new(instance_id: impl Into<String>, order_partitions: u32) -> Self {
+        Self {
+            instance_id: instance_id.into(),
+            order_partitions: order_partitions.max(1),
+            held: RwLock::default(),
+        }
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The fence a write for `resource` must carry, if it is ours now.
+    pub fn fence(&self, resource: &Resource) -> Option<Fence> {
+        let epoch = *self.read().get(resource)?;
+        Some(Fence {
+            instance_id: self.instance_id.clone(),
+            resource: resource.clone(),
+            epoch,
+        })
+    }
+
+    /// The partition `order_id` belongs to.
+    pub fn partition_of(&self, order_id: &str) -> Resource {
+        Resource::OrderPartition(partition_of(order_id, self.order_partitions))
+    }
+
+    /// The fence for writing `order_id`, if its partition is ours.
+    pub fn order_fence(&self, order_id: &str) -> Option<Fence> {
+        self.fence(&self.partition_of(order_id))
+    }
+
+    /// Every lease held, in resource order.
+    pub fn held(&self) -> Vec<(Resource, i64)> {
+        self.read().iter().map(|(r, e)| (r.clone(), *e)).collect()
+    }
+
+    /// How many leases of each kind are held (every kind, zeros too).
+    pub fn counts(&self) -> BTreeMap<LeaseKind, usize> {
+        let mut counts: BTreeMap<LeaseKind, usize> =
+            LeaseKind::ALL.into_iter().map(|k| (k, 0)).collect();
+        for resource in self.read().keys() {
+            *counts.entry(resource.kind()).or_default() += 1;
+        }
+        counts
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Resource, i64>> {
+        // A panic while holding the lock leaves plain data behind: keep using it.
+        self.held
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Resource, i64>> {
+        self.held
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What one round changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RoundReport {
+    pub gained: Vec<(Resource, i64)>,
+    pub lost: Vec<Resource>,
+    pub released: Vec<Resource>,
+    pub live_instances: usize,
+}
+
+/// One instance's membership: the rounds of heartbeat, renewal and planning.
+pub struct ClusterMember {
+    store: PgStore,
+    ownership: Arc<Ownership>,
+    ttl: Duration,
+    accounts: Vec<String>,
+    /// Where this instance starts looking for free leases; differs per
+    /// instance so that newcomers do not all race for the same rows.
+    offset: usize,
+    last_renewed: Option<Instant>,
+}
+
+impl ClusterMember {
+    pub fn new(
+        store: PgStore,
+        ownership: Arc<Ownership>,
+        ttl: Duration,
+        accounts: Vec<String>,
+        offset: usize,
+    ) -> Self {
+        let mut accounts = accounts;
+        accounts.sort();
+        accounts.dedup();
+        Self {
+            store,
+            ownership,
+            ttl,
+            accounts,
+            offset,
+            last_renewed: None,
+        }
+    }
+
+    pub fn ownership(&self) -> &Arc<Ownership> {
+        &self.ownership
+    }
+
+    /// How often rounds run: well inside the lease, so that two renewals in a
+    /// row can fail before a lease is lost.
+    pub fn round_every(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(100))
+    }
+
+    /// One round: heartbeat, renew what is held (noting what was lost), then
+    /// move towards a fair share of partitions and accounts, and take the
+    /// leader's lease if nobody holds it.
+    pub async fn round(&mut self) -> Result<RoundReport, StorageError> {
+        let me = self.ownership.instance_id.clone();
+        let instances = self.store.heartbeat(&me, self.ttl).await?;
+        let live: BTreeSet<String> = instances
+            .iter()
+            .filter(|i| i.live)
+            .map(|i| i.instance_id.clone())
+            .collect();
+        let renewed = self.store.renew_leases(&me, self.ttl).await?;
+        self.last_renewed = Some(Instant::now());
+        let mut report = RoundReport {
+            live_instances: live.len(),
+            ..RoundReport::default()
+        };
+        {
+            let mut held = self.ownership.write();
+            let still: BTreeMap<Resource, i64> = renewed.into_iter().collect();
+            report.lost = held
+                .iter()
+                .filter(|(r, e)| still.get(*r) != Some(*e))
+                .map(|(r, _)| r.clone())
+                .collect();
+            *held = still;
+        }
+
+        let table = self.store.leases().await?;
+        let partitions = self.ownership.order_partitions;
+        let partition_view = view(&table, &live, (0..partitions).map(Resource::OrderPartition));
+        let account_view = view(
+            &table,
+            &live,
+            self.accounts.iter().cloned().map(Resource::Account),
+        );
+        let mut plans = vec![
+            (
+                plan_partitions(&me, &live, &partition_view, MOVES_PER_ROUND, self.offset),
+                (0..partitions)
+                    .map(Resource::OrderPartition)
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                plan_partitions(&me, &live, &account_view, MOVES_PER_ROUND, self.offset),
+                self.accounts
+                    .iter()
+                    .cloned()
+                    .map(Resource::Account)
+                    .collect(),
+            ),
+        ];
+        let leader_free = !table.iter().any(|l| {
+            l.resource == Resource::Leader
+                && l.live
+                && l.owner.as_ref().is_some_and(|o| live.contains(o))
+        });
+        for (plan, resources) in plans.drain(..) {
+            for index in plan.release {
+                let resource = resources[index as usize].clone();
+                if self.store.release_lease(&me, &resource).await? {
+                    self.ownership.write().remove(&resource);
+                    report.released.push(resource);
+                }
+            }
+            for index in plan.acquire {
+                let resource = resources[index as usize].clone();
+                self.take(&resource, &mut report).await?;
+            }
+        }
+        if leader_free {
+            self.take(&Resource::Leader, &mut report).await?;
+        }
+        self.offset = self.offset.wrapping_add(1);
+        Ok(report)
+    }
+
+    /// Called when a round failed: once renewals have failed for the length
+    /// of a lease, nothing held can be counted on, so all of it is dropped.
+    pub fn round_failed(&mut self) -> Vec<Resource> {
+        let expired = self.last_renewed.is_none_or(|at| at.elapsed() >= self.ttl);
+        if !expired {
+            return Vec::new();
+        }
+        let mut held = self.ownership.write();
+        let lost = held.keys().cloned().collect();
+        held.clear();
+        lost
+    }
+
+    /// An orderly stop: every lease is given back at once.
+    pub async fn leave(&mut self) -> Result<(), StorageError> {
+        self.ownership.write().clear();
+        self.store.leave(&self.ownership.instance_id).await
+    }
+
+    async fn take(
+        &mut self,
+        resource: &Resource,
+        report: &mut RoundReport,
+    ) -> Result<(), StorageError> {
+        let me = &self.ownership.instance_id;
+        if let Some(epoch) = self.store.acquire_lease(me, resource, self.ttl).await? {
+            let previous = self.ownership.write().insert(resource.clone(), epoch);
+            if previous != Some(epoch) {
+                report.gained.push((resource.clone(), epoch));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The lease table's view of `resources`, in order: each one's live owner.
+fn view(
+    table: &[LeaseRow],
+    live: &BTreeSet<String>,
+    resources: impl Iterator<Item = Resource>,
+) -> Vec<PartitionView> {
+    let owners: BTreeMap<&Resource, &LeaseRow> = table.iter().map(|l| (&l.resource, l)).collect();
+    resources
+        .enumerate()
+        .map(|(index, resource)| PartitionView {
+            partition: index as u32,
+            owner: owners
+                .get(&resource)
+                .filter(|l| l.live)
+                .and_then(|l| l.owner.clone())
+                .filter(|owner| live.contains(owner)),
+        })
+        .collect()
+}
