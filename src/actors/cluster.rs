@@ -3,95 +3,26 @@
 //! that order partitions and Shiprocket accounts spread evenly over the live
 //! instances, and one of them leads the cluster-wide sweeps.
 //!
-//! [`Ownership`] is what the rest of the daemon asks ("is this order's
-//! partition mine, and under which epoch?"). It is only a hint for deciding
-//! what to work on: the database decides what may be written, since every
-//! write for an owned resource checks its epoch in its own transaction.
+//! The [`Ownership`] it keeps up to date is what the rest of the daemon asks
+//! ("is this order's partition mine, and under which epoch?"), and what the
+//! PostgreSQL store fences each write with: the database decides what may be
+//! written, since every write for an owned resource checks its epoch in its
+//! own transaction.
 //! When renewals fail for longer than the lease lasts, the instance drops
 //! everything it held: by then others may have taken it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::domain::cluster::{partition_of, plan_partitions, LeaseKind, PartitionView, Resource};
-use crate::storage::postgres::{Fence, LeaseRow, PgStore};
+use crate::domain::cluster::{plan_partitions, PartitionView, Resource};
+use crate::storage::postgres::{LeaseRow, Ownership, PgStore};
 use crate::storage::StorageError;
 
 /// Leases an instance takes or gives back per round, per kind: when an
 /// instance joins or leaves, work moves over several rounds instead of all
 /// at once, and resumes at a bounded rate.
 pub const MOVES_PER_ROUND: usize = 4;
-
-/// What this instance holds, by resource, with each lease's epoch.
-#[derive(Debug, Default)]
-pub struct Ownership {
-    instance_id: String,
-    order_partitions: u32,
-    held: RwLock<BTreeMap<Resource, i64>>,
-}
-
-impl Ownership {
-    pub fn new(instance_id: impl Into<String>, order_partitions: u32) -> Self {
-        Self {
-            instance_id: instance_id.into(),
-            order_partitions: order_partitions.max(1),
-            held: RwLock::default(),
-        }
-    }
-
-    pub fn instance_id(&self) -> &str {
-        &self.instance_id
-    }
-
-    /// The fence a write for `resource` must carry, if it is ours now.
-    pub fn fence(&self, resource: &Resource) -> Option<Fence> {
-        let epoch = *self.read().get(resource)?;
-        Some(Fence {
-            instance_id: self.instance_id.clone(),
-            resource: resource.clone(),
-            epoch,
-        })
-    }
-
-    /// The partition `order_id` belongs to.
-    pub fn partition_of(&self, order_id: &str) -> Resource {
-        Resource::OrderPartition(partition_of(order_id, self.order_partitions))
-    }
-
-    /// The fence for writing `order_id`, if its partition is ours.
-    pub fn order_fence(&self, order_id: &str) -> Option<Fence> {
-        self.fence(&self.partition_of(order_id))
-    }
-
-    /// Every lease held, in resource order.
-    pub fn held(&self) -> Vec<(Resource, i64)> {
-        self.read().iter().map(|(r, e)| (r.clone(), *e)).collect()
-    }
-
-    /// How many leases of each kind are held (every kind, zeros too).
-    pub fn counts(&self) -> BTreeMap<LeaseKind, usize> {
-        let mut counts: BTreeMap<LeaseKind, usize> =
-            LeaseKind::ALL.into_iter().map(|k| (k, 0)).collect();
-        for resource in self.read().keys() {
-            *counts.entry(resource.kind()).or_default() += 1;
-        }
-        counts
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Resource, i64>> {
-        // A panic while holding the lock leaves plain data behind: keep using it.
-        self.held
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Resource, i64>> {
-        self.held
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
 
 /// What one round changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -149,7 +80,7 @@ impl ClusterMember {
     /// move towards a fair share of partitions and accounts, and take the
     /// leader's lease if nobody holds it.
     pub async fn round(&mut self) -> Result<RoundReport, StorageError> {
-        let me = self.ownership.instance_id.clone();
+        let me = self.ownership.instance_id().to_owned();
         let instances = self.store.heartbeat(&me, self.ttl).await?;
         let live: BTreeSet<String> = instances
             .iter()
@@ -163,7 +94,7 @@ impl ClusterMember {
             ..RoundReport::default()
         };
         {
-            let mut held = self.ownership.write();
+            let mut held = self.ownership.held_mut();
             let still: BTreeMap<Resource, i64> = renewed.into_iter().collect();
             report.lost = held
                 .iter()
@@ -174,7 +105,7 @@ impl ClusterMember {
         }
 
         let table = self.store.leases().await?;
-        let partitions = self.ownership.order_partitions;
+        let partitions = self.ownership.order_partitions();
         let partition_view = view(&table, &live, (0..partitions).map(Resource::OrderPartition));
         let account_view = view(
             &table,
@@ -206,7 +137,7 @@ impl ClusterMember {
             for index in plan.release {
                 let resource = resources[index as usize].clone();
                 if self.store.release_lease(&me, &resource).await? {
-                    self.ownership.write().remove(&resource);
+                    self.ownership.held_mut().remove(&resource);
                     report.released.push(resource);
                 }
             }
@@ -229,7 +160,7 @@ impl ClusterMember {
         if !expired {
             return Vec::new();
         }
-        let mut held = self.ownership.write();
+        let mut held = self.ownership.held_mut();
         let lost = held.keys().cloned().collect();
         held.clear();
         lost
@@ -237,8 +168,8 @@ impl ClusterMember {
 
     /// An orderly stop: every lease is given back at once.
     pub async fn leave(&mut self) -> Result<(), StorageError> {
-        self.ownership.write().clear();
-        self.store.leave(&self.ownership.instance_id).await
+        self.ownership.held_mut().clear();
+        self.store.leave(self.ownership.instance_id()).await
     }
 
     async fn take(
@@ -246,9 +177,9 @@ impl ClusterMember {
         resource: &Resource,
         report: &mut RoundReport,
     ) -> Result<(), StorageError> {
-        let me = &self.ownership.instance_id;
+        let me = self.ownership.instance_id();
         if let Some(epoch) = self.store.acquire_lease(me, resource, self.ttl).await? {
-            let previous = self.ownership.write().insert(resource.clone(), epoch);
+            let previous = self.ownership.held_mut().insert(resource.clone(), epoch);
             if previous != Some(epoch) {
                 report.gained.push((resource.clone(), epoch));
             }

@@ -332,8 +332,9 @@ mod membership {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use dropshipd::actors::cluster::{ClusterMember, Ownership};
+    use dropshipd::actors::cluster::ClusterMember;
     use dropshipd::domain::cluster::{LeaseKind, Resource};
+    use dropshipd::storage::postgres::Ownership;
 
     use super::*;
 

@@ -4,13 +4,15 @@
 //! gets a higher epoch, and [`hold`] makes a write's transaction depend on the
 //! epoch it was made under.
 
+use std::collections::BTreeMap;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::PgStore;
-use crate::domain::cluster::Resource;
+use crate::domain::cluster::{partition_of, LeaseKind, Resource};
 use crate::storage::StorageError;
 
 /// A lease as the table holds it.
@@ -38,6 +40,82 @@ pub struct Fence {
     pub instance_id: String,
     pub resource: Resource,
     pub epoch: i64,
+}
+
+/// What this instance holds, by resource, with each lease's epoch: kept
+/// up to date by the cluster membership's rounds, read by whatever decides
+/// what to work on, and by the writes that must be fenced.
+#[derive(Debug, Default)]
+pub struct Ownership {
+    instance_id: String,
+    order_partitions: u32,
+    held: RwLock<BTreeMap<Resource, i64>>,
+}
+
+impl Ownership {
+    pub fn new(instance_id: impl Into<String>, order_partitions: u32) -> Self {
+        Self {
+            instance_id: instance_id.into(),
+            order_partitions: order_partitions.max(1),
+            held: RwLock::default(),
+        }
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    pub fn order_partitions(&self) -> u32 {
+        self.order_partitions
+    }
+
+    /// The fence a write for `resource` must carry, if it is ours now.
+    pub fn fence(&self, resource: &Resource) -> Option<Fence> {
+        let epoch = *self.read().get(resource)?;
+        Some(Fence {
+            instance_id: self.instance_id.clone(),
+            resource: resource.clone(),
+            epoch,
+        })
+    }
+
+    /// The partition `order_id` belongs to.
+    pub fn partition_of(&self, order_id: &str) -> Resource {
+        Resource::OrderPartition(partition_of(order_id, self.order_partitions))
+    }
+
+    /// The fence for writing `order_id`, if its partition is ours.
+    pub fn order_fence(&self, order_id: &str) -> Option<Fence> {
+        self.fence(&self.partition_of(order_id))
+    }
+
+    /// Every lease held, in resource order.
+    pub fn held(&self) -> Vec<(Resource, i64)> {
+        self.read().iter().map(|(r, e)| (r.clone(), *e)).collect()
+    }
+
+    /// How many leases of each kind are held (every kind, zeros too).
+    pub fn counts(&self) -> BTreeMap<LeaseKind, usize> {
+        let mut counts: BTreeMap<LeaseKind, usize> =
+            LeaseKind::ALL.into_iter().map(|k| (k, 0)).collect();
+        for resource in self.read().keys() {
+            *counts.entry(resource.kind()).or_default() += 1;
+        }
+        counts
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Resource, i64>> {
+        // A panic while holding the lock leaves plain data behind: keep using it.
+        self.held
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn held_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Resource, i64>> {
+        self.held
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 fn ttl_ms(ttl: Duration) -> i64 {

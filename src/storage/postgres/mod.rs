@@ -21,7 +21,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-pub use leases::{hold, Fence, InstanceView, LeaseRow};
+pub use leases::{hold, Fence, InstanceView, LeaseRow, Ownership};
 
 use super::pii::PiiCipher;
 use super::{PiiKey, StorageError};
