@@ -8,6 +8,7 @@
 mod pii;
 pub mod postgres;
 mod sqlite;
+mod stock_step;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -7,13 +7,14 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::audit::{self, AuditRecord};
-use super::stock::{apply_steps, EncodedStep, StockStep};
+use super::stock::{apply_steps, StockStep};
 use super::{SqliteStore, StorageError};
 use crate::domain::checkout::CustomerRecord;
 use crate::domain::dead_letter::{LetterReason, LetterSource};
 use crate::domain::order::{Command, OrderEvent, OrderSnapshot, OrderState};
 use crate::domain::shipping::QueueEntry;
 use crate::storage::pii::{Column, PiiCipher};
+use crate::storage::stock_step::EncodedStep;
 
 /// A journal entry to append: the event with its time and cause.
 #[derive(Debug, Clone)]
