@@ -272,4 +272,41 @@ mod tests {
         );
         assert!(states_where(|_| false).is_empty());
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queue_rows_are_replaced_inside_the_callers_transaction() {
+        let Some((_server, store)) =
+            crate::storage::postgres::stock::tests::scratch_store("replace_queue_rows").await
+        else {
+            return;
+        };
+        let entry = |account: Option<&str>, calls_left| QueueEntry {
+            account: account.map(str::to_owned),
+            due_at_ms: 100,
+            paid_at_ms: 10,
+            failover: account.is_some(),
+            calls_left,
+        };
+        let rounds = [
+            vec![entry(Some("b"), 2), entry(None, 3)],
+            vec![entry(Some("a"), 1)],
+            vec![],
+        ];
+        for rows in rounds {
+            let written = rows.clone();
+            store
+                .run(move |pool| async move {
+                    let mut client = pool.get().await?;
+                    let tx = client.transaction().await?;
+                    replace_queue_rows(&tx, "o1", &written).await?;
+                    tx.commit().await?;
+                    Ok(())
+                })
+                .await
+                .expect("replace");
+            let mut expected = rows;
+            expected.sort();
+            assert_eq!(store.queue_rows("o1").await.expect("rows"), expected);
+        }
+    }
 }

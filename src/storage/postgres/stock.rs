@@ -572,7 +572,7 @@ async fn put_product_facts(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::domain::stock::StockDelta;
 
@@ -630,5 +630,85 @@ mod tests {
         );
         assert_eq!(refusal(level, &step(-2, 0, AllocationStep::None)), None);
         assert_eq!(refusal(level, &step(-3, -3, order())), None);
+    }
+
+    /// A store on a scratch server, or `None` where PostgreSQL is not installed.
+    pub(in crate::storage::postgres) async fn scratch_store(
+        name: &str,
+    ) -> Option<(crate::scratch_postgres::ScratchPostgres, PgStore)> {
+        use crate::scratch_postgres::{ScratchError, ScratchPostgres};
+        let server = match ScratchPostgres::start() {
+            Ok(server) => server,
+            Err(e @ (ScratchError::NotInstalled | ScratchError::NoServerUser))
+                if std::env::var_os("DROPSHIPD_REQUIRE_POSTGRES").is_none() =>
+            {
+                eprintln!("skipped {name}: {e}");
+                return None;
+            }
+            Err(e) => panic!("cannot start PostgreSQL for {name}: {e}"),
+        };
+        let url = server.create_database(name).expect("database");
+        let store = PgStore::connect(&super::super::PgOptions {
+            url,
+            pool_size: 2,
+            busy_timeout: std::time::Duration::from_secs(5),
+            pii_key: crate::storage::PiiKey::from_bytes([7; 32]),
+        })
+        .await
+        .expect("connect");
+        Some((server, store))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn apply_steps_writes_inside_the_callers_transaction() {
+        let Some((_server, store)) = scratch_store("apply_steps_in_tx").await else {
+            return;
+        };
+        let steps = vec![
+            EncodedStep::new(step(5, 0, AllocationStep::None)),
+            EncodedStep::new(step(0, 1, order())),
+            EncodedStep::new(step(0, 1, order())),
+        ];
+        for commit in [false, true] {
+            let steps = steps.clone();
+            let applied = store
+                .run(move |pool| async move {
+                    let mut client = pool.get().await?;
+                    let tx = client.transaction().await?;
+                    let applied = apply_steps(&tx, &steps).await?;
+                    if commit {
+                        tx.commit().await?;
+                    } else {
+                        tx.rollback().await?;
+                    }
+                    Ok(applied)
+                })
+                .await
+                .expect("apply");
+            assert_eq!(
+                applied,
+                vec![true, true, false],
+                "the repeat within one call"
+            );
+            let levels = store.stock_levels().await.expect("levels");
+            if commit {
+                assert_eq!(
+                    levels,
+                    vec![(
+                        "A".to_owned(),
+                        StockLevel {
+                            on_hand: 5,
+                            reserved: 1
+                        }
+                    )]
+                );
+            } else {
+                assert!(levels.is_empty(), "a rolled back caller leaves nothing");
+            }
+        }
+        assert_eq!(
+            store.reconcile_stock().await.expect("reconcile"),
+            (1, vec![])
+        );
     }
 }
