@@ -9,6 +9,7 @@ mod order_encoding;
 mod pii;
 pub mod postgres;
 mod sqlite;
+mod stock_step;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

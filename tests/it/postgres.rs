@@ -23,7 +23,7 @@ pub fn scratch_postgres(test: &str) -> Option<ScratchPostgres> {
     }
 }
 
-fn options(url: String) -> PgOptions {
+pub(crate) fn options(url: String) -> PgOptions {
     PgOptions {
         url,
         pool_size: 4,

@@ -124,7 +124,7 @@ const MIGRATIONS: &[&str] = &[
 
     CREATE TABLE shiprocket_tokens (
         account      TEXT PRIMARY KEY,
-        token        TEXT NOT NULL,
+        token        BYTEA NOT NULL, -- sealed (storage::pii)
         issued_at_ms BIGINT NOT NULL
     );
 

@@ -13,6 +13,8 @@
 mod audit;
 mod leases;
 mod migrations;
+mod shipping;
+mod stock;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -50,7 +52,6 @@ struct Inner {
     io: IoRuntime,
     pool: Pool,
     busy_timeout: Duration,
-    #[allow(dead_code)] // until the first record kind with customer data is ported
     pii: Arc<PiiCipher>,
 }
 
@@ -107,7 +108,6 @@ impl PgStore {
         .await
     }
 
-    #[allow(dead_code)] // until the first record kind with customer data is ported
     fn pii(&self) -> Arc<PiiCipher> {
         Arc::clone(&self.inner.pii)
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::pii;
-use super::{AuditRecord, AuditedAction, StorageError, StorageOptions, WriterStatsSnapshot};
+use super::{AuditedAction, StorageError, StorageOptions, WriterStatsSnapshot};
 use crate::domain::order::OrderState;
 
 /// A cheap, cloneable handle to the SQLite database.

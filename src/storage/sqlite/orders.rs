@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::audit::{self, AuditRecord};
-use super::stock::{apply_steps, EncodedStep, StockStep};
+use super::stock::{apply_steps, StockStep};
 use super::{SqliteStore, StorageError};
 use crate::domain::checkout::CustomerRecord;
 use crate::domain::dead_letter::{LetterReason, LetterSource};
@@ -17,6 +17,7 @@ use crate::storage::order_encoding::{
     encode_journal, to_json, EncodedDeferred, EncodedEntry, OrderRow,
 };
 use crate::storage::pii::{Column, PiiCipher};
+use crate::storage::stock_step::EncodedStep;
 
 /// A journal entry to append: the event with its time and cause.
 #[derive(Debug, Clone)]

@@ -9,10 +9,11 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::{AuditRecord, AuditedAction, SqliteStore, StorageError};
+use super::{AuditedAction, SqliteStore, StorageError};
 use crate::domain::stock::{
     AllocationStatus, AllocationStep, ProductFacts, StockDelta, StockLevel,
 };
+use crate::storage::stock_step::EncodedStep;
 
 /// One change of one SKU, as it is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,40 +47,6 @@ pub struct StockMismatch {
     pub ledger_sum: i64,
     pub reserved: i64,
     pub ledger_reserved_sum: i64,
-}
-
-/// A stock step ready for the writer: the step and its audit record.
-#[derive(Debug, Clone)]
-pub(super) struct EncodedStep {
-    step: StockStep,
-    audit: AuditRecord,
-}
-
-impl EncodedStep {
-    /// Every stock change is a financial event, audited in the same commit;
-    /// its record is built on the caller's thread, not the writer's.
-    pub(super) fn new(step: StockStep) -> Self {
-        let (actor, order_id) = match &step.allocation {
-            AllocationStep::None => ("operator", None),
-            AllocationStep::Create { order_id, .. } | AllocationStep::Move { order_id, .. } => {
-                ("system", Some(order_id.as_str()))
-            }
-        };
-        let audit = AuditRecord::event(
-            step.at_ms,
-            actor,
-            "stock.change",
-            step.sku.clone(),
-            serde_json::json!({
-                "on_hand_delta": step.delta.on_hand,
-                "reserved_delta": step.delta.reserved,
-                "reason": step.reason,
-                "order_id": order_id,
-            })
-            .to_string(),
-        );
-        Self { step, audit }
-    }
 }
 
 /// Applies `steps` in order inside the caller's transaction: for each, whether
