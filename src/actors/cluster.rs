@@ -207,3 +207,60 @@ fn view(
         })
         .collect()
 }
+
+/// The pause between rounds while work is still moving: short, so that a
+/// lone instance or the survivors of a crash reach their share in a few
+/// seconds, yet each round moves only a few leases.
+pub const CATCH_UP_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs rounds until `stop` resolves, then leaves the cluster. `changed` is
+/// told of every round that gained, lost or gave back a lease.
+pub async fn run(
+    mut member: ClusterMember,
+    stop: impl std::future::Future<Output = ()>,
+    changed: impl Fn(&RoundReport),
+) {
+    tokio::pin!(stop);
+    loop {
+        let wait = match member.round().await {
+            Ok(report) => {
+                let moving = !(report.gained.is_empty()
+                    && report.lost.is_empty()
+                    && report.released.is_empty());
+                if moving {
+                    for (resource, epoch) in &report.gained {
+                        tracing::info!(%resource, epoch, "lease taken");
+                    }
+                    for resource in &report.lost {
+                        tracing::warn!(%resource, "lease lost to another instance");
+                    }
+                    for resource in &report.released {
+                        tracing::info!(%resource, "lease handed over");
+                    }
+                    changed(&report);
+                    CATCH_UP_EVERY
+                } else {
+                    member.round_every()
+                }
+            }
+            Err(e) => {
+                let lost = member.round_failed();
+                tracing::warn!(error = %e, dropped = lost.len(), "cluster round failed");
+                if !lost.is_empty() {
+                    changed(&RoundReport {
+                        lost,
+                        ..RoundReport::default()
+                    });
+                }
+                member.round_every()
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    if let Err(e) = member.leave().await {
+        tracing::warn!(error = %e, "could not hand over leases at stop; they expire by themselves");
+    }
+}

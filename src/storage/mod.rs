@@ -120,6 +120,7 @@ pub struct Storage {
 #[derive(Clone)]
 enum Backend {
     Sqlite(SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// Calls the same method on whichever backend is in use.
@@ -127,6 +128,7 @@ macro_rules! on_backend {
     ($self:ident, $db:ident => $call:expr) => {
         match &$self.backend {
             Backend::Sqlite($db) => $call,
+            Backend::Postgres($db) => $call,
         }
     };
 }
@@ -141,10 +143,28 @@ impl Storage {
         })
     }
 
-    /// Lets another daemon open the database: at the end of an orderly stop,
-    /// once nothing is left to write.
+    /// Connects to the shared PostgreSQL database and brings its schema to
+    /// the latest version (SPEC §13).
+    pub async fn open_postgres(options: &postgres::PgOptions) -> Result<Self, StorageError> {
+        Ok(Self {
+            backend: Backend::Postgres(postgres::PgStore::connect(options).await?),
+        })
+    }
+
+    /// The PostgreSQL store behind this handle, for the cluster's leases.
+    pub fn postgres(&self) -> Option<&postgres::PgStore> {
+        match &self.backend {
+            Backend::Postgres(db) => Some(db),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// Lets another daemon open the SQLite file: at the end of an orderly
+    /// stop, once nothing is left to write. (Instances share PostgreSQL.)
     pub fn release(&self) {
-        on_backend!(self, db => db.release())
+        if let Backend::Sqlite(db) = &self.backend {
+            db.release();
+        }
     }
 
     /// The group-commit writer's figures (SQLite only: PostgreSQL commits
@@ -152,6 +172,7 @@ impl Storage {
     pub fn writer_stats(&self) -> Option<WriterStatsSnapshot> {
         match &self.backend {
             Backend::Sqlite(db) => Some(db.writer_stats()),
+            Backend::Postgres(_) => None,
         }
     }
 

@@ -11,6 +11,7 @@ mod operations;
 mod orders;
 mod passivation;
 mod postgres;
+mod postgres_orders;
 mod postgres_stock;
 mod reconciliation;
 mod sale_day;

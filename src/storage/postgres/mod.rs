@@ -11,10 +11,13 @@
 //! already started: it commits or rolls back on its own.
 
 mod audit;
+mod daemon_state;
 mod leases;
 mod migrations;
+mod orders;
 mod shipping;
 mod stock;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,6 +43,10 @@ pub struct PgOptions {
     pub busy_timeout: Duration,
     /// Encrypts customer data at rest (SPEC §10), as on SQLite.
     pub pii_key: PiiKey,
+    /// The leases this instance holds, kept by its cluster membership: every
+    /// write for an order then commits only under its partition's lease.
+    /// `None` for a lone tool that owns nothing (and fences nothing).
+    pub ownership: Option<Arc<Ownership>>,
 }
 
 /// A cheap, cloneable handle to the PostgreSQL store.
@@ -53,6 +60,7 @@ struct Inner {
     pool: Pool,
     busy_timeout: Duration,
     pii: Arc<PiiCipher>,
+    ownership: Option<Arc<Ownership>>,
 }
 
 impl PgStore {
@@ -88,6 +96,7 @@ impl PgStore {
                 pool,
                 busy_timeout: options.busy_timeout,
                 pii: Arc::new(PiiCipher::new(&options.pii_key)),
+                ownership: options.ownership.clone(),
             }),
         };
         store
@@ -110,6 +119,22 @@ impl PgStore {
 
     fn pii(&self) -> Arc<PiiCipher> {
         Arc::clone(&self.inner.pii)
+    }
+
+    /// The fence a write for `order_id` must hold: `None` without cluster
+    /// membership; `LeaseLost` when this instance does not own the order's
+    /// partition now (the write is refused before it starts).
+    fn order_fence(&self, order_id: &str) -> Result<Option<Fence>, StorageError> {
+        let Some(ownership) = &self.inner.ownership else {
+            return Ok(None);
+        };
+        ownership
+            .order_fence(order_id)
+            .map(Some)
+            .ok_or_else(|| StorageError::LeaseLost {
+                resource: ownership.partition_of(order_id).to_string(),
+                epoch: 0,
+            })
     }
 
     /// Runs `work` on the store's runtime with a handle to the pool, and

@@ -30,7 +30,7 @@ use crate::storage::{
 };
 
 /// The rows a transaction holds locked, with their levels as it changes them.
-struct Locked {
+pub(super) struct Locked {
     levels: BTreeMap<String, StockLevel>,
     /// Rows this transaction inserted to have something to lock: SQLite has a
     /// row only for a SKU some change reached, so the ones nothing reached go
@@ -116,14 +116,32 @@ async fn forget_untouched(tx: &impl GenericClient, locked: &Locked) -> Result<()
 ///
 /// It locks the rows of all its SKUs first. A caller that locks other rows or
 /// appends to the audit log (whose lock every stock change takes after its
-/// rows) earlier in the same transaction risks a deadlock with a concurrent
-/// stock change; lock nothing else before it.
-#[allow(dead_code)] // the port of orders calls it inside its own transactions
+/// rows) earlier in the same transaction would risk a deadlock with a
+/// concurrent stock change: such a caller takes the rows with [`lock_steps`]
+/// first, then applies them with [`apply_locked_steps`] (as orders do).
+#[cfg(test)]
 pub(super) async fn apply_steps(
     tx: &impl GenericClient,
     steps: &[EncodedStep],
 ) -> Result<Vec<bool>, StorageError> {
-    let mut locked = lock_levels(tx, steps.iter().map(|e| e.step.sku.as_str())).await?;
+    let locked = lock_steps(tx, steps).await?;
+    apply_locked_steps(tx, steps, locked).await
+}
+
+/// Locks the stock rows `steps` change, before anything else the transaction does.
+pub(super) async fn lock_steps(
+    tx: &impl GenericClient,
+    steps: &[EncodedStep],
+) -> Result<Locked, StorageError> {
+    lock_levels(tx, steps.iter().map(|e| e.step.sku.as_str())).await
+}
+
+/// Applies `steps` under the rows [`lock_steps`] locked for them.
+pub(super) async fn apply_locked_steps(
+    tx: &impl GenericClient,
+    steps: &[EncodedStep],
+    mut locked: Locked,
+) -> Result<Vec<bool>, StorageError> {
     let applied = apply_locked(tx, steps, &mut locked).await?;
     forget_untouched(tx, &locked).await?;
     Ok(applied)
@@ -653,6 +671,7 @@ pub(super) mod tests {
             pool_size: 2,
             busy_timeout: std::time::Duration::from_secs(5),
             pii_key: crate::storage::PiiKey::from_bytes([7; 32]),
+            ownership: None,
         })
         .await
         .expect("connect");
