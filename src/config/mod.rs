@@ -416,6 +416,14 @@ mod tests {
             toml::to_string(&config.server).unwrap(),
             toml::to_string(&defaults.server).unwrap()
         );
+        assert_eq!(
+            toml::to_string(&config.storage).unwrap(),
+            toml::to_string(&defaults.storage).unwrap()
+        );
+        assert_eq!(
+            toml::to_string(&config.cluster).unwrap(),
+            toml::to_string(&defaults.cluster).unwrap()
+        );
         assert_eq!(config.shiprocket.accounts.len(), 1);
         assert_eq!(config.shiprocket.accounts[0].name, "primary");
     }
