@@ -12,6 +12,7 @@ mod orders;
 mod passivation;
 mod postgres;
 mod postgres_orders;
+mod postgres_records;
 mod postgres_stock;
 mod reconciliation;
 mod sale_day;
