@@ -161,6 +161,7 @@ impl PgStore {
 /// last handle goes (dropping a runtime inside another would panic).
 struct IoRuntime {
     runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
 }
 
 impl IoRuntime {
@@ -172,15 +173,13 @@ impl IoRuntime {
             .build()
             .map_err(StorageError::Thread)?;
         Ok(Self {
+            handle: runtime.handle().clone(),
             runtime: Some(runtime),
         })
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
-        match &self.runtime {
-            Some(runtime) => runtime.handle(),
-            None => unreachable!("the runtime is only taken on drop"),
-        }
+        &self.handle
     }
 }
 
