@@ -295,7 +295,9 @@ impl Application {
             .tracking_token
             .as_ref()
             .map(TokenDigest::new);
+        let instance_id = instance_id(&config.cluster.instance_id);
         let state = web::Data::new(AppState {
+            instance_id,
             settings,
             storage,
             metrics,
@@ -626,4 +628,18 @@ fn first_addr(addrs: &[SocketAddr], listen: &str) -> Result<SocketAddr, StartupE
 fn order_arbiters() -> Vec<actix::ArbiterHandle> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (0..cores).map(|_| actix::Arbiter::new().handle()).collect()
+}
+
+/// `cluster.instance_id`, or the host name and process id: unique among
+/// instances on different hosts and among restarts on one.
+pub fn instance_id(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "dropshipd".to_owned());
+    format!("{host}-{}", std::process::id())
 }

@@ -35,6 +35,9 @@ use auth::TokenDigest;
 /// What every handler may read, shared by both listeners.
 pub struct AppState {
     pub settings: Settings,
+    /// This instance's name in the cluster and in its logs (`cluster.instance_id`,
+    /// else the host name and process id).
+    pub instance_id: String,
     pub storage: Storage,
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,

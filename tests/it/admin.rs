@@ -78,6 +78,20 @@ async fn status_reports_what_exists() {
         Some(16)
     );
     assert_eq!(status["dlq_entries"], 1);
+    // On SQLite the cluster is this instance alone, holding no leases.
+    let cluster = &status["cluster"];
+    assert_eq!(cluster["backend"], "sqlite");
+    let me = cluster["instance_id"].as_str().expect("instance_id");
+    assert!(
+        me.ends_with(&format!("-{}", std::process::id())),
+        "host name and process id by default: {me}"
+    );
+    let instances = cluster["instances"].as_array().expect("instances");
+    assert_eq!(instances.len(), 1);
+    assert_eq!(instances[0]["instance_id"], me);
+    assert_eq!(instances[0]["leases"], 0);
+    assert!(instances[0]["last_seen"].is_string());
+    assert_eq!(cluster["leases"], serde_json::json!([]));
     assert!(
         status["actors"]["webhook_ingest"]
             .as_u64()

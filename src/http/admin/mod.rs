@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::auth::{Operator, Role, Viewer};
 use super::error::ApiError;
-use super::AppState;
+use super::{rfc3339, AppState};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/status", web::get().to(status))
@@ -88,7 +88,23 @@ async fn status(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, A
         },
         "shipping_queue": shipping_queue_json(&backlog, state.clock.now_ms()),
         "storage": state.storage.writer_stats(),
+        "cluster": cluster_json(&state),
     })))
+}
+
+/// SPEC §9's `cluster` block. On SQLite the cluster is this instance alone,
+/// holding no leases: it owns everything by owning the file.
+fn cluster_json(state: &AppState) -> serde_json::Value {
+    json!({
+        "backend": state.settings.config.storage.backend.as_str(),
+        "instance_id": state.instance_id,
+        "instances": [{
+            "instance_id": state.instance_id,
+            "leases": 0,
+            "last_seen": rfc3339(state.clock.now_ms()),
+        }],
+        "leases": [],
+    })
 }
 
 /// The queue's rows per account (`"any"`: not yet assigned) and its oldest payment.
