@@ -322,7 +322,18 @@ impl Storage {
         &self,
         order_id: &str,
     ) -> Result<Option<(OrderSnapshot, Vec<(OrderEvent, i64)>)>, StorageError> {
-        on_backend!(self, db => db.order_history(order_id).await)
+        let Some((stored, journal)) = self.order_with_journal(order_id).await? else {
+            return Ok(None);
+        };
+        let events = journal
+            .into_iter()
+            .map(|row| {
+                serde_json::from_value::<OrderEvent>(row.data)
+                    .map(|event| (event, row.at_ms))
+                    .map_err(|e| StorageError::Encoding(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((stored.snapshot, events)))
     }
 
     /// Orders newest first, optionally in one state; `before` is the cursor.
@@ -505,7 +516,9 @@ impl Storage {
     /// Records an admin action that changed nothing (the order was already
     /// where it was asked to go), marking it committed.
     pub async fn record_action(&self, action: &AuditedAction) -> Result<(), StorageError> {
-        on_backend!(self, db => db.record_action(action).await)
+        self.append_audit(action.record.clone()).await?;
+        action.committed();
+        Ok(())
     }
 
     /// Entries after sequence number `after`, oldest first.

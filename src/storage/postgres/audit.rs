@@ -10,7 +10,7 @@ use tokio_postgres::Row;
 
 use super::PgStore;
 use crate::domain::audit::{self, AuditEntry, AuditHead, ChainVerifier};
-use crate::storage::{AuditRecord, AuditVerifyError, AuditedAction, StorageError};
+use crate::storage::{AuditRecord, AuditVerifyError, StorageError};
 
 /// The advisory lock every append holds until its transaction ends ("audit").
 const AUDIT_LOCK: i64 = 0x0061_7564_6974;
@@ -140,13 +140,6 @@ impl PgStore {
             Ok(seq)
         })
         .await
-    }
-
-    /// Records an admin action that changed nothing, marking it committed.
-    pub async fn record_action(&self, action: &AuditedAction) -> Result<(), StorageError> {
-        self.append_audit(action.record.clone()).await?;
-        action.committed();
-        Ok(())
     }
 
     /// Entries after sequence number `after`, oldest first.

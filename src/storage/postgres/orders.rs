@@ -11,7 +11,7 @@ use deadpool_postgres::GenericClient;
 
 use super::{hold, PgStore};
 use crate::domain::dead_letter::LetterSource;
-use crate::domain::order::{OrderEvent, OrderSnapshot, OrderState};
+use crate::domain::order::{OrderSnapshot, OrderState};
 use crate::storage::order_encoding::{
     encode_journal, to_json, EncodedDeferred, EncodedEntry, OrderRow,
 };
@@ -352,25 +352,6 @@ impl PgStore {
             Ok(Some((order, journal)))
         })
         .await
-    }
-
-    /// An order's stored snapshot and its journal as events, oldest first.
-    pub async fn order_history(
-        &self,
-        order_id: &str,
-    ) -> Result<Option<(OrderSnapshot, Vec<(OrderEvent, i64)>)>, StorageError> {
-        let Some((stored, journal)) = self.order_with_journal(order_id).await? else {
-            return Ok(None);
-        };
-        let events = journal
-            .into_iter()
-            .map(|row| {
-                serde_json::from_value::<OrderEvent>(row.data)
-                    .map(|event| (event, row.at_ms))
-                    .map_err(|e| StorageError::Encoding(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some((stored.snapshot, events)))
     }
 
     /// Orders newest first, optionally in one state; `before` is the cursor.

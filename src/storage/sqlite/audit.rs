@@ -228,14 +228,6 @@ impl SqliteStore {
         self.write(move |conn| append(conn, &record)).await
     }
 
-    /// Records an admin action that changed nothing (the order was already
-    /// where it was asked to go), marking it committed.
-    pub async fn record_action(&self, action: &AuditedAction) -> Result<(), StorageError> {
-        self.append_audit(action.record.clone()).await?;
-        action.committed();
-        Ok(())
-    }
-
     /// Entries after sequence number `after`, oldest first.
     pub async fn audit_entries(
         &self,

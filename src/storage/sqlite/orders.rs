@@ -345,27 +345,6 @@ impl SqliteStore {
         .await
     }
 
-    /// An order's stored snapshot and its journal as events, oldest first: what
-    /// a replay check compares (`domain::order::replay` over the events must
-    /// give the snapshot).
-    pub async fn order_history(
-        &self,
-        order_id: &str,
-    ) -> Result<Option<(OrderSnapshot, Vec<(OrderEvent, i64)>)>, StorageError> {
-        let Some((stored, journal)) = self.order_with_journal(order_id).await? else {
-            return Ok(None);
-        };
-        let events = journal
-            .into_iter()
-            .map(|row| {
-                serde_json::from_value::<OrderEvent>(row.data)
-                    .map(|event| (event, row.at_ms))
-                    .map_err(|e| StorageError::Encoding(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some((stored.snapshot, events)))
-    }
-
     /// Orders newest first, optionally in one state; `before` is the cursor.
     /// Snapshots only: a listing shows no customer data, so none is decrypted.
     pub async fn list_orders(
@@ -756,7 +735,12 @@ mod tests {
         }
         writer.await.unwrap();
         assert!(reads > 0);
-        let (snapshot, events) = storage.order_history("XVC-R1").await.unwrap().unwrap();
+        let (order, journal) = storage.order_with_journal("XVC-R1").await.unwrap().unwrap();
+        let snapshot = order.snapshot;
+        let events: Vec<(OrderEvent, i64)> = journal
+            .into_iter()
+            .map(|row| (serde_json::from_value(row.data).unwrap(), row.at_ms))
+            .collect();
         assert_eq!(events.len() as i64, CHANGES + 1);
         let rebuilt = crate::domain::order::replay("XVC-R1", events.iter().map(|(e, at)| (e, *at)));
         assert_eq!(rebuilt, Some(snapshot));
