@@ -9,7 +9,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::PgStore;
-use crate::domain::audit::{self, AuditEntry, AuditHead, ChainVerifier};
+use crate::domain::audit::{AuditEntry, AuditHead, ChainVerifier};
 use crate::storage::{AuditRecord, AuditVerifyError, StorageError};
 
 /// The advisory lock every append holds until its transaction ends ("audit").
@@ -35,21 +35,7 @@ pub(super) async fn append(
             seq: row.get(0),
             hash: row.get(1),
         });
-    let entry = audit::seal(
-        AuditEntry {
-            seq: 0,
-            at_ms: record.at_ms,
-            actor: record.actor.clone(),
-            action: record.action.clone(),
-            subject: record.subject.clone(),
-            detail: record.detail.clone(),
-            peer: record.peer.clone(),
-            user_agent: record.user_agent.clone(),
-            prev_hash: String::new(),
-            hash: String::new(),
-        },
-        previous.as_ref(),
-    );
+    let entry = record.sealed_after(previous.as_ref());
     tx.execute(
         "INSERT INTO audit_log (seq, at_ms, actor, action, subject, detail, peer, user_agent, prev_hash, hash)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",

@@ -48,6 +48,28 @@ impl AuditRecord {
     }
 }
 
+impl AuditRecord {
+    /// The entry this record becomes when appended after `previous`: numbered
+    /// and hash-chained (`domain::audit::seal`), the same on every backend.
+    pub(in crate::storage) fn sealed_after(&self, previous: Option<&AuditHead>) -> AuditEntry {
+        audit::seal(
+            AuditEntry {
+                seq: 0,
+                at_ms: self.at_ms,
+                actor: self.actor.clone(),
+                action: self.action.clone(),
+                subject: self.subject.clone(),
+                detail: self.detail.clone(),
+                peer: self.peer.clone(),
+                user_agent: self.user_agent.clone(),
+                prev_hash: String::new(),
+                hash: String::new(),
+            },
+            previous,
+        )
+    }
+}
+
 /// An admin action's audit entry travelling with the write that carries out
 /// the action, so that the two commit together (SPEC §10). Whoever commits it
 /// says so, and whoever answered the request then knows not to record it again.
@@ -90,21 +112,7 @@ impl From<rusqlite::Error> for AuditVerifyError {
 /// Appends `record` to the chain. Call inside a write job, beside the change it records.
 pub(super) fn append(conn: &Connection, record: &AuditRecord) -> Result<i64, StorageError> {
     let previous = last_entry(conn)?;
-    let entry = audit::seal(
-        AuditEntry {
-            seq: 0,
-            at_ms: record.at_ms,
-            actor: record.actor.clone(),
-            action: record.action.clone(),
-            subject: record.subject.clone(),
-            detail: record.detail.clone(),
-            peer: record.peer.clone(),
-            user_agent: record.user_agent.clone(),
-            prev_hash: String::new(),
-            hash: String::new(),
-        },
-        previous.as_ref(),
-    );
+    let entry = record.sealed_after(previous.as_ref());
     conn.prepare_cached(
         "INSERT INTO audit_log (seq, at_ms, actor, action, subject, detail, peer, user_agent, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
