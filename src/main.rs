@@ -228,7 +228,9 @@ fn audit_verify(path: &std::path::Path) -> ExitCode {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
-    if let Err(e) = logging::init() {
+    // The same name the daemon's status reports (host name and pid by default).
+    let instance_id = dropshipd::startup::instance_id(&settings.config.cluster.instance_id);
+    if let Err(e) = logging::init_for(Some(&instance_id)) {
         eprintln!("dropshipd: logging not initialised: {e}");
     }
     for warning in &settings.warnings {

@@ -264,3 +264,42 @@ pub async fn run(
         tracing::warn!(error = %e, "could not hand over leases at stop; they expire by themselves");
     }
 }
+
+/// What this instance works on: everything when it runs alone (SQLite), or
+/// the orders of the partitions it holds and, as leader, the cluster-wide
+/// sweeps. Timers, the dispatcher and the sweeps ask it before each piece of
+/// work, so a lease that moves takes its work along at the next look.
+#[derive(Clone, Default)]
+pub struct Scope {
+    cluster: Option<Arc<Ownership>>,
+}
+
+impl Scope {
+    /// A lone instance: everything is its own.
+    pub fn everything() -> Self {
+        Self { cluster: None }
+    }
+
+    pub fn cluster(ownership: Arc<Ownership>) -> Self {
+        Self {
+            cluster: Some(ownership),
+        }
+    }
+
+    /// Whether `order_id`'s actor, timers and inbox entries are this instance's.
+    pub fn owns_order(&self, order_id: &str) -> bool {
+        self.cluster.as_ref().is_none_or(|o| o.owns_order(order_id))
+    }
+
+    /// Whether the cluster-wide sweeps (payment and stock reconciliation,
+    /// events no order claims) are this instance's.
+    pub fn leads(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|o| o.holds(&Resource::Leader))
+    }
+
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+}

@@ -13,11 +13,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix::Addr;
 use tokio::sync::{Notify, Semaphore};
 
+use super::cluster::Scope;
 use super::order::{Cause, OrderError, OrderMsg, OrderReply};
-use super::registry::{OrderRegistry, Route};
+use super::order_link::OrderLink;
+use super::registry::Route;
 use super::switch::ProcessingSwitch;
 use crate::domain::clock::SharedClock;
 use crate::domain::dead_letter::LetterReason;
@@ -32,13 +33,19 @@ const BATCH: u32 = 256;
 const IN_FLIGHT: usize = 1024;
 /// How long an idle dispatcher waits before looking again without a nudge.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// With several instances, how often the reading starts again from the
+/// first unprocessed entry even while busy (see [`Dispatcher::run`]).
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
 /// Back-off after a failed read.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct Dispatcher {
     pub storage: Storage,
-    pub registry: Addr<OrderRegistry>,
+    pub registry: OrderLink,
+    /// Which entries are this instance's to dispatch: those of the orders
+    /// whose partitions it holds, and as leader those no order claims.
+    pub scope: Scope,
     pub clock: SharedClock,
     /// The kill switch: nothing is dispatched while it is on.
     pub switch: ProcessingSwitch,
@@ -94,6 +101,7 @@ impl Dispatcher {
         let mut cursor = 0i64;
         // Commands parked while paused run at start, on resume and when idle.
         let mut drain_due = true;
+        let mut rescanned = tokio::time::Instant::now();
         loop {
             self.heartbeat.beat();
             if self.switch.is_paused() {
@@ -102,7 +110,7 @@ impl Dispatcher {
                 let _ = tokio::time::timeout(IDLE_POLL, self.switch.resumed()).await;
                 continue;
             }
-            if drain_due {
+            if drain_due && self.scope.leads() {
                 self.drain_deferred().await;
                 drain_due = false;
             }
@@ -114,6 +122,14 @@ impl Dispatcher {
             if let Some(failed) = rewind {
                 cursor = cursor.min(failed - 1);
             }
+            if self.scope.is_clustered() && rescanned.elapsed() >= RESCAN_EVERY {
+                // Instances commit inbox entries concurrently, so ids commit
+                // out of order and one may appear below the cursor; and a
+                // partition taken over brings entries the cursor passed.
+                // What is in flight is skipped on the re-read.
+                cursor = 0;
+                rescanned = tokio::time::Instant::now();
+            }
             let entries = match self.storage.pending_inbox(cursor, BATCH).await {
                 Ok(entries) => entries,
                 Err(e) => {
@@ -122,14 +138,13 @@ impl Dispatcher {
                     continue;
                 }
             };
-            if entries.is_empty() {
-                // Entries that failed are retried after a pause, not in a tight loop.
-                let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
-                drain_due = true;
-                continue;
-            }
+            let mut started_any = false;
+            let read_all = entries.len() < BATCH as usize;
             for entry in entries {
                 cursor = cursor.max(entry.id);
+                if !self.owns(&entry) {
+                    continue;
+                }
                 let key = entry.razorpay_order_id.clone();
                 let start = progress.lock().map(|mut p| {
                     if key.as_ref().is_some_and(|k| p.blocked.contains(k)) {
@@ -156,6 +171,7 @@ impl Dispatcher {
                 let Ok(Some(first)) = start else {
                     continue;
                 };
+                started_any = true;
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                     return;
                 };
@@ -190,6 +206,20 @@ impl Dispatcher {
                     drop(permit);
                 });
             }
+            if read_all && !started_any {
+                // Nothing new: wait for a nudge. Entries that failed are
+                // retried after this pause, not in a tight loop.
+                let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
+                drain_due = true;
+            }
+        }
+    }
+
+    /// Whether `entry` is this instance's to dispatch.
+    fn owns(&self, entry: &InboxEntry) -> bool {
+        match &entry.order_id {
+            Some(order_id) => self.scope.owns_order(order_id),
+            None => self.scope.leads(),
         }
     }
 
@@ -291,7 +321,7 @@ pub enum Routed {
 #[derive(Clone)]
 pub struct PaymentRouter {
     pub storage: Storage,
-    pub registry: Addr<OrderRegistry>,
+    pub registry: OrderLink,
     pub clock: SharedClock,
 }
 

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod dispatcher;
 pub mod ingest;
 pub mod order;
+pub mod order_link;
 pub mod registry;
 pub mod shipping;
 pub mod stock;

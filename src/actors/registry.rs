@@ -304,3 +304,27 @@ impl Handler<Stopped> for OrderRegistry {
         self.unpark(ctx);
     }
 }
+
+/// Stops the actors of the orders `gone` picks: their partition moved to
+/// another instance, whose actors load them afresh from storage. Each stops
+/// after the messages already in its mailbox (whose writes the lost lease
+/// refuses). Answers how many were asked to stop.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Retire(pub Box<dyn Fn(&str) -> bool + Send>);
+
+impl Handler<Retire> for OrderRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, Retire(gone): Retire, _: &mut Self::Context) -> usize {
+        let leaving: Vec<String> = self.live.keys().filter(|id| gone(id)).cloned().collect();
+        for id in &leaving {
+            if let Some(entry) = self.live.remove(id) {
+                entry.addr.do_send(OrderMsg::Passivate);
+                self.evicting.insert((id.clone(), entry.incarnation));
+            }
+        }
+        self.publish();
+        leaving.len()
+    }
+}

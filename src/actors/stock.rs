@@ -631,6 +631,40 @@ impl StockSupervisor {
         moves: Vec<LineMove>,
         new_order: bool,
     ) -> Result<Prepared, ReserveError> {
+        if self.storage.postgres().is_none() {
+            return self.prepare_once(moves, new_order).await;
+        }
+        // With other instances changing the same SKUs, memory is a hint and
+        // the database the judge (its CHECK refuses what is not there): a
+        // shortage seen in memory is read back once before it is believed.
+        match self.prepare_once(moves.clone(), new_order).await {
+            Err(ReserveError::Insufficient(skus)) => {
+                self.reload(skus).await;
+                self.prepare_once(moves, new_order).await
+            }
+            other => other,
+        }
+    }
+
+    /// Reads `skus` back from storage into their shards.
+    async fn reload(&self, skus: Vec<String>) {
+        let mut by_shard: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for sku in skus {
+            by_shard
+                .entry(self.shard_index(&sku))
+                .or_default()
+                .push(sku);
+        }
+        for (index, skus) in by_shard {
+            let _ = self.shards[index].0.send(Reload(skus)).await;
+        }
+    }
+
+    async fn prepare_once(
+        &self,
+        moves: Vec<LineMove>,
+        new_order: bool,
+    ) -> Result<Prepared, ReserveError> {
         let at_ms = self.clock.now_ms();
         let due = moves_due(&self.storage, &moves, new_order)
             .await
@@ -827,7 +861,11 @@ impl StockSupervisor {
 /// applied" (the writer guarantees it); a stopped writer leaves it unknown.
 pub fn settled_after(error: &StorageError) -> Settled {
     match error {
-        StorageError::WriterStopped | StorageError::Reader(_) => Settled::Unknown,
+        // Refused by the database's level: another instance changed it, so
+        // memory is read back.
+        StorageError::WriterStopped
+        | StorageError::Reader(_)
+        | StorageError::StockRefused { .. } => Settled::Unknown,
         _ => Settled::NotCommitted,
     }
 }

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
-
+use super::cluster::Scope;
 use super::order::{Cause, OrderMsg};
-use super::registry::{OrderRegistry, Route};
+use super::order_link::OrderLink;
+use super::registry::Route;
 use super::switch::ProcessingSwitch;
 use crate::clients::razorpay::RazorpayClient;
 use crate::domain::clock::SharedClock;
@@ -23,13 +23,21 @@ const EXPIRY_BATCH: u32 = 1000;
 /// Queued shipments handed to operators per tick at most (manual mode).
 const SHIPPING_BATCH: u32 = 500;
 
+/// What an order timer needs: where its messages go, which orders are this
+/// instance's, the clock it reads and the kill switch it obeys.
+#[derive(Clone)]
+pub struct OrderTimer {
+    pub registry: OrderLink,
+    pub scope: Scope,
+    pub clock: SharedClock,
+    pub switch: ProcessingSwitch,
+}
+
 /// The loop both order timers share: every `every`, unless paused, ask
 /// `find` which orders are due at the clock's now and send each the message
 /// `message` builds for that now.
 async fn send_due<F, Fut>(
-    registry: Addr<OrderRegistry>,
-    clock: SharedClock,
-    switch: ProcessingSwitch,
+    timer: OrderTimer,
     every: Duration,
     what: &'static str,
     find: F,
@@ -42,10 +50,10 @@ async fn send_due<F, Fut>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if switch.is_paused() {
+        if timer.switch.is_paused() {
             continue;
         }
-        let now = clock.now_ms();
+        let now = timer.clock.now_ms();
         let due = match find(now).await {
             Ok(due) => due,
             Err(e) => {
@@ -53,8 +61,12 @@ async fn send_due<F, Fut>(
                 continue;
             }
         };
-        let sends = due.into_iter().map(|order_id| {
-            registry.send(Route {
+        // Each partition's owner sends its own orders' timers.
+        let due = due
+            .into_iter()
+            .filter(|order_id| timer.scope.owns_order(order_id));
+        let sends = due.map(|order_id| {
+            timer.registry.send(Route {
                 order_id,
                 msg: message(now),
             })
@@ -68,13 +80,7 @@ async fn send_due<F, Fut>(
 }
 
 /// Expires reservations whose time is up, every `every`.
-pub async fn expire_reservations(
-    storage: Storage,
-    registry: Addr<OrderRegistry>,
-    clock: SharedClock,
-    switch: ProcessingSwitch,
-    every: Duration,
-) {
+pub async fn expire_reservations(storage: Storage, timer: OrderTimer, every: Duration) {
     let find = |now| {
         let storage = storage.clone();
         async move { storage.reservations_ended(now, EXPIRY_BATCH).await }
@@ -83,16 +89,7 @@ pub async fn expire_reservations(
         command: Command::ExpireReservation { now_ms },
         cause: Cause::named("timer:reservation_expiry"),
     };
-    send_due(
-        registry,
-        clock,
-        switch,
-        every,
-        "reservation_expiry",
-        find,
-        message,
-    )
-    .await;
+    send_due(timer, every, "reservation_expiry", find, message).await;
 }
 
 /// While shipping is in manual mode, hands every queued shipment that comes
@@ -100,9 +97,7 @@ pub async fn expire_reservations(
 /// call meanwhile.
 pub async fn hold_shipments(
     storage: Storage,
-    registry: Addr<OrderRegistry>,
-    clock: SharedClock,
-    switch: ProcessingSwitch,
+    timer: OrderTimer,
     manual: Arc<AtomicBool>,
     every: Duration,
 ) {
@@ -121,16 +116,7 @@ pub async fn hold_shipments(
         },
         cause: Cause::named("shipping:manual_mode"),
     };
-    send_due(
-        registry,
-        clock,
-        switch,
-        every,
-        "hold_shipments",
-        find,
-        message,
-    )
-    .await;
+    send_due(timer, every, "hold_shipments", find, message).await;
 }
 
 /// Orders checked against Razorpay per round at most.
@@ -139,7 +125,9 @@ const RECONCILE_BATCH: u32 = 200;
 /// What payment reconciliation needs (SPEC §6).
 pub struct PaymentReconciler {
     pub storage: Storage,
-    pub registry: Addr<OrderRegistry>,
+    pub registry: OrderLink,
+    /// Only the leader reconciles; the confirmations reach each order's owner.
+    pub scope: Scope,
     pub clock: SharedClock,
     pub switch: ProcessingSwitch,
     pub razorpay: RazorpayClient,
@@ -156,7 +144,7 @@ impl PaymentReconciler {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if self.switch.is_paused() {
+            if self.switch.is_paused() || !self.scope.leads() {
                 continue;
             }
             if let Err(e) = self.round().await {
@@ -209,10 +197,20 @@ impl PaymentReconciler {
 }
 
 /// Compares every level with its ledger, every `every`, into the mismatch gauge.
-pub async fn reconcile_stock(storage: Storage, metrics: Arc<Metrics>, every: Duration) {
+pub async fn reconcile_stock(
+    storage: Storage,
+    scope: Scope,
+    metrics: Arc<Metrics>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        if !scope.leads() {
+            // The leader's gauge is the cluster's: others report no mismatch.
+            metrics.stock_reconcile_mismatches.set(0.0);
+            continue;
+        }
         match storage.reconcile_stock().await {
             Ok((checked, mismatches)) => {
                 metrics

@@ -40,7 +40,7 @@ pub struct CustomerRecord {
 }
 
 /// A checkout that passed every rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValidCheckout {
     pub order_id: String,
     pub razorpay_order_id: Option<String>,

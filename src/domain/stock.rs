@@ -96,7 +96,9 @@ pub struct StockDelta {
     pub reserved: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
 pub enum StockError {
     #[error("only {available} available, {wanted} wanted")]
     Insufficient { available: i64, wanted: i64 },

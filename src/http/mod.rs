@@ -18,16 +18,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::Addr;
 use actix_web::web;
 
-use crate::actors::registry::{OrderRegistry, RegistryStats};
+use crate::actors::order_link::OrderLink;
+use crate::actors::registry::RegistryStats;
 use crate::actors::shipping::{ShippingQueue, ShippingRouter};
 use crate::actors::stock::StockSupervisor;
 use crate::actors::switch::ProcessingSwitch;
 use crate::config::Settings;
 use crate::domain::clock::SharedClock;
 use crate::service::health::HealthCheck;
+use crate::storage::postgres::Ownership;
 use crate::storage::Storage;
 use crate::telemetry::Metrics;
 use auth::TokenDigest;
@@ -38,6 +39,8 @@ pub struct AppState {
     /// This instance's name in the cluster and in its logs (`cluster.instance_id`,
     /// else the host name and process id).
     pub instance_id: String,
+    /// The leases this instance holds (PostgreSQL); `None` alone on SQLite.
+    pub ownership: Option<Arc<Ownership>>,
     pub storage: Storage,
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
@@ -46,7 +49,7 @@ pub struct AppState {
     /// The kill switch (SPEC §9): persisted, and read by every stage that advances orders.
     pub switch: ProcessingSwitch,
     pub stock: StockSupervisor,
-    pub orders: Addr<OrderRegistry>,
+    pub orders: OrderLink,
     pub order_actors: Arc<RegistryStats>,
     pub router: ShippingRouter,
     /// The durable shipping queue's backlog, for status and metrics.

@@ -84,6 +84,13 @@ pub enum StorageError {
     PostgresUrl(String),
     #[error("the lease on {resource} (epoch {epoch}) is no longer this instance's")]
     LeaseLost { resource: String, epoch: i64 },
+    /// The database refused a stock change against the level it holds now
+    /// (PostgreSQL, where other instances change the same SKUs).
+    #[error("stock of {sku}: {error}")]
+    StockRefused {
+        sku: String,
+        error: crate::domain::stock::StockError,
+    },
 }
 
 /// How to open the database.

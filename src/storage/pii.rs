@@ -27,6 +27,8 @@ pub(super) enum Column {
     OrderCustomer,
     /// A Shiprocket API token: it can read every customer's data at Shiprocket.
     ShiprocketToken,
+    /// A message for an order's actor on another instance, or its reply.
+    ClusterCommand,
 }
 
 impl Column {
@@ -36,6 +38,7 @@ impl Column {
             Self::DeadLetterBody => b"dead_letters.body",
             Self::OrderCustomer => b"orders.customer",
             Self::ShiprocketToken => b"shiprocket_tokens.token",
+            Self::ClusterCommand => b"cluster_commands.message",
         }
     }
 }

@@ -1,25 +1,91 @@
 //! Structured logs through `tracing`: human-readable on a terminal, one JSON
 //! object per line otherwise (journald, log shippers). Fields such as
 //! `event_id` are separate keys so logs can be searched by them. Secrets and
-//! request bodies are never logged.
+//! request bodies are never logged. A daemon's every line names its instance
+//! (SPEC §13), so the logs of several instances can be read together.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `RUST_LOG` filters (default `info`).
 /// Returns an error only if a subscriber was already installed.
 pub fn init() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    init_for(None)
+}
+
+/// As [`init`], with `instance_id` on every line.
+pub fn init_for(instance_id: Option<&str>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let instance = instance_id.map(str::to_owned);
     if std::io::stdout().is_terminal() {
-        builder.compact().try_init()
-    } else {
+        let format = tracing_subscriber::fmt::format().compact();
         builder
+            .event_format(Named {
+                inner: format,
+                instance,
+                json: false,
+            })
+            .try_init()
+    } else {
+        let format = tracing_subscriber::fmt::format()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .with_span_list(false)
+            .with_span_list(false);
+        builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(Named {
+                inner: format,
+                instance,
+                json: true,
+            })
             .try_init()
+    }
+}
+
+/// An event format that puts the instance first on each line: as the first
+/// key of the JSON object, or as a prefix of the terminal's line.
+struct Named<F> {
+    inner: F,
+    instance: Option<String>,
+    json: bool,
+}
+
+impl<S, N, F> FormatEvent<S, N> for Named<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let Some(instance) = &self.instance else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{').filter(|_| self.json) {
+            Some(rest) => {
+                let name = serde_json::to_string(instance).map_err(|_| std::fmt::Error)?;
+                write!(writer, "{{\"instance_id\":{name},{rest}")
+            }
+            None => {
+                let mut prefixed = String::with_capacity(line.len() + instance.len() + 3);
+                let _ = write!(prefixed, "[{instance}] {line}");
+                writer.write_str(&prefixed)
+            }
+        }
     }
 }

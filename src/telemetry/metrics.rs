@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use crate::domain::cluster::LeaseKind;
 use crate::domain::order::OrderState;
 
 use metrics::{
@@ -35,6 +36,7 @@ pub const SHIPROCKET_REQUEST_SECONDS: &str = "dropship_shiprocket_request_second
 pub const SHIPROCKET_CIRCUIT_STATE: &str = "dropship_shiprocket_circuit_state";
 pub const SHIPPING_QUEUE: &str = "dropship_shipping_queue";
 pub const SHIPPING_QUEUE_OLDEST_SECONDS: &str = "dropship_shipping_queue_oldest_seconds";
+pub const CLUSTER_LEASES: &str = "dropship_cluster_leases";
 
 /// Latency buckets for every `_seconds` histogram: sub-millisecond acks up to
 /// the multi-second waits of a throttled Shiprocket.
@@ -98,6 +100,8 @@ pub struct Metrics {
     pub actors_live_stock_shards: Gauge,
     pub actors_live_ingest: Gauge,
     shipping_queue_oldest_seconds: Gauge,
+    /// `dropship_cluster_leases{kind}`, in [`LeaseKind::ALL`]'s order.
+    cluster_leases: Vec<Gauge>,
 }
 
 impl Metrics {
@@ -254,6 +258,20 @@ impl Metrics {
             recorder.register_gauge(&Key::from_name(STOCK_RECONCILE_MISMATCHES), &METADATA);
         let shipping_queue_oldest_seconds =
             recorder.register_gauge(&Key::from_name(SHIPPING_QUEUE_OLDEST_SECONDS), &METADATA);
+        describe_gauge(
+            &recorder,
+            CLUSTER_LEASES,
+            "Leases this instance holds, by kind (postgres backend).",
+        );
+        let cluster_leases = LeaseKind::ALL
+            .iter()
+            .map(|kind| {
+                recorder.register_gauge(
+                    &Key::from_parts(CLUSTER_LEASES, vec![Label::new("kind", kind.as_str())]),
+                    &METADATA,
+                )
+            })
+            .collect();
         Arc::new(Self {
             recorder,
             handle,
@@ -273,7 +291,15 @@ impl Metrics {
             actors_live_stock_shards,
             actors_live_ingest,
             shipping_queue_oldest_seconds,
+            cluster_leases,
         })
+    }
+
+    /// Sets `dropship_cluster_leases{kind}` from this instance's count per kind.
+    pub fn set_cluster_leases(&self, counts: &std::collections::BTreeMap<LeaseKind, usize>) {
+        for (kind, gauge) in LeaseKind::ALL.iter().zip(&self.cluster_leases) {
+            gauge.set(counts.get(kind).copied().unwrap_or(0) as f64);
+        }
     }
 
     pub fn order_transition(&self, to: OrderState) {

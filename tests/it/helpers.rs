@@ -123,7 +123,7 @@ async fn spawn_app_full(
     let public = format!("http://{}", app.public_addr());
     let admin = format!("http://{}", app.admin_addr());
     let stop = app.stop_handle();
-    let orders = app.state().orders.clone();
+    let orders = app.state().orders.registry().clone();
     let order_actors = Arc::clone(&app.state().order_actors);
     let storage = app.state().storage.clone();
     let running = Some(actix_web::rt::spawn(app.run_until_stopped()));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dropshipd::domain::shipping::QueueEntry;
-use dropshipd::domain::stock::{StockDelta, StockLevel};
+use dropshipd::domain::stock::{StockDelta, StockError, StockLevel};
 use dropshipd::scratch_postgres::ScratchPostgres;
 use dropshipd::storage::postgres::PgStore;
 use dropshipd::storage::{
@@ -373,9 +373,10 @@ async fn a_reservation_short_of_one_sku_reserves_none() {
         vec![reserve("o1", "A", 2), reserve("o1", "NEW", 1)],
     ] {
         match pg.apply_stock_steps(short).await {
-            Err(StorageError::CommitFailed(why)) => {
-                assert!(why.contains("available"), "the domain's reason: {why}")
-            }
+            Err(StorageError::StockRefused {
+                error: StockError::Insufficient { .. },
+                ..
+            }) => {}
             other => panic!("a short reservation must fail, got {other:?}"),
         }
     }
@@ -394,8 +395,12 @@ async fn a_reservation_short_of_one_sku_reserves_none() {
         vec![true, true]
     );
     match pg.apply_stock_step(count("A", -4)).await {
-        Err(StorageError::CommitFailed(why)) => {
-            assert_eq!(why, "on_hand 1 would fall below the 2 units reserved")
+        Err(StorageError::StockRefused { sku, error }) => {
+            assert_eq!(sku, "A");
+            assert_eq!(
+                error.to_string(),
+                "on_hand 1 would fall below the 2 units reserved"
+            );
         }
         other => panic!("a count below the reserved units must fail, got {other:?}"),
     }
@@ -545,7 +550,10 @@ async fn instances_racing_for_a_hot_sku_sell_exactly_what_there_is() {
         match task.await.expect("task") {
             Ok(true) => applied += 1,
             Ok(false) => panic!("every order is new: no repeats"),
-            Err(StorageError::CommitFailed(why)) if why.contains("available") => refused += 1,
+            Err(StorageError::StockRefused {
+                sku,
+                error: StockError::Insufficient { .. },
+            }) if sku == "HOT" => refused += 1,
             Err(other) => panic!("only a shortage may refuse a reservation: {other}"),
         }
     }

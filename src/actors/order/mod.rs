@@ -170,11 +170,26 @@ pub enum OrderError {
     #[error("processing is paused")]
     Paused,
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(StorageError),
     #[error(transparent)]
     Stock(#[from] StockFailure),
     #[error("order actor unavailable: {0}")]
     Mailbox(#[from] MailboxError),
+}
+
+impl From<StorageError> for OrderError {
+    /// A stock change the database refused is the refusal the shard would
+    /// have made had it known the level (another instance changed it).
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::StockRefused {
+                sku,
+                error: crate::domain::stock::StockError::Insufficient { .. },
+            } => Self::InsufficientStock(vec![sku]),
+            StorageError::StockRefused { error, .. } => Self::Stock(StockFailure::Refused(error)),
+            other => Self::Storage(other),
+        }
+    }
 }
 
 /// Tells the registry an actor stopped, so it can forget it.

@@ -7,7 +7,7 @@ use crate::domain::order::CallKind;
 use crate::domain::shipping::{Answer, CallFailure};
 
 /// One call to Shiprocket, ready for the wire.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ShiprocketCall {
     Create(Box<AdhocOrder>),
     AssignAwb(i64),

@@ -31,7 +31,8 @@ use super::calls::{Call, GatewayError, ShiprocketCall};
 use super::queue::ShippingQueue;
 use super::router::GatewayStats;
 use crate::actors::order::{OrderMsg, OrderReply, PlannedCall, ShippingTurn};
-use crate::actors::registry::{OrderRegistry, Route};
+use crate::actors::order_link::OrderLink;
+use crate::actors::registry::Route;
 use crate::actors::switch::ProcessingSwitch;
 use crate::clients::shiprocket::{ShiprocketClient, ShiprocketError};
 use crate::config::Secret;
@@ -75,7 +76,7 @@ pub fn account_quota(requests_per_hour: u32, burst: u32) -> Quota {
 #[derive(Clone)]
 pub struct Work {
     pub queue: ShippingQueue,
-    pub orders: Addr<OrderRegistry>,
+    pub orders: OrderLink,
     /// The kill switch.
     pub switch: ProcessingSwitch,
     /// Manual shipping mode: no call at all.
@@ -682,5 +683,22 @@ mod tests {
         clock.advance(Duration::from_secs(3600));
         let allowed = (0..100).filter(|_| limiter.check().is_ok()).count();
         assert_eq!(allowed, 10);
+    }
+}
+
+/// Stops the gateway: its account's lease moved to another instance, whose
+/// gateway is the account's only one from now on. Calls in flight are
+/// dropped; the orders journaled them, and their next turn finds out what
+/// Shiprocket did (the search before any second create).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+impl Handler<Retire> for ShiprocketGateway {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
+        tracing::info!(account = %self.account(), "gateway stopped: its account moved to another instance");
+        ctx.stop();
     }
 }

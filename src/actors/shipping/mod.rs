@@ -10,6 +10,8 @@ pub mod queue;
 pub mod router;
 
 pub use calls::{Call, GatewayError, ShiprocketCall};
-pub use gateway::{account_quota, GatewaySettings, ShiprocketGateway, Work};
+pub use gateway::{
+    account_quota, GatewaySettings, Retire as RetireGateway, ShiprocketGateway, Work,
+};
 pub use queue::ShippingQueue;
 pub use router::{AccountHandle, GatewayStats, GatewayStatus, ShippingRouter};

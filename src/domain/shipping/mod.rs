@@ -33,6 +33,7 @@ pub use tracking::{decide_tracking, tracking_target, tracking_time_key};
 
 use super::backoff::Backoff;
 use super::order::CallKind;
+use serde::{Deserialize, Serialize};
 
 /// The rules of SPEC §8 that the decisions need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +57,7 @@ pub trait Conditions {
 }
 
 /// Why a call is made: the step of the order it serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Purpose {
     /// Getting the order to `ready_to_ship` (search, create, assign AWB).
     Ship,
@@ -67,7 +68,7 @@ pub enum Purpose {
 }
 
 /// One Shiprocket call, in dropshipd's terms.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Call {
     /// `GET orders?search=` by the order's channel id.
     Search,
@@ -97,7 +98,7 @@ impl Call {
 }
 
 /// A call an order makes on an account, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     pub account: String,
     pub purpose: Purpose,
@@ -105,7 +106,7 @@ pub struct Step {
 }
 
 /// What Shiprocket answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
     Created(CreatedShipment),
     Awb(AssignedAwb),
@@ -114,7 +115,7 @@ pub enum Answer {
 }
 
 /// How a call failed, as the order sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CallFailure {
     /// Transport, timeout, 5xx: the call may or may not have taken effect.
     Unknown(String),

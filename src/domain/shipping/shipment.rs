@@ -135,7 +135,7 @@ pub struct AssignedAwb {
 }
 
 /// An order a search by channel order id found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FoundOrder {
     pub sr_order_id: i64,
     pub channel_order_id: String,

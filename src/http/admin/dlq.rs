@@ -138,6 +138,7 @@ async fn replay_payment(
             event_created_at: 0,
             received_at_ms: letter.received_at_ms,
             body,
+            order_id: None,
         },
         (None, None) => {
             return Err(ApiError::new(

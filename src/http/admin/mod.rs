@@ -88,23 +88,52 @@ async fn status(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, A
         },
         "shipping_queue": shipping_queue_json(&backlog, state.clock.now_ms()),
         "storage": state.storage.writer_stats(),
-        "cluster": cluster_json(&state),
+        "cluster": cluster_json(&state).await?,
     })))
 }
 
 /// SPEC §9's `cluster` block. On SQLite the cluster is this instance alone,
-/// holding no leases: it owns everything by owning the file.
-fn cluster_json(state: &AppState) -> serde_json::Value {
-    json!({
-        "backend": state.settings.config.storage.backend.as_str(),
-        "instance_id": state.instance_id,
-        "instances": [{
+/// holding no leases: it owns everything by owning the file. On PostgreSQL
+/// it is the lease table as the database sees it now, and the live instances
+/// with the leases each holds.
+async fn cluster_json(state: &AppState) -> Result<serde_json::Value, ApiError> {
+    let backend = state.settings.config.storage.backend.as_str();
+    let Some(pg) = state.storage.postgres() else {
+        return Ok(json!({
+            "backend": backend,
             "instance_id": state.instance_id,
-            "leases": 0,
-            "last_seen": rfc3339(state.clock.now_ms()),
-        }],
-        "leases": [],
-    })
+            "instances": [{
+                "instance_id": state.instance_id,
+                "leases": 0,
+                "last_seen": rfc3339(state.clock.now_ms()),
+            }],
+            "leases": [],
+        }));
+    };
+    let (instances, leases) = futures_util::future::try_join(pg.instances(), pg.leases())
+        .await
+        .map_err(ApiError::storage_unavailable)?;
+    let held = |id: &str| {
+        leases
+            .iter()
+            .filter(|l| l.live && l.owner.as_deref() == Some(id))
+            .count()
+    };
+    Ok(json!({
+        "backend": backend,
+        "instance_id": state.instance_id,
+        "instances": instances.iter().filter(|i| i.live).map(|i| json!({
+            "instance_id": i.instance_id,
+            "leases": held(&i.instance_id),
+            "last_seen": rfc3339(i.last_seen_ms),
+        })).collect::<Vec<_>>(),
+        "leases": leases.iter().filter(|l| l.live).map(|l| json!({
+            "resource": l.resource.to_string(),
+            "owner": l.owner,
+            "epoch": l.epoch,
+            "expires_at": rfc3339(l.expires_at_ms),
+        })).collect::<Vec<_>>(),
+    }))
 }
 
 /// The queue's rows per account (`"any"`: not yet assigned) and its oldest payment.
@@ -212,6 +241,9 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .set(state.stock.shard_count() as f64);
     m.actors_live_ingest
         .set(state.ingest_actors.load(Ordering::Relaxed) as f64);
+    if let Some(ownership) = &state.ownership {
+        m.set_cluster_leases(&ownership.counts());
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -89,6 +89,27 @@ impl Ownership {
         self.fence(&self.partition_of(order_id))
     }
 
+    /// Whether `order_id`'s partition is ours now.
+    pub fn owns_order(&self, order_id: &str) -> bool {
+        self.read().contains_key(&self.partition_of(order_id))
+    }
+
+    /// Whether `resource` is ours now.
+    pub fn holds(&self, resource: &Resource) -> bool {
+        self.read().contains_key(resource)
+    }
+
+    /// The order partitions held, in order.
+    pub fn partitions(&self) -> Vec<u32> {
+        self.read()
+            .keys()
+            .filter_map(|resource| match resource {
+                Resource::OrderPartition(partition) => Some(*partition),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every lease held, in resource order.
     pub fn held(&self) -> Vec<(Resource, i64)> {
         self.read().iter().map(|(r, e)| (r.clone(), *e)).collect()
@@ -148,24 +169,16 @@ impl PgStore {
                     &[&instance_id, &ttl],
                 )
                 .await?;
-            let rows = client
-                .query(
-                    &format!(
-                        "SELECT instance_id, {}, expires_at > now() FROM cluster_instances
-                         ORDER BY instance_id",
-                        ms_of("last_seen")
-                    ),
-                    &[],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|row| InstanceView {
-                    instance_id: row.get(0),
-                    last_seen_ms: row.get(1),
-                    live: row.get(2),
-                })
-                .collect())
+            list_instances(&client).await
+        })
+        .await
+    }
+
+    /// Every instance the table knows, live or not.
+    pub async fn instances(&self) -> Result<Vec<InstanceView>, StorageError> {
+        self.run(|pool| async move {
+            let client = pool.get().await?;
+            list_instances(&client).await
         })
         .await
     }
@@ -338,6 +351,27 @@ pub async fn hold(tx: &impl GenericClient, fence: &Fence) -> Result<(), StorageE
             epoch: fence.epoch,
         }),
     }
+}
+
+async fn list_instances(client: &impl GenericClient) -> Result<Vec<InstanceView>, StorageError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT instance_id, {}, expires_at > now() FROM cluster_instances
+                 ORDER BY instance_id",
+                ms_of("last_seen")
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| InstanceView {
+            instance_id: row.get(0),
+            last_seen_ms: row.get(1),
+            live: row.get(2),
+        })
+        .collect())
 }
 
 fn lease_row(row: &Row) -> Result<LeaseRow, StorageError> {

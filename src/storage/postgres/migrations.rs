@@ -191,6 +191,22 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX cluster_leases_by_owner ON cluster_leases (owner);
     ",
+    // v2: messages for order actors that run on another instance (SPEC §13).
+    "
+    -- A message for an order's actor, left by the instance that took the
+    -- request for the instance that owns the order's partition, and the
+    -- owner's reply. The requester deletes the row when it reads the reply.
+    CREATE TABLE cluster_commands (
+        id         BIGSERIAL PRIMARY KEY,
+        partition  INTEGER NOT NULL,
+        order_id   TEXT NOT NULL,
+        message    BYTEA NOT NULL, -- sealed (storage::pii): a checkout carries customer data
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        reply      BYTEA,          -- sealed
+        replied_at TIMESTAMPTZ
+    );
+    CREATE INDEX cluster_commands_waiting ON cluster_commands (partition, id) WHERE reply IS NULL;
+    ",
 ];
 
 /// The newest schema this build knows.

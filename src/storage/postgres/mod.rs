@@ -11,6 +11,7 @@
 //! already started: it commits or rolls back on its own.
 
 mod audit;
+mod commands;
 mod daemon_state;
 mod leases;
 mod migrations;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
+pub use commands::{Notice, WaitingCommand};
 pub use leases::{hold, Fence, InstanceView, LeaseRow, Ownership};
 
 use super::pii::PiiCipher;
@@ -61,6 +63,8 @@ struct Inner {
     busy_timeout: Duration,
     pii: Arc<PiiCipher>,
     ownership: Option<Arc<Ownership>>,
+    /// Wake-ups for cluster commands and their replies (see [`commands`]).
+    notices: tokio::sync::broadcast::Sender<Notice>,
 }
 
 impl PgStore {
@@ -72,6 +76,8 @@ impl PgStore {
             .parse()
             .map_err(|e: tokio_postgres::Error| StorageError::PostgresUrl(e.to_string()))?;
         let io = IoRuntime::start()?;
+        let (notices, _) = tokio::sync::broadcast::channel(1024);
+        commands::start_listener(io.handle(), config.clone(), notices.clone());
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -97,6 +103,7 @@ impl PgStore {
                 busy_timeout: options.busy_timeout,
                 pii: Arc::new(PiiCipher::new(&options.pii_key)),
                 ownership: options.ownership.clone(),
+                notices,
             }),
         };
         store

@@ -212,7 +212,7 @@ async fn apply_step(
         StorageError::Postgres(format!("stock level of {:?} was not locked", step.sku))
     })?;
     if let Some(refusal) = refusal(level, step) {
-        return Err(refused(refusal));
+        return Err(refused(&step.sku, refusal));
     }
     let update = tx
         .prepare_cached(
@@ -228,10 +228,13 @@ async fn apply_step(
         .await
         .map_err(|e| {
             if e.code() == Some(&SqlState::CHECK_VIOLATION) {
-                refused(StockError::BelowReserved {
-                    on_hand: level.on_hand + step.delta.on_hand,
-                    reserved: level.reserved + step.delta.reserved,
-                })
+                refused(
+                    &step.sku,
+                    StockError::BelowReserved {
+                        on_hand: level.on_hand + step.delta.on_hand,
+                        reserved: level.reserved + step.delta.reserved,
+                    },
+                )
             } else {
                 e.into()
             }
@@ -299,8 +302,11 @@ fn refusal(level: StockLevel, step: &StockStep) -> Option<StockError> {
 }
 
 /// A refused change: nothing of its transaction commits.
-fn refused(error: StockError) -> StorageError {
-    StorageError::CommitFailed(error.to_string())
+fn refused(sku: &str, error: StockError) -> StorageError {
+    StorageError::StockRefused {
+        sku: sku.to_owned(),
+        error,
+    }
 }
 
 impl PgStore {

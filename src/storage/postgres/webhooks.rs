@@ -51,7 +51,9 @@ impl PgStore {
             let client = pool.get().await?;
             let statement = client
                 .prepare_cached(&format!(
-                    "SELECT {INBOX_COLUMNS} FROM inbox
+                    "SELECT {INBOX_COLUMNS},
+                            (SELECT order_id FROM orders o WHERE o.razorpay_order_id = inbox.razorpay_order_id)
+                     FROM inbox
                      WHERE processed_at_ms IS NULL AND id > $1 ORDER BY id LIMIT $2"
                 ))
                 .await?;
@@ -309,6 +311,7 @@ fn inbox_entry(row: &Row) -> InboxEntry {
         event_created_at: row.get(4),
         received_at_ms: row.get(5),
         body: row.get(6),
+        order_id: if row.len() > 7 { row.get(7) } else { None },
     }
 }
 

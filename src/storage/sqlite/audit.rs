@@ -15,7 +15,7 @@ use crate::domain::audit::{self, AuditEntry, AuditHead, ChainBreak, ChainVerifie
 const HEAD_KEY: &str = "audit_head";
 
 /// A new audit entry, before it is numbered and chained.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AuditRecord {
     pub at_ms: i64,
     pub actor: String,

@@ -95,6 +95,11 @@ pub struct InboxEntry {
     pub event_created_at: i64,
     pub received_at_ms: i64,
     pub body: Vec<u8>,
+    /// The order with the entry's Razorpay order id, where the backend reads
+    /// it with the entry: on PostgreSQL, whose instances each dispatch the
+    /// entries of their own order partitions. `None`: no such order yet, or
+    /// not looked up (SQLite, where one instance dispatches everything).
+    pub order_id: Option<String>,
 }
 
 impl SqliteStore {
@@ -405,6 +410,7 @@ fn inbox_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<InboxEntry> {
         event_created_at: row.get(4)?,
         received_at_ms: row.get(5)?,
         body: super::bytes_at(row, 6)?,
+        order_id: None,
     })
 }
 

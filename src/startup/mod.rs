@@ -3,6 +3,8 @@
 //! binary, tests, benchmarks) learn the real ports, port 0 included, before
 //! serving starts.
 
+mod cluster;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,9 +15,11 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::ErrorHandlers;
 use actix_web::{web, App, HttpServer};
 
+use crate::actors::cluster::{ClusterMember, Scope};
 use crate::actors::dispatcher::Dispatcher;
 use crate::actors::ingest::{IngestDeps, WebhookIngest};
 use crate::actors::order::{OrderDeps, OrderMsg, ShippingDeps};
+use crate::actors::order_link::{CommandServer, OrderLink};
 use crate::actors::registry::{OrderRegistry, RegistryStats, Route};
 use crate::actors::shipping::{
     AccountHandle, GatewaySettings, GatewayStats, ShippingQueue, ShippingRouter, ShiprocketGateway,
@@ -37,6 +41,7 @@ use crate::http::auth::{AdminTokens, TokenDigest};
 use crate::http::{self, AppState};
 use crate::service::health::{HealthCheck, Heartbeat};
 use crate::service::systemd;
+use crate::storage::postgres::{Ownership, PgOptions};
 use crate::storage::{PiiKey, Storage, StorageError, StorageOptions};
 use crate::telemetry::Metrics;
 
@@ -46,11 +51,8 @@ pub enum StartupError {
     Storage(#[from] StorageError),
     #[error("storage.pii_key is not set: customer data cannot be stored without it")]
     NoPiiKey,
-    #[error(
-        "storage.backend = \"postgres\" is not available in this build yet: \
-         its storage is being built (SPEC §13); use the default \"sqlite\""
-    )]
-    BackendUnavailable,
+    #[error("storage.backend = \"postgres\" needs storage.postgres_url")]
+    NoPostgresUrl,
     #[error("cannot build an HTTP client: {0}")]
     Client(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -69,6 +71,8 @@ pub struct Application {
     state: web::Data<AppState>,
     /// Where the order actors run; stopped once the drain is done.
     order_arbiters: Vec<actix::ArbiterHandle>,
+    /// This instance's cluster membership (PostgreSQL), left after the drain.
+    membership: Option<cluster::Membership>,
 }
 
 /// Stops a running [`Application`] from elsewhere (tests, signal handlers).
@@ -102,17 +106,41 @@ impl Application {
             .as_ref()
             .ok_or(StartupError::NoPiiKey)
             .and_then(|key| Ok(PiiKey::from_hex(key.expose())?))?;
-        if config.storage.backend == StorageBackend::Postgres {
-            return Err(StartupError::BackendUnavailable);
-        }
-        let options = StorageOptions::new(
-            config.storage.path.clone(),
-            Duration::from_millis(config.storage.busy_timeout_ms),
-            pii_key,
-        );
-        let storage = tokio::task::spawn_blocking(move || Storage::open(&options))
-            .await
-            .map_err(|e| StorageError::Reader(e.to_string()))??;
+        let instance_id = instance_id(&config.cluster.instance_id);
+        let busy_timeout = Duration::from_millis(config.storage.busy_timeout_ms);
+        let ownership = (config.storage.backend == StorageBackend::Postgres).then(|| {
+            Arc::new(Ownership::new(
+                instance_id.clone(),
+                config.cluster.order_partitions,
+            ))
+        });
+        let storage = match &ownership {
+            None => {
+                let options =
+                    StorageOptions::new(config.storage.path.clone(), busy_timeout, pii_key);
+                tokio::task::spawn_blocking(move || Storage::open(&options))
+                    .await
+                    .map_err(|e| StorageError::Reader(e.to_string()))??
+            }
+            Some(ownership) => {
+                let url = settings
+                    .secrets
+                    .postgres_url
+                    .as_ref()
+                    .ok_or(StartupError::NoPostgresUrl)?;
+                Storage::open_postgres(&PgOptions {
+                    url: url.expose().to_owned(),
+                    pool_size: config.storage.pool_size as usize,
+                    busy_timeout,
+                    pii_key,
+                    ownership: Some(Arc::clone(ownership)),
+                })
+                .await?
+            }
+        };
+        let scope = ownership
+            .clone()
+            .map_or_else(Scope::everything, Scope::cluster);
         let metrics = Metrics::new();
         // An operator's last flip wins over the config's start value.
         let paused = storage
@@ -193,21 +221,45 @@ impl Application {
             switch: switch.clone(),
             shipping,
         });
-        let orders = OrderRegistry::new(
+        let registry = OrderRegistry::new(
             order_deps,
             config.processing.max_live_order_actors as usize,
             Arc::clone(&order_actor_stats),
         )
         .with_arbiters(order_arbiters.clone())
         .start();
+        let orders = match (&ownership, storage.postgres()) {
+            (Some(ownership), Some(pg)) => {
+                actix_web::rt::spawn(
+                    CommandServer {
+                        store: pg.clone(),
+                        ownership: Arc::clone(ownership),
+                        registry: registry.clone(),
+                    }
+                    .run(),
+                );
+                OrderLink::clustered(registry.clone(), pg.clone(), Arc::clone(ownership))
+            }
+            _ => OrderLink::local(registry.clone()),
+        };
         let work = Work {
             queue: shipping_queue.clone(),
             orders: orders.clone(),
             switch: switch.clone(),
             manual: Arc::clone(&shipping_manual),
         };
+        // On several instances each account's gateway runs where its lease is.
+        let mut account_gateways = Vec::new();
         for ((gateway, client), handle) in accounts.into_iter().zip(router.accounts()) {
             let client = client?;
+            if scope.is_clustered() {
+                account_gateways.push(cluster::AccountGateway {
+                    settings: gateway,
+                    client,
+                    stats: Arc::clone(&handle.stats),
+                });
+                continue;
+            }
             ShiprocketGateway::new(
                 gateway,
                 client,
@@ -220,10 +272,41 @@ impl Application {
             .start();
         }
         let dispatcher_heartbeat = Arc::new(Heartbeat::new());
+        let duties = match (&ownership, storage.postgres()) {
+            (Some(ownership), Some(pg)) => {
+                let member = ClusterMember::new(
+                    pg.clone(),
+                    Arc::clone(ownership),
+                    Duration::from_secs(config.cluster.lease_ttl_secs),
+                    account_gateways
+                        .iter()
+                        .map(|a| a.settings.account.clone())
+                        .collect(),
+                    start_offset(&instance_id),
+                );
+                Some((
+                    member,
+                    cluster::Duties {
+                        ownership: Arc::clone(ownership),
+                        storage: storage.clone(),
+                        registry: registry.clone(),
+                        accounts: account_gateways,
+                        work: work.clone(),
+                        clock: Arc::clone(&clock),
+                        metrics: Arc::clone(&metrics),
+                        switch: switch.clone(),
+                        dispatcher: Arc::clone(&wake),
+                        ship_paid_orders: !router.is_empty(),
+                    },
+                ))
+            }
+            _ => None,
+        };
         let background = Background {
             heartbeat: Arc::clone(&dispatcher_heartbeat),
             storage: storage.clone(),
             orders: orders.clone(),
+            scope: scope.clone(),
             clock: Arc::clone(&clock),
             switch: switch.clone(),
             wake: Arc::clone(&wake),
@@ -279,7 +362,7 @@ impl Application {
         let admin_listen = config.admin.listen.clone();
         let health = HealthCheck {
             storage: storage.clone(),
-            registry: orders.clone(),
+            registry: registry.clone(),
             clock: Arc::clone(&clock),
             dispatcher: dispatcher_heartbeat,
             ingest_actors: Arc::clone(&ingest_actors),
@@ -295,9 +378,9 @@ impl Application {
             .tracking_token
             .as_ref()
             .map(TokenDigest::new);
-        let instance_id = instance_id(&config.cluster.instance_id);
         let state = web::Data::new(AppState {
             instance_id,
+            ownership,
             settings,
             storage,
             metrics,
@@ -359,6 +442,10 @@ impl Application {
         })?;
         let admin_addr = first_addr(&admin.addrs(), &admin_listen)?;
 
+        let membership = match duties {
+            Some((member, duties)) => Some(cluster::Membership::join(member, duties).await),
+            None => None,
+        };
         let public = public.run();
         let admin = admin.run();
         background.start();
@@ -370,6 +457,7 @@ impl Application {
             admin,
             state,
             order_arbiters,
+            membership,
         })
     }
 
@@ -398,7 +486,7 @@ impl Application {
     /// Tells systemd it is ready first (storage open, actors started, listeners
     /// bound) and, when systemd asks for a watchdog, keeps it fed while the
     /// health check passes.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         let metrics = Arc::clone(&self.state.metrics);
         let upkeep = actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -418,6 +506,10 @@ impl Application {
         let (public, admin) = futures_util::future::join(self.public, self.admin).await;
         upkeep.abort();
         drain(&self.state).await;
+        if let Some(membership) = &mut self.membership {
+            // After the drain, so that work in flight commits under its leases.
+            membership.leave(LEAVE_LIMIT).await;
+        }
         for arbiter in &self.order_arbiters {
             arbiter.stop();
         }
@@ -435,6 +527,9 @@ const REQUEST_DRAIN_SECS: u64 = 15;
 
 /// Longest a stop waits for order work already under way.
 const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+
+/// Longest a stop waits for its leases to be handed over.
+const LEAVE_LIMIT: Duration = Duration::from_secs(2);
 
 /// The orderly stop after the listeners have closed (every request they took
 /// is answered by then): take no new order work, which stays parked in the
@@ -469,7 +564,9 @@ async fn drain(state: &AppState) {
 struct Background {
     heartbeat: Arc<Heartbeat>,
     storage: Storage,
-    orders: actix::Addr<OrderRegistry>,
+    orders: OrderLink,
+    /// What this instance works on (everything, or its leases' share).
+    scope: Scope,
     clock: SharedClock,
     switch: ProcessingSwitch,
     wake: Arc<tokio::sync::Notify>,
@@ -491,49 +588,21 @@ const STOCK_RECONCILE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Background {
     fn start(self) {
-        let repair_storage = self.storage.clone();
-        let repair_orders = self.orders.clone();
-        let queue_paid = self.ship_paid_orders;
-        let repair_switch = self.switch.clone();
-        actix_web::rt::spawn(async move {
-            match repair_storage.orders_needing_stock_repair().await {
-                Ok(ids) => {
-                    if !ids.is_empty() {
-                        tracing::warn!(
-                            orders = ids.len(),
-                            "finishing stock steps interrupted by a crash"
-                        );
-                    }
-                    for order_id in ids {
-                        let _ = repair_orders
-                            .send(Route {
-                                order_id,
-                                msg: OrderMsg::RepairStock,
-                            })
-                            .await;
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "cannot look for interrupted stock steps"),
-            }
-            if queue_paid {
-                // Paid while no Shiprocket account was configured (or just before a
-                // crash). Shipping is order processing: it waits for the kill switch.
-                repair_switch.resumed().await;
-                if let Ok(paid) = repair_storage
-                    .order_ids_in_state(OrderState::Paid, u32::MAX)
-                    .await
-                {
-                    for order_id in paid {
-                        let msg = OrderMsg::QueuePaid;
-                        let _ = repair_orders.send(Route { order_id, msg }).await;
-                    }
-                }
-            }
-        });
+        if !self.scope.is_clustered() {
+            // On several instances this is done for each partition as it is gained.
+            resume_unfinished(
+                self.storage.clone(),
+                self.orders.registry().clone(),
+                self.switch.clone(),
+                self.ship_paid_orders,
+                |_| true,
+            );
+        }
         actix_web::rt::spawn(
             Dispatcher {
                 storage: self.storage.clone(),
                 registry: self.orders.clone(),
+                scope: self.scope.clone(),
                 clock: Arc::clone(&self.clock),
                 switch: self.switch.clone(),
                 wake: self.wake,
@@ -546,6 +615,7 @@ impl Background {
                 timers::PaymentReconciler {
                     storage: self.storage.clone(),
                     registry: self.orders.clone(),
+                    scope: self.scope.clone(),
                     clock: Arc::clone(&self.clock),
                     switch: self.switch.clone(),
                     razorpay,
@@ -555,27 +625,89 @@ impl Background {
                 .run(),
             );
         }
+        let timer = timers::OrderTimer {
+            registry: self.orders,
+            scope: self.scope.clone(),
+            clock: self.clock,
+            switch: self.switch,
+        };
         actix_web::rt::spawn(timers::hold_shipments(
             self.storage.clone(),
-            self.orders.clone(),
-            Arc::clone(&self.clock),
-            self.switch.clone(),
+            timer.clone(),
             self.shipping_manual,
             SHIPPING_CHECK_EVERY,
         ));
         actix_web::rt::spawn(timers::expire_reservations(
             self.storage.clone(),
-            self.orders,
-            self.clock,
-            self.switch,
+            timer,
             self.expiry_every,
         ));
         actix_web::rt::spawn(timers::reconcile_stock(
             self.storage,
+            self.scope,
             self.metrics,
             STOCK_RECONCILE_EVERY,
         ));
     }
+}
+
+/// Picks up what was left unfinished for the orders `ours` picks: stock
+/// steps a crash interrupted (every step is idempotent), and orders paid
+/// while no Shiprocket account was configured or just before a crash, which
+/// go to shipping by the same rule as a fresh payment once processing runs.
+fn resume_unfinished(
+    storage: Storage,
+    registry: actix::Addr<OrderRegistry>,
+    switch: ProcessingSwitch,
+    ship_paid_orders: bool,
+    ours: impl Fn(&str) -> bool + 'static,
+) {
+    actix_web::rt::spawn(async move {
+        match storage.orders_needing_stock_repair().await {
+            Ok(ids) => {
+                let ids: Vec<String> = ids.into_iter().filter(|id| ours(id)).collect();
+                if !ids.is_empty() {
+                    tracing::warn!(
+                        orders = ids.len(),
+                        "finishing stock steps interrupted by a crash"
+                    );
+                }
+                for order_id in ids {
+                    let msg = OrderMsg::RepairStock;
+                    let _ = registry.send(Route { order_id, msg }).await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot look for interrupted stock steps"),
+        }
+        if !ship_paid_orders {
+            return;
+        }
+        // Shipping is order processing: it waits for the kill switch.
+        switch.resumed().await;
+        match storage.order_ids_in_state(OrderState::Paid, u32::MAX).await {
+            Ok(paid) => {
+                for order_id in paid.into_iter().filter(|id| ours(id)) {
+                    let msg = OrderMsg::QueuePaid;
+                    let _ = registry.send(Route { order_id, msg }).await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot look for paid orders to ship"),
+        }
+    });
+}
+
+/// Where this instance starts looking for free leases: differs between
+/// instances (and restarts), so that instances starting together do not all
+/// race for the same rows.
+fn start_offset(instance_id: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    instance_id.hash(&mut hasher);
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        .hash(&mut hasher);
+    hasher.finish() as usize
 }
 
 /// Each `[[shiprocket.accounts]]` with a password: its gateway's settings
