@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::domain::cluster::{plan_partitions, PartitionView, Resource};
-use crate::storage::postgres::{LeaseRow, Ownership, PgStore};
+use crate::storage::postgres::{LeaseRow, Notice, Ownership, PgStore};
 use crate::storage::StorageError;
 
 /// Leases an instance takes or gives back per round, per kind: when an
@@ -208,6 +208,20 @@ fn view(
         .collect()
 }
 
+/// Resolves when an instance announces that it left.
+async fn leases_freed(notices: &mut tokio::sync::broadcast::Receiver<Notice>) {
+    loop {
+        match notices.recv().await {
+            Ok(Notice::LeasesFreed) => return,
+            // Missed among the other notices: the next round finds them free anyway.
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                std::future::pending::<()>().await
+            }
+        }
+    }
+}
+
 /// The pause between rounds while work is still moving: short, so that a
 /// lone instance or the survivors of a crash reach their share in a few
 /// seconds, yet each round moves only a few leases.
@@ -221,6 +235,7 @@ pub async fn run(
     changed: impl Fn(&RoundReport),
 ) {
     tokio::pin!(stop);
+    let mut notices = member.store.notices();
     loop {
         let wait = match member.round().await {
             Ok(report) => {
@@ -258,6 +273,8 @@ pub async fn run(
         tokio::select! {
             _ = &mut stop => break,
             _ = tokio::time::sleep(wait) => {}
+            // Another instance left: its leases are free now.
+            _ = leases_freed(&mut notices) => {}
         }
     }
     if let Err(e) = member.leave().await {

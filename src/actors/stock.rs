@@ -636,10 +636,12 @@ impl StockSupervisor {
         }
         // With other instances changing the same SKUs, memory is a hint and
         // the database the judge (its CHECK refuses what is not there): a
-        // shortage seen in memory is read back once before it is believed.
+        // refusal decided in memory (a shortage, a sale of units another
+        // instance reserved) is read back once before it is believed.
         match self.prepare_once(moves.clone(), new_order).await {
-            Err(ReserveError::Insufficient(skus)) => {
-                self.reload(skus).await;
+            Err(ReserveError::Insufficient(_) | ReserveError::Failed(StockFailure::Refused(_))) => {
+                self.reload(moves.iter().map(|m| m.sku.clone()).collect())
+                    .await;
                 self.prepare_once(moves, new_order).await
             }
             other => other,

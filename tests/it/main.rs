@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod cluster;
+mod cluster_processes;
 mod crash;
 mod daemon_life;
 mod demo;

@@ -243,7 +243,7 @@ impl CommandServer {
                     ownership.holds(&Resource::OrderPartition(*partition))
                 }
                 Notice::Resync => true,
-                Notice::Reply { .. } => false,
+                Notice::Reply { .. } | Notice::LeasesFreed => false,
             })
             .await;
         }

@@ -20,6 +20,8 @@ use crate::storage::StorageError;
 const COMMANDS_CHANNEL: &str = "dropship_commands";
 /// Where a reply is announced; the payload is the command's id.
 const REPLIES_CHANNEL: &str = "dropship_replies";
+/// Where an instance that leaves announces its leases free; the payload is its id.
+pub(super) const LEASES_CHANNEL: &str = "dropship_leases";
 
 /// A command waiting for its partition's owner.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub enum Notice {
     Command { partition: u32 },
     /// Command `id` has its reply.
     Reply { id: i64 },
+    /// An instance left and gave its leases back: take them now, not at the next round.
+    LeasesFreed,
     /// The listening connection was (re)established: notifications may have
     /// been missed, so everyone looks.
     Resync,
@@ -213,7 +217,9 @@ pub(super) fn start_listener(
                 Ok((client, mut connection)) => {
                     let mut messages =
                         futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    let statement = format!("LISTEN {COMMANDS_CHANNEL}; LISTEN {REPLIES_CHANNEL};");
+                    let statement = format!(
+                        "LISTEN {COMMANDS_CHANNEL}; LISTEN {REPLIES_CHANNEL}; LISTEN {LEASES_CHANNEL};"
+                    );
                     let listening = {
                         // The connection is driven by the stream: the LISTEN needs both.
                         let mut listen = std::pin::pin!(client.batch_execute(&statement));
@@ -259,6 +265,7 @@ fn parse_notice(channel: &str, payload: &str) -> Option<Notice> {
         REPLIES_CHANNEL => Some(Notice::Reply {
             id: payload.parse().ok()?,
         }),
+        LEASES_CHANNEL => Some(Notice::LeasesFreed),
         _ => None,
     }
 }
@@ -278,6 +285,10 @@ mod tests {
             Some(Notice::Reply { id: 42 })
         );
         assert_eq!(parse_notice(REPLIES_CHANNEL, "x"), None);
+        assert_eq!(
+            parse_notice(LEASES_CHANNEL, "host-1"),
+            Some(Notice::LeasesFreed)
+        );
         assert_eq!(parse_notice("other", "1"), None);
     }
 }

@@ -158,7 +158,7 @@ impl PgStore {
     ) -> Result<Vec<InstanceView>, StorageError> {
         let instance_id = instance_id.to_owned();
         let ttl = ttl_ms(ttl);
-        self.run(move |pool| async move {
+        self.run_leases(move |pool| async move {
             let client = pool.get().await?;
             client
                 .execute(
@@ -176,7 +176,7 @@ impl PgStore {
 
     /// Every instance the table knows, live or not.
     pub async fn instances(&self) -> Result<Vec<InstanceView>, StorageError> {
-        self.run(|pool| async move {
+        self.run_leases(|pool| async move {
             let client = pool.get().await?;
             list_instances(&client).await
         })
@@ -187,7 +187,7 @@ impl PgStore {
     /// others take them on their next round) and the instance leaves.
     pub async fn leave(&self, instance_id: &str) -> Result<(), StorageError> {
         let instance_id = instance_id.to_owned();
-        self.run(move |pool| async move {
+        self.run_leases(move |pool| async move {
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
             tx.execute(
@@ -200,6 +200,12 @@ impl PgStore {
                 &[&instance_id],
             )
             .await?;
+            // Delivered at commit: the others take the leases at once.
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&super::commands::LEASES_CHANNEL, &instance_id],
+            )
+            .await?;
             tx.commit().await?;
             Ok(())
         })
@@ -208,7 +214,7 @@ impl PgStore {
 
     /// Every lease, in resource order.
     pub async fn leases(&self) -> Result<Vec<LeaseRow>, StorageError> {
-        self.run(|pool| async move {
+        self.run_leases(|pool| async move {
             let client = pool.get().await?;
             let rows = client
                 .query(
@@ -237,7 +243,7 @@ impl PgStore {
         let instance_id = instance_id.to_owned();
         let (key, kind) = (resource.to_string(), resource.kind().as_str());
         let ttl = ttl_ms(ttl);
-        self.run(move |pool| async move {
+        self.run_leases(move |pool| async move {
             let client = pool.get().await?;
             let row = client
                 .query_opt(
@@ -270,7 +276,7 @@ impl PgStore {
     ) -> Result<Vec<(Resource, i64)>, StorageError> {
         let instance_id = instance_id.to_owned();
         let ttl = ttl_ms(ttl);
-        self.run(move |pool| async move {
+        self.run_leases(move |pool| async move {
             let client = pool.get().await?;
             let rows = client
                 .query(
@@ -299,7 +305,7 @@ impl PgStore {
     ) -> Result<bool, StorageError> {
         let instance_id = instance_id.to_owned();
         let key = resource.to_string();
-        self.run(move |pool| async move {
+        self.run_leases(move |pool| async move {
             let client = pool.get().await?;
             let released = client
                 .execute(

@@ -51,6 +51,9 @@ pub struct PgOptions {
     pub ownership: Option<Arc<Ownership>>,
 }
 
+/// Connections kept for the cluster membership's rounds.
+const LEASE_CONNECTIONS: usize = 2;
+
 /// A cheap, cloneable handle to the PostgreSQL store.
 #[derive(Clone)]
 pub struct PgStore {
@@ -60,6 +63,9 @@ pub struct PgStore {
 struct Inner {
     io: IoRuntime,
     pool: Pool,
+    /// Connections of the cluster membership's own: a lease is renewed on
+    /// time however busy the writes keep the main pool.
+    lease_pool: Pool,
     busy_timeout: Duration,
     pii: Arc<PiiCipher>,
     ownership: Option<Arc<Ownership>>,
@@ -78,28 +84,31 @@ impl PgStore {
         let io = IoRuntime::start()?;
         let (notices, _) = tokio::sync::broadcast::channel(1024);
         commands::start_listener(io.handle(), config.clone(), notices.clone());
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = {
+        let build = |size: usize| {
             // The pool spawns its connections' tasks on the runtime it is built in.
             let _entered = io.handle().enter();
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
             Pool::builder(manager)
-                .max_size(options.pool_size.max(1))
+                .max_size(size)
                 .runtime(deadpool_postgres::Runtime::Tokio1)
                 .wait_timeout(Some(options.busy_timeout))
                 .create_timeout(Some(options.busy_timeout))
                 .build()
-                .map_err(|e| StorageError::Postgres(e.to_string()))?
+                .map_err(|e| StorageError::Postgres(e.to_string()))
         };
+        let pool = build(options.pool_size.max(1))?;
+        let lease_pool = build(LEASE_CONNECTIONS)?;
         let store = Self {
             inner: Arc::new(Inner {
                 io,
                 pool,
+                lease_pool,
                 busy_timeout: options.busy_timeout,
                 pii: Arc::new(PiiCipher::new(&options.pii_key)),
                 ownership: options.ownership.clone(),
@@ -153,7 +162,25 @@ impl PgStore {
         F: FnOnce(Pool) -> Fut,
         Fut: Future<Output = Result<T, StorageError>> + Send + 'static,
     {
-        let pool = self.inner.pool.clone();
+        self.run_on(self.inner.pool.clone(), work).await
+    }
+
+    /// As [`Self::run`], on the membership's own connections.
+    pub(crate) async fn run_leases<T, F, Fut>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Pool) -> Fut,
+        Fut: Future<Output = Result<T, StorageError>> + Send + 'static,
+    {
+        self.run_on(self.inner.lease_pool.clone(), work).await
+    }
+
+    async fn run_on<T, F, Fut>(&self, pool: Pool, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Pool) -> Fut,
+        Fut: Future<Output = Result<T, StorageError>> + Send + 'static,
+    {
         let deadline = self.inner.busy_timeout * 2;
         let task = self.inner.io.handle().spawn(work(pool));
         match tokio::time::timeout(deadline, task).await {

@@ -1,0 +1,433 @@
+//! Three built daemons on one scratch PostgreSQL (SPEC §13), the sandbox as
+//! Shiprocket: instances killed, paused and stopped in the middle of a
+//! payment burst, and nothing acknowledged lost or applied twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dropshipd::domain::signature::sign;
+use dropshipd::sandbox::{Faults, Sandbox};
+use dropshipd::scratch_postgres::ScratchPostgres;
+
+use crate::helpers::*;
+use crate::postgres::scratch_postgres;
+
+const TTL_SECS: u64 = 3;
+const PARTITIONS: usize = 12;
+
+/// A config every instance shares; the database URL comes from the environment.
+fn cluster_config(dir: &Path, shiprocket: &str, extra: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[storage]
+backend = "postgres"
+postgres_url = "env:DROPSHIPD_POSTGRES_URL"
+pool_size = 8
+[razorpay]
+api_base_url = "http://127.0.0.1:1"
+[cluster]
+lease_ttl_secs = {TTL_SECS}
+order_partitions = {PARTITIONS}
+[shiprocket]
+base_url = "{shiprocket}"
+requests_per_hour = 360000
+burst = 100
+request_timeout_ms = 2000
+[[shiprocket.accounts]]
+name = "primary"
+email = "api@example.com"
+password = "env:SHIPROCKET_PASSWORD"
+{extra}
+"#
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+struct Cluster {
+    url: String,
+    config: PathBuf,
+    daemons: Vec<Daemon>,
+    client: reqwest::Client,
+    _server: ScratchPostgres,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(test: &str, shiprocket: &str, extra: &str) -> Option<Cluster> {
+        let server = scratch_postgres(test)?;
+        let url = server.create_database("cluster").expect("database");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = cluster_config(dir.path(), shiprocket, extra);
+        let mut cluster = Cluster {
+            url,
+            config,
+            daemons: Vec::new(),
+            client: reqwest::Client::new(),
+            _server: server,
+            _dir: dir,
+        };
+        for _ in 0..3 {
+            cluster.add();
+        }
+        Some(cluster)
+    }
+
+    fn add(&mut self) -> usize {
+        let url = self.url.clone();
+        let daemon = Daemon::start_with(&self.config, |command| {
+            command.env("DROPSHIPD_POSTGRES_URL", url);
+        });
+        self.daemons.push(daemon);
+        self.daemons.len() - 1
+    }
+
+    async fn status(&self, index: usize) -> serde_json::Value {
+        self.client
+            .get(format!("{}/admin/status", self.daemons[index].admin))
+            .bearer_auth(VIEWER_TOKEN)
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status JSON")
+    }
+
+    /// Each instance's id, by index.
+    async fn instance_id(&self, index: usize) -> String {
+        self.status(index).await["cluster"]["instance_id"]
+            .as_str()
+            .expect("instance id")
+            .to_owned()
+    }
+
+    /// Live leases by owner, as instance `via` reads the table.
+    async fn owners(&self, via: usize) -> BTreeMap<String, Vec<String>> {
+        let status = self.status(via).await;
+        let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for lease in status["cluster"]["leases"].as_array().expect("leases") {
+            owners
+                .entry(lease["owner"].as_str().unwrap_or_default().to_owned())
+                .or_default()
+                .push(lease["resource"].as_str().unwrap_or_default().to_owned());
+        }
+        owners
+    }
+
+    /// Waits until every partition, the account and the leader are held by
+    /// the instances `among`, partitions evenly; how long that took.
+    async fn settled_among(&self, via: usize, among: &[String]) -> Duration {
+        let started = Instant::now();
+        loop {
+            let owners = self.owners(via).await;
+            let holders: BTreeSet<&String> = owners.keys().collect();
+            let partitions: Vec<usize> = among
+                .iter()
+                .map(|id| {
+                    owners.get(id).map_or(0, |r| {
+                        r.iter()
+                            .filter(|r| r.starts_with("order_partition:"))
+                            .count()
+                    })
+                })
+                .collect();
+            let total: usize = owners.values().map(Vec::len).sum();
+            let even = partitions.iter().max().copied().unwrap_or(0)
+                - partitions.iter().min().copied().unwrap_or(0)
+                <= 1;
+            if holders.iter().all(|h| among.contains(h))
+                && partitions.iter().sum::<usize>() == PARTITIONS
+                && total == PARTITIONS + 2
+                && even
+            {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "leases never settled among {among:?}: {owners:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn checkout(&self, index: usize, order: usize) -> u16 {
+        self.client
+            .post(format!("{}/api/orders", self.daemons[index].public))
+            .bearer_auth(STOREFRONT_TOKEN)
+            .json(&checkout_body(
+                &format!("XVC-P{order}"),
+                &format!("order_p{order}"),
+                "TEE",
+                1,
+            ))
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
+    }
+
+    /// Razorpay's delivery of order `order`'s payment to instance `index`:
+    /// true once acknowledged.
+    async fn pay(&self, index: usize, order: usize) -> bool {
+        let body = captured_for(&format!("pay_p{order}"), &format!("order_p{order}"), 74_900);
+        let signature = sign(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
+        self.client
+            .post(format!("{}/webhooks/razorpay", self.daemons[index].public))
+            .header("X-Razorpay-Signature", signature)
+            .header("X-Razorpay-Event-Id", format!("evt_p{order}"))
+            .timeout(Duration::from_secs(10))
+            .body(body)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    }
+
+    async fn order(&self, index: usize, order: usize) -> serde_json::Value {
+        self.client
+            .get(format!(
+                "{}/admin/orders/XVC-P{order}",
+                self.daemons[index].admin
+            ))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .expect("order")
+            .json()
+            .await
+            .expect("order JSON")
+    }
+
+    async fn set_stock(&self, sku: &str, on_hand: i64) {
+        let response = self
+            .client
+            .put(format!("{}/admin/stock/{sku}", self.daemons[0].admin))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&serde_json::json!({"on_hand": on_hand}))
+            .send()
+            .await
+            .expect("stock");
+        assert_eq!(response.status(), 200);
+    }
+
+    /// Every order in `orders` reaches `ready_to_ship`, asked of instance `via`.
+    async fn all_ready(&self, via: usize, orders: impl Iterator<Item = usize>) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        for order in orders {
+            loop {
+                let found = self.order(via, order).await;
+                if found["order"]["state"] == "ready_to_ship" {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    for (i, daemon) in self.daemons.iter().enumerate() {
+                        for line in daemon
+                            .logs()
+                            .iter()
+                            .filter(|l| !l.contains("\"INFO\""))
+                            .take(40)
+                        {
+                            eprintln!("daemon {i}: {line}");
+                        }
+                    }
+                    eprintln!("status: {}", self.status(via).await);
+                    panic!(
+                        "XVC-P{order} never reached ready_to_ship: {}",
+                        found["order"]
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// The checks after any fault: one payment applied per order, one
+    /// Shiprocket order each, and stock that balances with its ledger.
+    async fn assert_each_once(&self, via: usize, sandbox: &Sandbox, orders: usize, stocked: i64) {
+        for order in 0..orders {
+            let found = self.order(via, order).await;
+            let payments = found["journal"]
+                .as_array()
+                .expect("journal")
+                .iter()
+                .filter(|e| e["kind"] == "paid")
+                .count();
+            assert_eq!(payments, 1, "XVC-P{order}: {}", found["journal"]);
+        }
+        let shipped = sandbox.orders();
+        let channels: BTreeSet<&str> = shipped
+            .iter()
+            .map(|o| o.channel_order_id.as_str())
+            .collect();
+        assert_eq!(shipped.len(), orders, "one Shiprocket order per paid order");
+        assert_eq!(channels.len(), orders);
+        let stock: serde_json::Value = self
+            .client
+            .get(format!("{}/admin/stock/TEE", self.daemons[via].admin))
+            .bearer_auth(VIEWER_TOKEN)
+            .send()
+            .await
+            .expect("stock")
+            .json()
+            .await
+            .expect("stock JSON");
+        assert_eq!(stock["on_hand"], stocked - orders as i64, "{stock}");
+        assert_eq!(stock["reserved"], 0, "{stock}");
+        let reconciled: serde_json::Value = self
+            .client
+            .get(format!("{}/admin/stock/reconcile", self.daemons[via].admin))
+            .bearer_auth(VIEWER_TOKEN)
+            .send()
+            .await
+            .expect("reconcile")
+            .json()
+            .await
+            .expect("reconcile JSON");
+        assert_eq!(
+            reconciled["mismatches"],
+            serde_json::json!([]),
+            "{reconciled}"
+        );
+    }
+}
+
+fn signal(daemon: &Daemon, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(daemon.pid()).expect("pid fits");
+    // SAFETY: kill(2) with a child's pid and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+/// Pays `orders`, `CONCURRENCY` at a time, each sent to one of the
+/// instances `alive` holds and retried on the next until one acknowledges it
+/// (as Razorpay retries). `fault` runs once `at` payments are acknowledged,
+/// while the others are in flight.
+async fn pay_all(
+    cluster: &Cluster,
+    orders: std::ops::Range<usize>,
+    alive: &std::cell::RefCell<Vec<usize>>,
+    at: usize,
+    fault: impl FnOnce(),
+) {
+    use futures_util::StreamExt;
+    const CONCURRENCY: usize = 16;
+    let acknowledged = std::cell::Cell::new(0usize);
+    let fault = std::cell::RefCell::new(Some(fault));
+    futures_util::stream::iter(orders)
+        .for_each_concurrent(CONCURRENCY, |order| {
+            let (acknowledged, fault) = (&acknowledged, &fault);
+            async move {
+                let mut attempt = 0;
+                loop {
+                    let targets = alive.borrow().clone();
+                    if cluster
+                        .pay(targets[(order + attempt) % targets.len()], order)
+                        .await
+                    {
+                        break;
+                    }
+                    attempt += 1;
+                    assert!(attempt < 40, "payment of XVC-P{order} never acknowledged");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                acknowledged.set(acknowledged.get() + 1);
+                if acknowledged.get() >= at {
+                    if let Some(fault) = fault.borrow_mut().take() {
+                        fault();
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+/// Polls `admin`'s status from `since` until every lease is live and held by
+/// one of `among`: how long after `since` that was.
+async fn held_by(
+    client: reqwest::Client,
+    admin: String,
+    among: Vec<String>,
+    since: Instant,
+) -> Duration {
+    loop {
+        let status: Option<serde_json::Value> = match client
+            .get(format!("{admin}/admin/status"))
+            .bearer_auth(VIEWER_TOKEN)
+            .send()
+            .await
+        {
+            Ok(response) => response.json().await.ok(),
+            Err(_) => None,
+        };
+        if let Some(leases) = status
+            .as_ref()
+            .and_then(|s| s["cluster"]["leases"].as_array())
+        {
+            let held = leases
+                .iter()
+                .filter(|l| among.iter().any(|id| l["owner"] == id.as_str()))
+                .count();
+            if held == PARTITIONS + 2 {
+                return since.elapsed();
+            }
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "leases never moved to {among:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_web::test]
+async fn sigkill_mid_burst_moves_every_lease_in_time_and_each_order_ships_once() {
+    let (sandbox, url) = start_sandbox(Faults::default());
+    let Some(mut cluster) = Cluster::start(
+        "sigkill_mid_burst_moves_every_lease_in_time_and_each_order_ships_once",
+        &url,
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    let ids = [
+        cluster.instance_id(0).await,
+        cluster.instance_id(1).await,
+        cluster.instance_id(2).await,
+    ];
+    cluster.settled_among(0, &ids).await;
+    cluster.set_stock("TEE", 1000).await;
+    const ORDERS: usize = 150;
+    for order in 0..ORDERS {
+        assert_eq!(cluster.checkout(order % 3, order).await, 201);
+    }
+    let alive = std::cell::RefCell::new(vec![0, 1, 2]);
+    let watcher = std::cell::RefCell::new(None);
+    pay_all(&cluster, 0..ORDERS, &alive, ORDERS / 3, || {
+        signal(&cluster.daemons[2], libc::SIGKILL);
+        *alive.borrow_mut() = vec![0, 1];
+        *watcher.borrow_mut() = Some(actix_web::rt::spawn(held_by(
+            cluster.client.clone(),
+            cluster.daemons[0].admin.clone(),
+            ids[..2].to_vec(),
+            Instant::now(),
+        )));
+    })
+    .await;
+    let watcher = watcher.into_inner().expect("the kill happened");
+    let took = watcher.await.expect("watcher");
+    eprintln!("leases of the killed instance taken {took:?} after SIGKILL");
+    assert!(
+        took <= Duration::from_secs(TTL_SECS + 5),
+        "leases taken {took:?} after the kill"
+    );
+    cluster.daemons[2].kill();
+    cluster.all_ready(1, 0..ORDERS).await;
+    cluster.assert_each_once(0, &sandbox, ORDERS, 1000).await;
+    cluster.settled_among(1, &ids[..2]).await;
+}
