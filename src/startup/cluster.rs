@@ -147,6 +147,32 @@ struct Keeper {
 
 impl Keeper {
     fn apply(&mut self, report: RoundReport) {
+        // Losses first: a lease lost and taken again in one round (it expired
+        // while renewals were late) has a new epoch, and what ran under the
+        // old one is stopped before the new one starts.
+        let mut lost_partitions = BTreeSet::new();
+        for resource in report.lost.iter().chain(&report.released) {
+            match resource {
+                Resource::OrderPartition(partition) => {
+                    lost_partitions.insert(*partition);
+                }
+                Resource::Account(account) => {
+                    if let Some(gateway) = self.gateways.remove(account) {
+                        gateway.do_send(RetireGateway);
+                    }
+                }
+                Resource::Leader => {}
+            }
+        }
+        if !lost_partitions.is_empty() {
+            let ownership = Arc::clone(&self.duties.ownership);
+            self.duties
+                .registry
+                .do_send(Retire(Box::new(move |order_id| {
+                    matches!(ownership.partition_of(order_id),
+                        Resource::OrderPartition(p) if lost_partitions.contains(&p))
+                })));
+        }
         let mut gained = BTreeSet::new();
         for (resource, _) in &report.gained {
             match resource {
@@ -157,26 +183,6 @@ impl Keeper {
                 Resource::Leader => tracing::info!("this instance leads the cluster-wide sweeps"),
             }
         }
-        let mut retire = false;
-        for resource in report.lost.iter().chain(&report.released) {
-            match resource {
-                Resource::OrderPartition(_) => retire = true,
-                Resource::Account(account) => {
-                    if let Some(gateway) = self.gateways.remove(account) {
-                        gateway.do_send(RetireGateway);
-                    }
-                }
-                Resource::Leader => {}
-            }
-        }
-        if retire {
-            let ownership = Arc::clone(&self.duties.ownership);
-            self.duties
-                .registry
-                .do_send(Retire(Box::new(move |order_id| {
-                    !ownership.owns_order(order_id)
-                })));
-        }
         if !gained.is_empty() {
             self.duties.dispatcher.notify_one();
             self.duties.work.queue.wake();
@@ -185,11 +191,7 @@ impl Keeper {
     }
 
     fn start_gateway(&mut self, account: &str) {
-        if self
-            .gateways
-            .get(account)
-            .is_some_and(|gateway| gateway.connected())
-        {
+        if self.gateways.contains_key(account) {
             return;
         }
         let Some(found) = self

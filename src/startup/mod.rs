@@ -133,6 +133,8 @@ impl Application {
                     pool_size: config.storage.pool_size as usize,
                     busy_timeout,
                     pii_key,
+                    abandon_after: busy_timeout
+                        .min(Duration::from_secs(config.cluster.lease_ttl_secs) / 3),
                     ownership: Some(Arc::clone(ownership)),
                 })
                 .await?

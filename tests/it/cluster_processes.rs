@@ -229,8 +229,12 @@ impl Cluster {
                         for line in daemon
                             .logs()
                             .iter()
-                            .filter(|l| !l.contains("\"INFO\""))
-                            .take(40)
+                            .filter(|l| {
+                                l.contains(&format!("XVC-P{order}\""))
+                                    || l.contains("lease")
+                                    || l.contains("gateway")
+                            })
+                            .take(60)
                         {
                             eprintln!("daemon {i}: {line}");
                         }
@@ -430,4 +434,99 @@ async fn sigkill_mid_burst_moves_every_lease_in_time_and_each_order_ships_once()
     cluster.all_ready(1, 0..ORDERS).await;
     cluster.assert_each_once(0, &sandbox, ORDERS, 1000).await;
     cluster.settled_among(1, &ids[..2]).await;
+}
+
+#[actix_web::test]
+async fn sigterm_hands_every_lease_over_within_two_seconds() {
+    let (_sandbox, url) = start_sandbox(Faults::default());
+    let Some(mut cluster) = Cluster::start(
+        "sigterm_hands_every_lease_over_within_two_seconds",
+        &url,
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    let ids = [
+        cluster.instance_id(0).await,
+        cluster.instance_id(1).await,
+        cluster.instance_id(2).await,
+    ];
+    cluster.settled_among(0, &ids).await;
+    let watcher = {
+        cluster.daemons[2].terminate();
+        actix_web::rt::spawn(held_by(
+            cluster.client.clone(),
+            cluster.daemons[0].admin.clone(),
+            ids[..2].to_vec(),
+            Instant::now(),
+        ))
+    };
+    let took = watcher.await.expect("watcher");
+    eprintln!("leases handed over {took:?} after SIGTERM");
+    assert!(
+        took <= Duration::from_secs(2),
+        "leases taken {took:?} after SIGTERM"
+    );
+    let status = cluster.daemons[2].wait_exit(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
+    let left = cluster.daemons[2]
+        .logs()
+        .into_iter()
+        .filter(|line| serde_json::from_str::<serde_json::Value>(line).is_ok())
+        .all(|line| line.contains(&format!("\"instance_id\":\"{}\"", ids[2])));
+    assert!(left, "every log line names its instance");
+}
+
+#[actix_web::test]
+async fn an_instance_paused_past_its_leases_writes_nothing_for_them_and_rejoins() {
+    let (sandbox, url) = start_sandbox(Faults::default());
+    let Some(cluster) = Cluster::start(
+        "an_instance_paused_past_its_leases_writes_nothing_for_them_and_rejoins",
+        &url,
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    let ids = [
+        cluster.instance_id(0).await,
+        cluster.instance_id(1).await,
+        cluster.instance_id(2).await,
+    ];
+    cluster.settled_among(0, &ids).await;
+    cluster.set_stock("TEE", 1000).await;
+    const ORDERS: usize = 90;
+    for order in 0..ORDERS {
+        assert_eq!(cluster.checkout(order % 3, order).await, 201);
+    }
+    let alive = std::cell::RefCell::new(vec![0, 1, 2]);
+    let watcher = std::cell::RefCell::new(None);
+    pay_all(&cluster, 0..ORDERS, &alive, ORDERS / 3, || {
+        // Frozen with work in hand: order actors mid-message, shipping turns
+        // and payments in flight.
+        signal(&cluster.daemons[2], libc::SIGSTOP);
+        *alive.borrow_mut() = vec![0, 1];
+        *watcher.borrow_mut() = Some(actix_web::rt::spawn(held_by(
+            cluster.client.clone(),
+            cluster.daemons[0].admin.clone(),
+            ids[..2].to_vec(),
+            Instant::now(),
+        )));
+    })
+    .await;
+    let watcher = watcher.into_inner().expect("the pause happened");
+    let took = watcher.await.expect("watcher");
+    assert!(took <= Duration::from_secs(TTL_SECS + 5), "{took:?}");
+    // Past its TTL with the others at work on what it held; then it wakes
+    // with everything it had in flight.
+    tokio::time::sleep(Duration::from_secs(TTL_SECS)).await;
+    signal(&cluster.daemons[2], libc::SIGCONT);
+    cluster.all_ready(0, 0..ORDERS).await;
+    cluster.assert_each_once(1, &sandbox, ORDERS, 1000).await;
+    // It noticed the loss and came back for its share.
+    cluster.settled_among(0, &ids).await;
+    cluster.assert_each_once(2, &sandbox, ORDERS, 1000).await;
 }

@@ -29,6 +29,7 @@ pub(crate) fn options(url: String) -> PgOptions {
         pool_size: 4,
         busy_timeout: Duration::from_secs(5),
         pii_key: PiiKey::from_bytes([7; 32]),
+        abandon_after: Duration::from_secs(5),
         ownership: None,
     }
 }

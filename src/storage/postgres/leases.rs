@@ -244,8 +244,26 @@ impl PgStore {
         let (key, kind) = (resource.to_string(), resource.kind().as_str());
         let ttl = ttl_ms(ttl);
         self.run_leases(move |pool| async move {
-            let client = pool.get().await?;
-            let row = client
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            // Writes hold the row FOR KEY SHARE, which a renewal's UPDATE
+            // does not wait for but this lock does: a takeover waits for
+            // every write in flight under the old epoch, and a row held up
+            // longer than the lease pool's lock_timeout is "not now".
+            match tx
+                .execute(
+                    "SELECT 1 FROM cluster_leases WHERE resource = $1 FOR UPDATE",
+                    &[&key],
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let row = tx
                 .query_opt(
                     "INSERT INTO cluster_leases AS l (resource, kind, owner, epoch, acquired_at, expires_at)
                      VALUES ($1, $2, $3, 1, now(), now() + $4::bigint * interval '1 millisecond')
@@ -261,6 +279,7 @@ impl PgStore {
                     &[&key, &kind, &instance_id, &ttl],
                 )
                 .await?;
+            tx.commit().await?;
             Ok(row.map(|row| row.get(0)))
         })
         .await
@@ -336,13 +355,16 @@ impl PgStore {
 /// Makes the transaction `tx` depend on `fence`: it fails with
 /// [`StorageError::LeaseLost`] unless the lease is still the fence's owner's,
 /// at the fence's epoch and unexpired; and the row stays share-locked until
-/// `tx` ends, so no takeover can commit in between.
+/// `tx` ends, so no takeover can commit in between. The lock is KEY SHARE:
+/// renewals (plain updates) pass it, so writes waiting on a busy row never
+/// hold up the renewal of the lease they depend on; a takeover's
+/// `FOR UPDATE` waits for it.
 pub async fn hold(tx: &impl GenericClient, fence: &Fence) -> Result<(), StorageError> {
     let held = tx
         .query_opt(
             "SELECT 1 FROM cluster_leases
              WHERE resource = $1 AND owner = $2 AND epoch = $3 AND expires_at > now()
-             FOR SHARE",
+             FOR KEY SHARE",
             &[
                 &fence.resource.to_string(),
                 &fence.instance_id,

@@ -45,6 +45,12 @@ pub struct PgOptions {
     pub busy_timeout: Duration,
     /// Encrypts customer data at rest (SPEC §10), as on SQLite.
     pub pii_key: PiiKey,
+    /// A transaction its client leaves idle this long is rolled back by the
+    /// server (`idle_in_transaction_session_timeout`). A paused or cut-off
+    /// instance's open transaction would otherwise keep its locks, the
+    /// lease row's among them, and hold up the takeover and every writer
+    /// behind it for as long as the pause lasts. Well inside the lease TTL.
+    pub abandon_after: Duration,
     /// The leases this instance holds, kept by its cluster membership: every
     /// write for an order then commits only under its partition's lease.
     /// `None` for a lone tool that owns nothing (and fences nothing).
@@ -53,6 +59,9 @@ pub struct PgOptions {
 
 /// Connections kept for the cluster membership's rounds.
 const LEASE_CONNECTIONS: usize = 2;
+/// How long a round waits for a lease row a write holds: a write in flight
+/// takes milliseconds; one held longer (a paused owner) is tried next round.
+const LEASE_LOCK_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// A cheap, cloneable handle to the PostgreSQL store.
 #[derive(Clone)]
@@ -77,14 +86,21 @@ impl PgStore {
     /// Connects, then brings the schema to the latest version (safe when
     /// several instances start at once).
     pub async fn connect(options: &PgOptions) -> Result<Self, StorageError> {
-        let config: tokio_postgres::Config = options
+        let mut config: tokio_postgres::Config = options
             .url
             .parse()
             .map_err(|e: tokio_postgres::Error| StorageError::PostgresUrl(e.to_string()))?;
+        let idle_ms = options.abandon_after.as_millis().max(1);
+        let session = |lock_timeout_ms: u128| {
+            format!("-c idle_in_transaction_session_timeout={idle_ms} -c lock_timeout={lock_timeout_ms}")
+        };
+        let mut lease_config = config.clone();
+        lease_config.options(session(LEASE_LOCK_TIMEOUT.as_millis()));
+        config.options(session(options.busy_timeout.as_millis().max(1)));
         let io = IoRuntime::start()?;
         let (notices, _) = tokio::sync::broadcast::channel(1024);
         commands::start_listener(io.handle(), config.clone(), notices.clone());
-        let build = |size: usize| {
+        let build = |config: &tokio_postgres::Config, size: usize| {
             // The pool spawns its connections' tasks on the runtime it is built in.
             let _entered = io.handle().enter();
             let manager = Manager::from_config(
@@ -102,8 +118,8 @@ impl PgStore {
                 .build()
                 .map_err(|e| StorageError::Postgres(e.to_string()))
         };
-        let pool = build(options.pool_size.max(1))?;
-        let lease_pool = build(LEASE_CONNECTIONS)?;
+        let pool = build(&config, options.pool_size.max(1))?;
+        let lease_pool = build(&lease_config, LEASE_CONNECTIONS)?;
         let store = Self {
             inner: Arc::new(Inner {
                 io,

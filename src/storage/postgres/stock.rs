@@ -677,6 +677,7 @@ pub(super) mod tests {
             pool_size: 2,
             busy_timeout: std::time::Duration::from_secs(5),
             pii_key: crate::storage::PiiKey::from_bytes([7; 32]),
+            abandon_after: std::time::Duration::from_secs(5),
             ownership: None,
         })
         .await
