@@ -863,11 +863,12 @@ impl StockSupervisor {
 /// applied" (the writer guarantees it); a stopped writer leaves it unknown.
 pub fn settled_after(error: &StorageError) -> Settled {
     match error {
-        // Refused by the database's level: another instance changed it, so
-        // memory is read back.
-        StorageError::WriterStopped
-        | StorageError::Reader(_)
-        | StorageError::StockRefused { .. } => Settled::Unknown,
+        StorageError::WriterStopped | StorageError::Reader(_) => Settled::Unknown,
+        // Refused by the database's level (another instance changed it):
+        // nothing changed. Memory stays a hint, read back before the next
+        // shortage it sees is believed; it is not marked unknown, which
+        // would refuse every change of the SKU until the read-back.
+        StorageError::StockRefused { .. } => Settled::NotCommitted,
         _ => Settled::NotCommitted,
     }
 }

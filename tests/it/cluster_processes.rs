@@ -158,7 +158,8 @@ impl Cluster {
     }
 
     async fn checkout(&self, index: usize, order: usize) -> u16 {
-        self.client
+        let answer = self
+            .client
             .post(format!("{}/api/orders", self.daemons[index].public))
             .bearer_auth(STOREFRONT_TOKEN)
             .json(&checkout_body(
@@ -168,8 +169,18 @@ impl Cluster {
                 1,
             ))
             .send()
-            .await
-            .map_or(0, |r| r.status().as_u16())
+            .await;
+        match answer {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                if status == 503 {
+                    let body = response.text().await.unwrap_or_default();
+                    eprintln!("checkout of XVC-P{order}: 503 {body}");
+                }
+                status
+            }
+            Err(_) => 0,
+        }
     }
 
     /// Razorpay's delivery of order `order`'s payment to instance `index`:
@@ -529,4 +540,88 @@ async fn an_instance_paused_past_its_leases_writes_nothing_for_them_and_rejoins(
     // It noticed the loss and came back for its share.
     cluster.settled_among(0, &ids).await;
     cluster.assert_each_once(2, &sandbox, ORDERS, 1000).await;
+}
+
+/// Checkouts of `orders`, `CONCURRENCY` at a time, spread over the three:
+/// each one's status code.
+async fn checkout_all(cluster: &Cluster, orders: std::ops::Range<usize>) -> Vec<u16> {
+    use futures_util::StreamExt;
+    const CONCURRENCY: usize = 32;
+    futures_util::stream::iter(orders)
+        .map(|order| cluster.checkout(order % 3, order))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await
+}
+
+#[actix_web::test]
+async fn two_thousand_orders_over_three_instances_are_each_paid_and_shipped_once() {
+    let (sandbox, url) = start_sandbox(Faults::default());
+    let Some(cluster) = Cluster::start(
+        "two_thousand_orders_over_three_instances_are_each_paid_and_shipped_once",
+        &url,
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    let ids = [
+        cluster.instance_id(0).await,
+        cluster.instance_id(1).await,
+        cluster.instance_id(2).await,
+    ];
+    cluster.settled_among(0, &ids).await;
+    const ORDERS: usize = 2000;
+    cluster.set_stock("TEE", 5000).await;
+    let created = checkout_all(&cluster, 0..ORDERS).await;
+    assert!(created.iter().all(|&s| s == 201), "every checkout created");
+    let alive = std::cell::RefCell::new(vec![1, 2, 0]);
+    pay_all(&cluster, 0..ORDERS, &alive, usize::MAX, || {}).await;
+    cluster.all_ready(2, 0..ORDERS).await;
+    cluster.assert_each_once(0, &sandbox, ORDERS, 5000).await;
+}
+
+#[actix_web::test]
+async fn a_hot_sku_sells_exactly_its_stock_across_instances() {
+    let (_sandbox, url) = start_sandbox(Faults::default());
+    let Some(cluster) = Cluster::start(
+        "a_hot_sku_sells_exactly_its_stock_across_instances",
+        &url,
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    let ids = [
+        cluster.instance_id(0).await,
+        cluster.instance_id(1).await,
+        cluster.instance_id(2).await,
+    ];
+    cluster.settled_among(0, &ids).await;
+    cluster.set_stock("TEE", 300).await;
+    let answers = checkout_all(&cluster, 0..1000).await;
+    let others: BTreeSet<u16> = answers
+        .iter()
+        .copied()
+        .filter(|s| *s != 201 && *s != 409)
+        .collect();
+    eprintln!("other answers: {others:?}");
+    let created = answers.iter().filter(|&&s| s == 201).count();
+    let refused = answers.iter().filter(|&&s| s == 409).count();
+    assert_eq!((created, refused), (300, 700), "{answers:?}");
+    let stock: serde_json::Value = cluster
+        .client
+        .get(format!("{}/admin/stock/TEE", cluster.daemons[1].admin))
+        .bearer_auth(VIEWER_TOKEN)
+        .send()
+        .await
+        .expect("stock")
+        .json()
+        .await
+        .expect("stock JSON");
+    assert_eq!(stock["on_hand"], 300, "{stock}");
+    assert_eq!(stock["reserved"], 300, "{stock}");
+    assert_eq!(stock["available"], 0, "{stock}");
 }
