@@ -55,7 +55,7 @@ struct Cluster {
     config: PathBuf,
     daemons: Vec<Daemon>,
     client: reqwest::Client,
-    _server: ScratchPostgres,
+    server: ScratchPostgres,
     _dir: tempfile::TempDir,
 }
 
@@ -70,7 +70,7 @@ impl Cluster {
             config,
             daemons: Vec::new(),
             client: reqwest::Client::new(),
-            _server: server,
+            server,
             _dir: dir,
         };
         for _ in 0..3 {
@@ -186,6 +186,11 @@ impl Cluster {
     /// Razorpay's delivery of order `order`'s payment to instance `index`:
     /// true once acknowledged.
     async fn pay(&self, index: usize, order: usize) -> bool {
+        self.pay_status(index, order).await == 200
+    }
+
+    /// As [`Cluster::pay`]: the answer's status code (0: no answer).
+    async fn pay_status(&self, index: usize, order: usize) -> u16 {
         let body = captured_for(&format!("pay_p{order}"), &format!("order_p{order}"), 74_900);
         let signature = sign(WEBHOOK_SECRET.as_bytes(), body.as_bytes());
         self.client
@@ -196,7 +201,7 @@ impl Cluster {
             .body(body)
             .send()
             .await
-            .is_ok_and(|r| r.status() == 200)
+            .map_or(0, |r| r.status().as_u16())
     }
 
     async fn order(&self, index: usize, order: usize) -> serde_json::Value {
@@ -624,4 +629,48 @@ async fn a_hot_sku_sells_exactly_its_stock_across_instances() {
     assert_eq!(stock["on_hand"], 300, "{stock}");
     assert_eq!(stock["reserved"], 300, "{stock}");
     assert_eq!(stock["available"], 0, "{stock}");
+}
+
+#[actix_web::test]
+async fn postgres_restarted_under_load_answers_503_then_resumes_by_itself() {
+    let (sandbox, url) = start_sandbox(Faults::default());
+    let Some(mut cluster) = Cluster::start(
+        "postgres_restarted_under_load_answers_503_then_resumes_by_itself",
+        &url,
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    let ids = [
+        cluster.instance_id(0).await,
+        cluster.instance_id(1).await,
+        cluster.instance_id(2).await,
+    ];
+    cluster.settled_among(0, &ids).await;
+    cluster.set_stock("TEE", 1000).await;
+    const ORDERS: usize = 60;
+    let created = checkout_all(&cluster, 0..ORDERS).await;
+    assert!(created.iter().all(|&s| s == 201));
+    let alive = std::cell::RefCell::new(vec![0, 1, 2]);
+    pay_all(&cluster, 0..ORDERS / 3, &alive, usize::MAX, || {}).await;
+
+    // `pg_ctl restart -m fast`, held down long enough to be seen.
+    cluster.server.stop().expect("stop PostgreSQL");
+    for index in 0..3 {
+        assert_eq!(
+            cluster.pay_status(index, ORDERS / 3).await,
+            503,
+            "a webhook that cannot be stored is refused for Razorpay to retry"
+        );
+        assert_eq!(cluster.checkout(index, ORDERS + index).await, 503);
+    }
+    cluster.server.start_again().expect("start PostgreSQL");
+
+    // Nobody restarts the daemons: they reconnect and carry on.
+    pay_all(&cluster, ORDERS / 3..ORDERS, &alive, usize::MAX, || {}).await;
+    cluster.all_ready(1, 0..ORDERS).await;
+    cluster.assert_each_once(2, &sandbox, ORDERS, 1000).await;
+    cluster.settled_among(0, &ids).await;
 }

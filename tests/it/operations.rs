@@ -698,6 +698,7 @@ async fn every_spec_metric_is_exposed_with_its_type_and_bounded_labels() {
         ("dropship_processing_paused", "gauge", &[]),
         ("dropship_shipping_queue", "gauge", &["account"]),
         ("dropship_shipping_queue_oldest_seconds", "gauge", &[]),
+        ("dropship_cluster_leases", "gauge", &["kind"]),
     ];
     for (name, kind, _) in &spec {
         assert!(
