@@ -16,8 +16,14 @@ use crate::postgres::scratch_postgres;
 const TTL_SECS: u64 = 3;
 const PARTITIONS: usize = 12;
 
-/// A config every instance shares; the database URL comes from the environment.
-fn cluster_config(dir: &Path, shiprocket: &str, extra: &str) -> PathBuf {
+/// A config every instance shares; the database URL comes from the
+/// environment. `limits` replaces the account's loose default rate.
+fn cluster_config(dir: &Path, shiprocket: &str, limits: &str) -> PathBuf {
+    let limits = if limits.is_empty() {
+        "requests_per_hour = 360000\nburst = 100"
+    } else {
+        limits
+    };
     let path = dir.join("config.toml");
     let text = format!(
         r#"
@@ -36,14 +42,12 @@ lease_ttl_secs = {TTL_SECS}
 order_partitions = {PARTITIONS}
 [shiprocket]
 base_url = "{shiprocket}"
-requests_per_hour = 360000
-burst = 100
+{limits}
 request_timeout_ms = 2000
 [[shiprocket.accounts]]
 name = "primary"
 email = "api@example.com"
 password = "env:SHIPROCKET_PASSWORD"
-{extra}
 "#
     );
     std::fs::write(&path, text).expect("write config");
@@ -60,11 +64,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(test: &str, shiprocket: &str, extra: &str) -> Option<Cluster> {
+    async fn start(test: &str, shiprocket: &str, limits: &str) -> Option<Cluster> {
         let server = scratch_postgres(test)?;
         let url = server.create_database("cluster").expect("database");
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = cluster_config(dir.path(), shiprocket, extra);
+        let config = cluster_config(dir.path(), shiprocket, limits);
         let mut cluster = Cluster {
             url,
             config,
@@ -673,4 +677,46 @@ async fn postgres_restarted_under_load_answers_503_then_resumes_by_itself() {
     cluster.all_ready(1, 0..ORDERS).await;
     cluster.assert_each_once(2, &sandbox, ORDERS, 1000).await;
     cluster.settled_among(0, &ids).await;
+}
+
+#[actix_web::test]
+async fn one_gateway_for_the_cluster_keeps_the_account_under_shiprockets_limit() {
+    // Shiprocket (the sandbox) answers 429 above 2.5 calls a second; the
+    // account is configured at 2 a second, burst 2. Orders arrive on every
+    // instance, but only the account's lease holder calls.
+    let (sandbox, url) = start_sandbox(Faults {
+        rate_limit_per_sec: Some(2.5),
+        rate_limit_burst: Some(2.5),
+        ..Faults::default()
+    });
+    let Some(cluster) = Cluster::start(
+        "one_gateway_for_the_cluster_keeps_the_account_under_shiprockets_limit",
+        &url,
+        "requests_per_hour = 7200\nburst = 2",
+    )
+    .await
+    else {
+        return;
+    };
+    let ids = [
+        cluster.instance_id(0).await,
+        cluster.instance_id(1).await,
+        cluster.instance_id(2).await,
+    ];
+    cluster.settled_among(0, &ids).await;
+    cluster.set_stock("TEE", 100).await;
+    const ORDERS: usize = 12;
+    let created = checkout_all(&cluster, 0..ORDERS).await;
+    assert!(created.iter().all(|&s| s == 201));
+    let alive = std::cell::RefCell::new(vec![0, 1, 2]);
+    pay_all(&cluster, 0..ORDERS, &alive, usize::MAX, || {}).await;
+    cluster.all_ready(0, 0..ORDERS).await;
+    let calls = sandbox.calls();
+    let throttled: u64 = calls
+        .iter()
+        .filter(|(call, _)| call.ends_with(":429"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(throttled, 0, "no 429 from Shiprocket: {calls:?}");
+    cluster.assert_each_once(1, &sandbox, ORDERS, 100).await;
 }
