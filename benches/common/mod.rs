@@ -75,6 +75,16 @@ impl Daemon {
     /// As [`Daemon::start`], with `RUST_LOG` set to `log_filter` (the daemon's
     /// default is `info`, which is what a user runs).
     pub fn start_logging(config: &std::path::Path, webhook_secret: &str, log_filter: &str) -> Self {
+        Self::start_with_env(config, webhook_secret, log_filter, &[])
+    }
+
+    /// As [`Daemon::start_logging`], with more environment (a database URL).
+    pub fn start_with_env(
+        config: &std::path::Path,
+        webhook_secret: &str,
+        log_filter: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         use std::io::{BufRead, BufReader};
         // DROPSHIPD_BIN runs another build (an A/B of two commits) under the same bench.
         let binary = std::env::var_os("DROPSHIPD_BIN")
@@ -89,6 +99,7 @@ impl Daemon {
             .env("DROPSHIPD_PII_KEY", "ab".repeat(32))
             .env("SHIPROCKET_PASSWORD", "bench-password")
             .env("RUST_LOG", log_filter)
+            .envs(env.iter().copied())
             .args(["--config", &config.to_string_lossy(), "serve"])
             .stdout(std::process::Stdio::piped())
             .spawn()
