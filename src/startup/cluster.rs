@@ -215,6 +215,7 @@ impl Keeper {
             Arc::clone(&found.stats),
         )
         .with_work(self.duties.work.clone())
+        .in_cluster(Arc::clone(&self.duties.ownership))
         .start();
         self.gateways.insert(account.to_owned(), gateway);
     }

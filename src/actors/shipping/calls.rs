@@ -67,6 +67,10 @@ pub enum GatewayError {
     /// The login before the call failed: the call itself never left.
     #[error("Shiprocket login failed: {0}")]
     Login(ShiprocketError),
+    /// Another instance holds the account's lease now (this one was paused
+    /// or cut off): the call is not made, the account's gateway is elsewhere.
+    #[error("this instance no longer holds the account's lease")]
+    LeaseLost,
 }
 
 impl GatewayError {
@@ -85,7 +89,8 @@ impl GatewayError {
             Self::CircuitOpen { .. }
             | Self::RateLimited { .. }
             | Self::Throttled { .. }
-            | Self::Login(_) => CallFailure::NotAttempted(message),
+            | Self::Login(_)
+            | Self::LeaseLost => CallFailure::NotAttempted(message),
             Self::Shiprocket(ShiprocketError::RateLimited { .. }) => {
                 CallFailure::Throttled(message)
             }

@@ -38,7 +38,9 @@ use crate::clients::shiprocket::{ShiprocketClient, ShiprocketError};
 use crate::config::Secret;
 use crate::domain::breaker::{Breaker, CircuitState, Ticket, Verdict};
 use crate::domain::clock::SharedClock;
+use crate::domain::cluster::Resource;
 use crate::domain::shipping::{Answer, Purpose, Step};
+use crate::storage::postgres::Ownership;
 use crate::storage::{QueuedOrder, Storage};
 use crate::telemetry::Metrics;
 
@@ -101,6 +103,9 @@ struct Parts {
     limiter: Arc<DefaultDirectRateLimiter>,
     token: Arc<tokio::sync::Mutex<TokenSlot>>,
     stats: Arc<GatewayStats>,
+    /// On several instances: the leases, whose account lease every call
+    /// checks in the database first.
+    cluster: Option<Arc<Ownership>>,
 }
 
 impl Parts {
@@ -182,6 +187,7 @@ impl Parts {
     /// Makes `call`, logging in first or after a 401 as needed; every request
     /// takes a permit, the first the one `held` if any.
     async fn perform(&self, call: &ShiprocketCall, mut held: bool) -> Result<Answer, GatewayError> {
+        self.still_ours().await?;
         let token = self.token(&mut held).await?;
         self.take_permit(&mut held)?;
         match call.perform(&self.client, &token).await {
@@ -192,6 +198,23 @@ impl Parts {
             }
             other => Ok(other?),
         }
+    }
+}
+
+impl Parts {
+    /// A Shiprocket call cannot be fenced like a write, so on several
+    /// instances each one is preceded by a check, in the database, that the
+    /// account's lease is still this instance's: a gateway that wakes from
+    /// a pause with calls planned makes none of them.
+    async fn still_ours(&self) -> Result<(), GatewayError> {
+        let (Some(ownership), Some(pg)) = (&self.cluster, self.storage.postgres()) else {
+            return Ok(());
+        };
+        let resource = Resource::Account(self.settings.account.clone());
+        let fence = ownership.fence(&resource).ok_or(GatewayError::LeaseLost)?;
+        pg.check_fence(&fence)
+            .await
+            .map_err(|_| GatewayError::LeaseLost)
     }
 }
 
@@ -250,6 +273,7 @@ impl ShiprocketGateway {
                 limiter: Arc::new(RateLimiter::direct(quota)),
                 token: Arc::new(tokio::sync::Mutex::new(TokenSlot::default())),
                 stats,
+                cluster: None,
             },
             metrics,
             breaker,
@@ -269,6 +293,13 @@ impl ShiprocketGateway {
     /// direct [`Call`]s).
     pub fn with_work(mut self, work: Work) -> Self {
         self.work = Some(work);
+        self
+    }
+
+    /// Runs as the account's gateway for a cluster: every call first checks
+    /// that `ownership`'s lease on the account still holds.
+    pub fn in_cluster(mut self, ownership: Arc<Ownership>) -> Self {
+        self.parts.cluster = Some(ownership);
         self
     }
 
