@@ -863,7 +863,9 @@ impl StockSupervisor {
 /// applied" (the writer guarantees it); a stopped writer leaves it unknown.
 pub fn settled_after(error: &StorageError) -> Settled {
     match error {
-        StorageError::WriterStopped | StorageError::Reader(_) => Settled::Unknown,
+        StorageError::WriterStopped | StorageError::Reader(_) | StorageError::InDoubt(_) => {
+            Settled::Unknown
+        }
         // Refused by the database's level (another instance changed it):
         // nothing changed. Memory stays a hint, read back before the next
         // shortage it sees is believed; it is not marked unknown, which

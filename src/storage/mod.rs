@@ -49,6 +49,11 @@ pub enum StorageError {
     WriterStopped,
     #[error("no commit within {0:?}")]
     Timeout(Duration),
+    /// No answer in time from a write that may still commit (PostgreSQL: the
+    /// transaction runs on after the caller stops waiting). A repeat of the
+    /// same request must find out what happened, not assume nothing did.
+    #[error("no answer within {0:?}; the write may yet commit")]
+    InDoubt(Duration),
     #[error("the caller gave up before the write ran")]
     Abandoned,
     #[error("database schema version {found} is newer than this dropshipd supports ({supported})")]

@@ -120,7 +120,19 @@ pub(super) async fn create(
         Ok(Some(applied)) => prepared.settle(Ok(&applied)),
         Ok(None) => {
             prepared.settle(Err(Settled::NotCommitted));
-            return Err(OrderError::Conflict);
+            // The order exists although this actor had not seen it: an
+            // earlier attempt whose answer was lost (a 503 in doubt) committed
+            // after all. Its repeat with the same checkout is that order.
+            let stored = deps.storage.load_order(&checkout.order_id).await?;
+            return match stored {
+                Some(stored) if stored.fingerprint == fingerprint => {
+                    loaded.customer = Some(stored.customer);
+                    loaded.fingerprint = Some(stored.fingerprint);
+                    loaded.order = Some(stored.snapshot.clone());
+                    Ok(OrderReply::Existing(stored.snapshot))
+                }
+                _ => Err(OrderError::Conflict),
+            };
         }
         Err(e) => {
             prepared.settle(Err(settled_after(&e)));

@@ -136,7 +136,7 @@ impl Remote {
                         return self.decode(&bytes, audit.as_ref());
                     }
                 }
-                return Err(OrderError::Storage(StorageError::Timeout(REPLY_TIMEOUT)));
+                return Err(OrderError::Storage(StorageError::InDoubt(REPLY_TIMEOUT)));
             }
         };
         self.decode(&bytes, audit.as_ref())

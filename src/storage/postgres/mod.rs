@@ -202,7 +202,7 @@ impl PgStore {
         match tokio::time::timeout(deadline, task).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(join)) => Err(StorageError::Reader(join.to_string())),
-            Err(_) => Err(StorageError::Timeout(deadline)),
+            Err(_) => Err(StorageError::InDoubt(deadline)),
         }
     }
 }
