@@ -59,6 +59,8 @@ pub struct AdminConfig {
     pub listen: String,
     pub viewer_token: SecretRef,
     pub operator_token: SecretRef,
+    /// A console session unused this long is signed out.
+    pub console_idle_minutes: u64,
 }
 
 impl Default for AdminConfig {
@@ -67,6 +69,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:9091".into(),
             viewer_token: SecretRef::new("env:DROPSHIPD_VIEWER_TOKEN"),
             operator_token: SecretRef::new("env:DROPSHIPD_OPERATOR_TOKEN"),
+            console_idle_minutes: 30,
         }
     }
 }

@@ -97,18 +97,9 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     let role = tokens
         .role_of(presented)
         .ok_or_else(ApiError::unauthorized)?;
-    let caller = Caller {
-        role,
-        peer: req.peer_addr().map(|a| a.to_string()),
-        user_agent: req
-            .headers()
-            .get(actix_web::http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-    };
-    // For the audit middleware, which records who acted once the answer is known.
-    req.extensions_mut().insert(caller.clone());
-    Ok(caller)
+    // Left on the request for the audit middleware, which records who acted
+    // once the answer is known.
+    Ok(caller_of(req, role))
 }
 
 /// Any authenticated caller: a viewer or an operator.
@@ -131,15 +122,39 @@ impl FromRequest for Operator {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req).and_then(|caller| match caller.role {
+        ready(authenticate(req).and_then(Operator::require))
+    }
+}
+
+impl Operator {
+    /// `caller` if it is an operator; 403 for a viewer. The one check of
+    /// the role an action needs, for the API and the console alike.
+    pub fn require(caller: Caller) -> Result<Operator, ApiError> {
+        match caller.role {
             Role::Operator => Ok(Operator(caller)),
             Role::Viewer => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "this action needs the operator token",
             )),
-        }))
+        }
     }
+}
+
+/// Who is asking, as [`authenticate`] would record it, for a caller that
+/// proved its role some other way (a console session).
+pub fn caller_of(req: &HttpRequest, role: Role) -> Caller {
+    let caller = Caller {
+        role,
+        peer: req.peer_addr().map(|a| a.to_string()),
+        user_agent: req
+            .headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    req.extensions_mut().insert(caller.clone());
+    caller
 }
 
 #[cfg(test)]

@@ -3,10 +3,12 @@
 //!
 //! Two listeners with different audiences: the public one (`server.listen`)
 //! serves only Razorpay's webhook, the storefront API and health; the admin one
-//! (`admin.listen`, loopback by default) serves the admin API and `/metrics`.
+//! (`admin.listen`, loopback by default) serves the admin API, the operator's
+//! console and `/metrics`.
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod health;
 pub mod orders;
@@ -61,6 +63,8 @@ pub struct AppState {
     /// `api.storefront_token` and `shiprocket.tracking_token`, if set.
     pub storefront_token: Option<TokenDigest>,
     pub tracking_token: Option<TokenDigest>,
+    /// The console's signed-in sessions (admin listener).
+    pub console: Arc<console::session::Sessions>,
 }
 
 /// Routes of the public listener.
@@ -73,7 +77,9 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
 
 /// Routes of the admin listener.
 pub fn admin_routes(cfg: &mut web::ServiceConfig) {
-    cfg.configure(admin::routes).configure(health::admin_routes);
+    cfg.configure(admin::routes)
+        .configure(console::routes)
+        .configure(health::admin_routes);
 }
 
 /// The time format of every JSON answer.

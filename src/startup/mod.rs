@@ -380,7 +380,12 @@ impl Application {
             .tracking_token
             .as_ref()
             .map(TokenDigest::new);
+        let console = Arc::new(http::console::session::Sessions::new(
+            Arc::clone(&clock),
+            Duration::from_secs(config.admin.console_idle_minutes.max(1).saturating_mul(60)),
+        ));
         let state = web::Data::new(AppState {
+            console,
             instance_id,
             ownership,
             settings,

@@ -28,8 +28,8 @@ pub use sqlite::audit::{verify_audit_log, AuditRecord, AuditVerifyError, Audited
 pub use sqlite::lock::lock_path;
 pub use sqlite::open_read_only;
 pub use sqlite::orders::{
-    DeferredCommand, JournalAppend, JournalRow, ListedOrder, NewOrder, OrderDeadLetter, OrderWrite,
-    StoredOrder,
+    DeferredCommand, JournalAppend, JournalRow, ListedOrder, MinuteActivity, NewOrder,
+    OrderDeadLetter, OrderWrite, StoredOrder,
 };
 pub use sqlite::shipping::{QueueBacklog, QueueSource, QueuedOrder};
 pub use sqlite::stock::{Allocation, StockItem, StockMismatch, StockStep};
@@ -357,6 +357,20 @@ impl Storage {
         limit: u32,
     ) -> Result<Vec<ListedOrder>, StorageError> {
         on_backend!(self, db => db.list_orders(state, before, limit).await)
+    }
+
+    /// The orders created since `since_ms`, by minute of creation, oldest first.
+    pub async fn activity_since(&self, since_ms: i64) -> Result<Vec<MinuteActivity>, StorageError> {
+        on_backend!(self, db => db.activity_since(since_ms).await)
+    }
+
+    /// Orders that owe a refund, newest first; `before` is the cursor.
+    pub async fn list_refund_due(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ListedOrder>, StorageError> {
+        on_backend!(self, db => db.list_refund_due(before, limit).await)
     }
 
     /// How many orders are in each state (every state present, zeros too).

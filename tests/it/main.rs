@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod cluster;
 mod cluster_processes;
+mod console;
 mod crash;
 mod daemon_life;
 mod demo;

@@ -53,7 +53,16 @@ fn entry_of(request: &HttpRequest, body: &[u8], status: u16) -> Option<AuditReco
     let request_body = if body.len() > MAX_RECORDED_BODY {
         json!({"bytes": body.len()})
     } else {
-        serde_json::from_slice(body).unwrap_or(serde_json::Value::Null)
+        let is_form = request
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        match serde_json::from_slice(body) {
+            Ok(json) => json,
+            Err(_) if is_form => form_fields(body),
+            Err(_) => serde_json::Value::Null,
+        }
     };
     Some(AuditRecord {
         at_ms: state.clock.now_ms(),
@@ -66,12 +75,46 @@ fn entry_of(request: &HttpRequest, body: &[u8], status: u16) -> Option<AuditReco
     })
 }
 
+/// A console form's fields as JSON (a field given more than once becomes a
+/// list), without its CSRF token or a sign-in token; `null` for anything else.
+fn form_fields(body: &[u8]) -> serde_json::Value {
+    let mut fields = serde_json::Map::new();
+    for (key, value) in form_urlencoded::parse(body) {
+        if key == "csrf" || key == "token" {
+            continue;
+        }
+        let value = serde_json::Value::String(value.into_owned());
+        match fields.get_mut(key.as_ref()) {
+            None => {
+                fields.insert(key.into_owned(), value);
+            }
+            Some(serde_json::Value::Array(list)) => list.push(value),
+            Some(first) => *first = json!([first.take(), value]),
+        }
+    }
+    if fields.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::Object(fields)
+    }
+}
+
 /// The entry of the admin action `request` is carrying out, to commit with
 /// its effect (as answered 200). `None` outside the middleware.
 pub fn audited_action(request: &HttpRequest) -> Option<AuditedAction> {
     let pending = request.extensions().get::<Pending>().cloned()?;
     let record = entry_of(request, &pending.body, 200)?;
     Some(AuditedAction::new(record, pending.committed))
+}
+
+/// The answer an action had when its HTTP status says something else: the
+/// console answers every action with a redirect to the page showing its
+/// outcome, and the log records the API's verdict.
+struct AnsweredAs(u16);
+
+/// Records `status` as what `request`'s action was answered.
+pub fn record_answer(request: &HttpRequest, status: actix_web::http::StatusCode) {
+    request.extensions_mut().insert(AnsweredAs(status.as_u16()));
 }
 
 /// Records every non-read request that authenticated (operators acting, and
@@ -100,7 +143,12 @@ pub async fn record_admin_actions(
     if committed.load(Ordering::SeqCst) {
         return Ok(response);
     }
-    let record = entry_of(response.request(), &body, response.status().as_u16());
+    let status = response
+        .request()
+        .extensions()
+        .get::<AnsweredAs>()
+        .map_or(response.status().as_u16(), |a| a.0);
+    let record = entry_of(response.request(), &body, status);
     if let (Some(record), Some(state)) = (record, state) {
         if let Err(e) = state.storage.append_audit(record).await {
             // Nothing was changed by this request; losing its entry is an
@@ -112,7 +160,7 @@ pub async fn record_admin_actions(
 }
 
 /// `GET /admin/audit?after=&limit=`: oldest first; `after` takes `next`.
-pub(super) async fn list(
+pub(crate) async fn list(
     _: Operator,
     state: web::Data<AppState>,
     page: web::Query<Page>,

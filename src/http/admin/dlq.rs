@@ -15,7 +15,7 @@ use crate::http::tracking::{apply_update, parse_update_key, Applied};
 use crate::http::{rfc3339, AppState};
 use crate::storage::{DeadLetterView, InboxEntry, ReplayableLetter};
 
-pub(super) async fn list(
+pub(crate) async fn list(
     _: Viewer,
     state: web::Data<AppState>,
     page: web::Query<Page>,
@@ -68,7 +68,7 @@ impl ReplayOutcome {
     }
 }
 
-pub(super) async fn replay(
+pub(crate) async fn replay(
     _: Operator,
     req: HttpRequest,
     state: web::Data<AppState>,

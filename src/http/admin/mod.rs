@@ -2,9 +2,9 @@
 //! dead letters and the kill switch here; orders and stock in their own files.
 
 pub mod audit;
-mod dlq;
-mod orders;
-mod stock;
+pub(crate) mod dlq;
+pub(crate) mod orders;
+pub(crate) mod stock;
 
 use std::sync::atomic::Ordering;
 
@@ -50,7 +50,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics));
 }
 
-async fn status(_: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn status(
+    _: Viewer,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let counts = state
         .storage
         .ingest_counts()
@@ -156,9 +159,9 @@ fn shipping_queue_json(backlog: &[crate::storage::QueueBacklog], now_ms: i64) ->
 
 /// `?after=&limit=` of the paged listings.
 #[derive(Deserialize)]
-pub(super) struct Page {
-    after: Option<i64>,
-    limit: Option<u32>,
+pub(crate) struct Page {
+    pub(crate) after: Option<i64>,
+    pub(crate) limit: Option<u32>,
 }
 
 const DEFAULT_PAGE: u32 = 100;
@@ -176,7 +179,7 @@ pub(super) fn next_cursor<T>(rows: &[T], limit: u32, key: impl Fn(&T) -> i64) ->
         .map(key)
 }
 
-async fn pause(
+pub(crate) async fn pause(
     caller: Operator,
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -184,7 +187,7 @@ async fn pause(
     set_paused(caller, &req, state, true).await
 }
 
-async fn resume(
+pub(crate) async fn resume(
     caller: Operator,
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -265,7 +268,7 @@ struct ShippingModeBody {
     mode: String,
 }
 
-async fn shipping_mode(
+pub(crate) async fn shipping_mode(
     Operator(caller): Operator,
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -15,13 +15,13 @@ use crate::http::orders::{order_error, order_json, replied_order, route};
 use crate::http::{rfc3339, AppState};
 
 #[derive(Deserialize)]
-pub(super) struct OrderPage {
-    state: Option<String>,
-    after: Option<i64>,
-    limit: Option<u32>,
+pub(crate) struct OrderPage {
+    pub(crate) state: Option<String>,
+    pub(crate) after: Option<i64>,
+    pub(crate) limit: Option<u32>,
 }
 
-pub(super) async fn list(
+pub(crate) async fn list(
     _: Viewer,
     state: web::Data<AppState>,
     page: web::Query<OrderPage>,
@@ -48,7 +48,7 @@ pub(super) async fn list(
     Ok(HttpResponse::Ok().json(json!({"orders": orders, "next": next})))
 }
 
-pub(super) async fn detail(
+pub(crate) async fn detail(
     Viewer(caller): Viewer,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -90,7 +90,7 @@ fn mask_customer(record: &CustomerRecord) -> serde_json::Value {
     })
 }
 
-pub(super) async fn cancel(
+pub(crate) async fn cancel(
     Operator(caller): Operator,
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -127,7 +127,7 @@ async fn act(
     Ok(HttpResponse::Ok().json(json!({"order": order_json(&order)})))
 }
 
-pub(super) async fn retry_shipping(
+pub(crate) async fn retry_shipping(
     Operator(caller): Operator,
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -152,7 +152,7 @@ pub(super) struct BulkRetry {
 /// How many orders one bulk retry moves at most.
 const BULK_LIMIT: u32 = 10_000;
 
-pub(super) async fn retry_shipping_bulk(
+pub(crate) async fn retry_shipping_bulk(
     Operator(caller): Operator,
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -177,10 +177,27 @@ pub(super) async fn retry_shipping_bulk(
         peer = caller.peer.as_deref().unwrap_or(""),
         "operator retries shipping in bulk"
     );
-    let label = format!("admin:{}:retry_shipping_bulk", role_name(caller.role));
-    // Each order's retry carries the bulk action's entry, naming that order.
-    let audit = super::audit::audited_action(&req);
-    let sends = ids.into_iter().map(|order_id| {
+    let retried = retry_each(&state, &req, &caller, "retry_shipping_bulk", ids)
+        .await
+        .into_iter()
+        .filter(|(_, outcome)| outcome.is_ok())
+        .count();
+    Ok(HttpResponse::Ok().json(json!({"count": retried})))
+}
+
+/// Sends each of `order_ids` back to shipping on an operator's behalf, at
+/// once, each retry carrying the request's audit entry naming its order:
+/// the bulk retry of the API and the console's retry of the orders ticked.
+pub(crate) async fn retry_each(
+    state: &AppState,
+    req: &HttpRequest,
+    caller: &crate::http::auth::Caller,
+    what: &str,
+    order_ids: Vec<String>,
+) -> Vec<(String, Result<(), ApiError>)> {
+    let label = format!("admin:{}:{what}", role_name(caller.role));
+    let audit = super::audit::audited_action(req);
+    let sends = order_ids.into_iter().map(|order_id| {
         let audit = audit.clone().map(|mut a| {
             a.record.subject = Some(order_id.clone());
             a
@@ -189,23 +206,22 @@ pub(super) async fn retry_shipping_bulk(
             command: Command::RetryShipping,
             cause: Cause::operator(label.clone(), audit),
         };
-        route(&state, order_id, msg)
+        async move {
+            // Deferred while paused counts: it runs on resume.
+            let outcome = route(state, order_id.clone(), msg).await.map(|_| ());
+            (order_id, outcome)
+        }
     });
-    let retried = futures_util::future::join_all(sends)
-        .await
-        .into_iter()
-        .filter(Result::is_ok)
-        .count();
-    Ok(HttpResponse::Ok().json(json!({"count": retried})))
+    futures_util::future::join_all(sends).await
 }
 
 #[derive(Deserialize)]
-pub(super) struct MarkShipped {
+pub(crate) struct MarkShipped {
     awb: Option<String>,
     courier: Option<String>,
 }
 
-pub(super) async fn mark_shipped(
+pub(crate) async fn mark_shipped(
     Operator(caller): Operator,
     req: HttpRequest,
     state: web::Data<AppState>,

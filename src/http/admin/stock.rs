@@ -17,7 +17,7 @@ fn stock_json(sku: &str, level: StockLevel) -> serde_json::Value {
     json!({"sku": sku, "on_hand": level.on_hand, "reserved": level.reserved, "available": level.available()})
 }
 
-pub(super) async fn get(
+pub(crate) async fn get(
     _: Viewer,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -70,7 +70,7 @@ fn stock_refusal(e: StockFailure) -> ApiError {
     }
 }
 
-pub(super) async fn put(
+pub(crate) async fn put(
     Operator(caller): Operator,
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -109,7 +109,7 @@ pub(super) async fn put(
     Ok(HttpResponse::Ok().json(stock_json(&sku, level)))
 }
 
-pub(super) async fn adjust(
+pub(crate) async fn adjust(
     Operator(caller): Operator,
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -170,7 +170,7 @@ async fn apply_stock(
         .map_err(stock_refusal)
 }
 
-pub(super) async fn reconcile(
+pub(crate) async fn reconcile(
     _: Viewer,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {

@@ -207,6 +207,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX cluster_commands_waiting ON cluster_commands (partition, id) WHERE reply IS NULL;
     ",
+    // v3: the console's overview counts the last hour's orders by creation,
+    // and its attention page lists the orders that owe a refund.
+    "
+    CREATE INDEX orders_by_creation ON orders (created_at_ms);
+    CREATE INDEX orders_refund_due ON orders (id)
+        WHERE (snapshot::jsonb ->> 'refund_due') = 'true';
+    ",
 ];
 
 /// The newest schema this build knows.

@@ -18,8 +18,8 @@ use crate::storage::order_encoding::{
 use crate::storage::pii::{Column, PiiCipher};
 use crate::storage::stock_step::EncodedStep;
 use crate::storage::{
-    DeferredCommand, JournalRow, ListedOrder, NewOrder, OrderDeadLetter, OrderWrite, StorageError,
-    StoredOrder,
+    DeferredCommand, JournalRow, ListedOrder, MinuteActivity, NewOrder, OrderDeadLetter,
+    OrderWrite, StorageError, StoredOrder,
 };
 
 /// The states `holds` is true of, for `state = ANY($n)`: the domain says
@@ -370,6 +370,63 @@ impl PgStore {
                      WHERE ($1::text IS NULL OR state = $1) AND id < $2
                      ORDER BY id DESC LIMIT $3",
                     &[&state.map(OrderState::as_str), &before, &i64::from(limit)],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(ListedOrder {
+                        id: row.get(0),
+                        snapshot: serde_json::from_str(row.get::<_, &str>(1))
+                            .map_err(|e| StorageError::Encoding(e.to_string()))?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// The orders created since `since_ms`, by minute of creation.
+    pub async fn activity_since(&self, since_ms: i64) -> Result<Vec<MinuteActivity>, StorageError> {
+        self.run(move |pool| async move {
+            let client = pool.get().await?;
+            let rows = client
+                .query(
+                    "SELECT created_at_ms / 60000 * 60000 AS minute, count(*),
+                            count(*) FILTER (WHERE snapshot::jsonb ->> 'payment_id' IS NOT NULL),
+                            coalesce(sum((snapshot::jsonb ->> 'amount_paise')::bigint)
+                                FILTER (WHERE snapshot::jsonb ->> 'payment_id' IS NOT NULL), 0)::bigint
+                     FROM orders WHERE created_at_ms >= $1
+                     GROUP BY minute ORDER BY minute",
+                    &[&since_ms],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|row| MinuteActivity {
+                    minute_ms: row.get(0),
+                    checkouts: row.get::<_, i64>(1).max(0) as u64,
+                    paid: row.get::<_, i64>(2).max(0) as u64,
+                    revenue_paise: row.get(3),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Orders that owe a refund, newest first; `before` is the cursor.
+    pub async fn list_refund_due(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ListedOrder>, StorageError> {
+        self.run(move |pool| async move {
+            let client = pool.get().await?;
+            let rows = client
+                .query(
+                    "SELECT id, snapshot FROM orders
+                     WHERE (snapshot::jsonb ->> 'refund_due') = 'true' AND id < $1
+                     ORDER BY id DESC LIMIT $2",
+                    &[&before.unwrap_or(i64::MAX), &i64::from(limit)],
                 )
                 .await?;
             rows.iter()

@@ -48,6 +48,16 @@ pub struct StoredOrder {
     pub fingerprint: String,
 }
 
+/// One minute of checkouts, as the console's overview charts them: the
+/// orders created in it, how many of those are paid, and what they paid.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MinuteActivity {
+    pub minute_ms: i64,
+    pub checkouts: u64,
+    pub paid: u64,
+    pub revenue_paise: i64,
+}
+
 /// An order in a listing: its row id (the cursor) and snapshot.
 #[derive(Debug, Clone)]
 pub struct ListedOrder {
@@ -399,6 +409,60 @@ impl SqliteStore {
                 }
             }
             Ok(counts)
+        })
+        .await
+    }
+
+    /// The orders created since `since_ms`, by minute of creation (SPEC §9
+    /// console): a paid order is one whose snapshot names its payment.
+    pub async fn activity_since(&self, since_ms: i64) -> Result<Vec<MinuteActivity>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT created_at_ms / 60000 * 60000 AS minute, count(*),
+                        sum(json_extract(snapshot, '$.payment_id') IS NOT NULL),
+                        coalesce(sum(CASE WHEN json_extract(snapshot, '$.payment_id') IS NOT NULL
+                                     THEN json_extract(snapshot, '$.amount_paise') END), 0)
+                 FROM orders WHERE created_at_ms >= ?1
+                 GROUP BY minute ORDER BY minute",
+            )?;
+            let rows = stmt.query_map(params![since_ms], |row| {
+                Ok(MinuteActivity {
+                    minute_ms: row.get(0)?,
+                    checkouts: row.get::<_, i64>(1)?.max(0) as u64,
+                    paid: row.get::<_, i64>(2)?.max(0) as u64,
+                    revenue_paise: row.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Orders that owe a refund (`refund_due`), newest first; `before` is the cursor.
+    pub async fn list_refund_due(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<ListedOrder>, StorageError> {
+        self.read(move |conn| {
+            // The predicate is the partial index's, word for word.
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, snapshot FROM orders
+                 WHERE json_extract(snapshot, '$.refund_due') = 1 AND id < ?1
+                 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), limit], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })?;
+            rows.map(|row| {
+                let (id, snapshot) = row?;
+                Ok(ListedOrder {
+                    id,
+                    snapshot: serde_json::from_str(&snapshot)
+                        .map_err(|e| StorageError::Encoding(e.to_string()))?,
+                })
+            })
+            .collect()
         })
         .await
     }
