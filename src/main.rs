@@ -61,6 +61,9 @@ struct DemoArgs {
     /// Also print the summary as one line of JSON, last
     #[arg(long)]
     json: bool,
+    /// Keep the daemon and its console up after the run, until Ctrl-C
+    #[arg(long)]
+    keep_running: bool,
 }
 
 #[derive(clap::Args)]
@@ -303,6 +306,7 @@ fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
     let options = DemoOptions {
         orders: args.orders,
+        keep_running: args.keep_running,
     };
     let summary = actix_web::rt::System::new().block_on(demo::run(options))?;
     print!("{}", summary.render());

@@ -30,6 +30,7 @@ use serde_json::json;
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::{Config, Secret, SecretRef, Secrets, Settings, ShiprocketAccount};
+use crate::http::auth::Role;
 use crate::sandbox::{Faults, SandboxServer};
 use crate::{Application, StartupError};
 use api::{Credentials, DaemonApi};
@@ -57,6 +58,8 @@ const IN_FLIGHT: [&str; 5] = [
 #[derive(Debug, Clone, Copy)]
 pub struct DemoOptions {
     pub orders: usize,
+    /// Keep the daemon (and its console) up after the run until Ctrl-C.
+    pub keep_running: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,9 @@ pub enum DemoError {
         body: String,
     },
 }
+
+/// How long the demo's one-time console link works.
+const CONSOLE_LINK_VALID_FOR: Duration = Duration::from_secs(15 * 60);
 
 /// Runs the demo in the current actix system and returns its report. Setup
 /// failures are errors; whatever happens to the orders is in the report.
@@ -127,6 +133,14 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         credentials,
         CONCURRENCY,
     )?;
+    // The operator's console, signed in by following the link once.
+    let console = format!(
+        "http://{}/console/sign-in?once={}",
+        app.admin_addr(),
+        app.state()
+            .console
+            .issue_link(Role::Operator, CONSOLE_LINK_VALID_FOR)
+    );
     let daemon = app.stop_handle();
     actix_web::rt::spawn(app.run_until_stopped());
 
@@ -147,6 +161,8 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         api.admin_url(),
         dir.path().display()
     ));
+    // Printed even where the progress bar is hidden (no terminal).
+    bar.suspend(|| println!("console (one-time operator sign-in link): {console}"));
     let progress = Arc::new(Progress {
         bar: bar.clone(),
         started: AtomicUsize::new(0),
@@ -182,6 +198,10 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
 
     let stocked_skus: Vec<(&str, i64)> = stocked.iter().map(|(p, n)| (p.sku, *n)).collect();
     let evidence = evidence::gather(&api, &sandbox, &records, &stocked_skus).await;
+    if options.keep_running {
+        println!("The run is over; the daemon and its console stay up until Ctrl-C: {console}");
+        let _ = tokio::signal::ctrl_c().await;
+    }
     daemon.stop(true).await;
     sandbox_handle.stop(true).await;
     let evidence = evidence?;

@@ -98,3 +98,80 @@ fn demo_accounts_for_every_order_and_fault_case() {
         .collect();
     assert!(leftovers.is_empty(), "the demo left {leftovers:?} behind");
 }
+
+/// The demo prints a one-time operator link to its console; with
+/// `--keep-running` the console stays up after the run until Ctrl-C.
+#[actix_web::test]
+async fn the_demo_prints_a_one_time_console_link_that_works_while_it_runs() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_dropshipd"))
+        .env_clear()
+        .env("TMPDIR", tmp.path())
+        .args(["demo", "--orders", "20", "--keep-running"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run dropshipd demo");
+    let (lines, read) = std::sync::mpsc::channel();
+    let stdout = demo.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line_with = |text: &str| loop {
+        let line = read
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("no line with {text:?}"));
+        if line.contains(text) {
+            return line;
+        }
+    };
+    let line = next_line_with("/console/sign-in?once=");
+    let link = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .expect("the link")
+        .to_owned();
+    next_line_with("stay up until Ctrl-C");
+
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let signed_in = client.get(&link).send().await.expect("follow the link");
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("cookie pair")
+        .to_owned();
+    let again = client.get(&link).send().await.expect("the link again");
+    assert_eq!(again.status(), 401, "the link works once");
+    let console = link.split("/sign-in").next().expect("console address");
+    let overview = client
+        .get(console)
+        .header(reqwest::header::COOKIE, cookie)
+        .send()
+        .await
+        .expect("overview");
+    assert_eq!(overview.status(), 200);
+    let page = overview.text().await.expect("page");
+    assert!(
+        page.contains("Signed in as <strong>operator</strong>"),
+        "{page}"
+    );
+
+    // Ctrl-C ends it in order.
+    // SAFETY: `kill` with a child's pid and a signal number has no memory effects.
+    unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
+    let status = demo.wait().expect("demo exits");
+    assert!(status.success(), "{status:?}");
+}

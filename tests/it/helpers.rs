@@ -130,7 +130,12 @@ async fn spawn_app_full(
     TestApp {
         public,
         admin,
-        client: reqwest::Client::new(),
+        // Idle connections are dropped before actix's 5 s keep-alive closes
+        // them, so a request never races the server's close of its connection.
+        client: reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .expect("HTTP client"),
         db_path: settings.config.storage.path.clone(),
         settings,
         stop,

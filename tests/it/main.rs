@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod cluster_processes;
 mod console;
+mod console_browser;
 mod crash;
 mod daemon_life;
 mod demo;

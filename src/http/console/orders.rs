@@ -343,9 +343,10 @@ fn summary(order: &Value) -> Markup {
                 div.fact { dt { "Created" } dd { (time(&order["created_at"])) } }
                 div.fact { dt { "Updated" } dd { (time(&order["updated_at"])) } }
                 div.fact { dt { "Shiprocket account" } dd { (text(&shipping["account"])) } }
-                div.fact { dt { "AWB" } dd { (text(&shipping["awb"])) " " (text(&shipping["courier"])) } }
+                div.fact { dt { "AWB" } dd { (text(&shipping["awb"])) } }
+                div.fact { dt { "Courier" } dd { (text(&shipping["courier"])) } }
                 div.fact { dt { "Shipping attempts" } dd { (text(&shipping["attempts"])) } }
-                div.fact { dt { "Last shipping error" } dd { (text(&shipping["last_error"])) } }
+                div.fact.wide { dt { "Last shipping error" } dd { (text(&shipping["last_error"])) } }
             }
             table.lines {
                 caption { "Items" }
