@@ -169,7 +169,63 @@ fn main() {
         println!("  order creation p99      {:.1} ms", p99 * 1000.0);
         println!("  daemon peak RSS (VmHWM) {}", field("VmHWM:"));
         println!("  daemon RSS now (VmRSS)  {}", field("VmRSS:"));
+        console_pages(&admin, orders).await;
     });
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// How long the console's pages take with every order in the database: each
+/// page fetched `REPEATS` times by a signed-in operator, one at a time.
+async fn console_pages(admin: &str, orders: usize) {
+    const REPEATS: usize = 20;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let signed_in = browser
+        .post(format!("{admin}/console/sign-in"))
+        .form(&[("token", OPERATOR)])
+        .send()
+        .await
+        .expect("sign in");
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("cookie pair")
+        .to_owned();
+    println!(
+        "console pages with {orders} orders (median and slowest of {REPEATS}, one at a time):"
+    );
+    for page in [
+        "/console",
+        "/console/attention?state=manual_required",
+        "/console/attention?state=refund_due",
+        "/console/orders/B-0",
+        "/console/dlq",
+        "/console/stock",
+        "/console/audit",
+    ] {
+        let mut took = Vec::with_capacity(REPEATS);
+        for _ in 0..REPEATS {
+            let started = Instant::now();
+            let answer = browser
+                .get(format!("{admin}{page}"))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .expect("page");
+            assert_eq!(answer.status(), 200, "{page}");
+            answer.bytes().await.expect("page body");
+            took.push(started.elapsed());
+        }
+        took.sort();
+        println!(
+            "  {page:<44} {:>7.1} ms  {:>7.1} ms",
+            took[REPEATS / 2].as_secs_f64() * 1000.0,
+            took[REPEATS - 1].as_secs_f64() * 1000.0
+        );
+    }
 }
