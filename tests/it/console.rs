@@ -455,3 +455,83 @@ async fn the_overview_counts_the_last_hours_checkouts_and_payments() {
     assert_eq!(fact("Revenue"), "₹749.00");
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn needs_attention_pages_with_the_apis_cursor_and_lists_refunds_due() {
+    let (_sandbox, url) = start_sandbox(dropshipd::sandbox::Faults::default());
+    let app = spawn_app_with(|s| {
+        with_shiprocket(s, &url);
+        s.config.shipping.mode = dropshipd::config::ShippingMode::Manual;
+    })
+    .await;
+    app.set_stock("TEE", 100).await;
+    // Manual shipping: every paid order waits for an operator.
+    for n in 0..55 {
+        app.checkout_and_pay(&format!("A{n:02}")).await;
+    }
+    // A second payment of one order: money to give back.
+    let again = captured_for("pay_A00_again", "order_A00", 74_900);
+    assert_eq!(
+        app.post_webhook(&again, Some("evt_A00_again"))
+            .await
+            .status(),
+        200
+    );
+    app.wait_inbox_drained().await;
+    for n in 0..55 {
+        app.wait_for_state(&format!("XVC-A{n:02}"), "manual_required")
+            .await;
+    }
+
+    let operator = Browser::sign_in(&app, OPERATOR_TOKEN).await;
+    let (status, first) = operator.get("/console/attention").await;
+    assert_eq!(status, 200);
+    assert!(first.contains("manual_required (55)"), "{first}");
+    assert_eq!(first.matches(r#"name="order""#).count(), 50, "a page of 50");
+    assert!(
+        first.contains("XVC-A54") && !first.contains("XVC-A04<"),
+        "newest first"
+    );
+    let at = first.find("after=").expect("a next page") + "after=".len();
+    let cursor: String = first[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let (_, second) = operator
+        .get(&format!(
+            "/console/attention?state=manual_required&after={cursor}"
+        ))
+        .await;
+    assert_eq!(second.matches(r#"name="order""#).count(), 5);
+    assert!(second.contains("XVC-A00") && !second.contains("XVC-A54"));
+    assert!(!second.contains(r#"rel="next""#), "the last page");
+
+    let (_, refunds) = operator.get("/console/attention?state=refund_due").await;
+    assert!(refunds.contains("XVC-A00"), "{refunds}");
+    assert!(!refunds.contains("XVC-A01"), "only the order owing money");
+    let (status, refused) = operator.get("/console/attention?state=nonsense").await;
+    assert_eq!(status, 422, "the API's own validation: {refused}");
+
+    // Ticked orders: one that can go back to shipping and one that cannot.
+    let (status, _) = operator
+        .post(
+            "/console/orders/retry-shipping",
+            &[
+                ("order", "XVC-A01"),
+                ("order", "XVC-NONE"),
+                ("back", "/console/attention"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    let (_, page) = operator.get("/console/attention").await;
+    assert!(
+        page.contains("sent 1 orders back to shipping; refused 1: XVC-NONE"),
+        "{page}"
+    );
+    assert_eq!(
+        app.order_status("XVC-A01").await["state"],
+        "awaiting_shipment"
+    );
+    app.stop().await;
+}

@@ -228,6 +228,24 @@ async fn order_life(storage: &Storage) -> Vec<String> {
         "the journal replays to the snapshot"
     );
     note(
+        "activity by minute",
+        format!("{:?}", storage.activity_since(0).await),
+    );
+    note(
+        "activity since after it",
+        format!("{:?}", storage.activity_since(60_000).await),
+    );
+    note(
+        "refunds due",
+        format!(
+            "{:?}",
+            storage
+                .list_refund_due(None, 10)
+                .await
+                .map(|orders| orders.len())
+        ),
+    );
+    note(
         "by razorpay id",
         format!("{:?}", storage.order_id_for_razorpay("order_L1").await),
     );
@@ -367,6 +385,15 @@ async fn an_order_s_life_reads_the_same_on_both_backends() {
         find("stock")
     );
     assert!(find("audit").contains("order.paid"), "{}", find("audit"));
+    assert_eq!(
+        find("activity by minute"),
+        "activity by minute: Ok([MinuteActivity { minute_ms: 0, checkouts: 1, paid: 1, revenue_paise: 149800 }])"
+    );
+    assert_eq!(
+        find("activity since after it"),
+        "activity since after it: Ok([])"
+    );
+    assert_eq!(find("refunds due"), "refunds due: Ok(0)");
     for (sqlite_line, postgres_line) in on_sqlite.iter().zip(&on_postgres) {
         assert_eq!(sqlite_line, postgres_line);
     }
