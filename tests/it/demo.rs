@@ -158,7 +158,7 @@ async fn the_demo_prints_a_one_time_console_link_that_works_while_it_runs() {
     let console = link.split("/sign-in").next().expect("console address");
     let overview = client
         .get(console)
-        .header(reqwest::header::COOKIE, cookie)
+        .header(reqwest::header::COOKIE, &cookie)
         .send()
         .await
         .expect("overview");

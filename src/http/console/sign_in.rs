@@ -11,6 +11,7 @@ use super::session::COOKIE;
 use super::{checked, page, ConsoleError, Form, Signed};
 use crate::http::auth::{caller_of, AdminTokens, Role};
 use crate::http::AppState;
+use crate::storage::AuditRecord;
 
 #[derive(Deserialize)]
 pub(super) struct Once {
@@ -27,7 +28,23 @@ pub(super) async fn form(
         return sign_in_page(StatusCode::OK, None);
     };
     match state.console.redeem_link(code) {
-        Some(role) => signed_in(&req, &state, role),
+        Some(role) => {
+            // A GET, which the audit middleware passes by: recorded here.
+            let caller = caller_of(&req, role);
+            let record = AuditRecord {
+                at_ms: state.clock.now_ms(),
+                actor: page::role_name(role).to_owned(),
+                action: "admin:GET /console/sign-in?once".into(),
+                subject: None,
+                detail: serde_json::json!({"status": 303, "one_time_link": true}).to_string(),
+                peer: caller.peer,
+                user_agent: caller.user_agent,
+            };
+            if let Err(e) = state.storage.append_audit(record).await {
+                tracing::error!(error = %e, "console sign-in not recorded in the audit log");
+            }
+            signed_in(&req, &state, role)
+        }
         None => sign_in_page(
             StatusCode::UNAUTHORIZED,
             Some("That sign-in link was used already or has expired. Sign in with a token."),

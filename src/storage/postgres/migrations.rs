@@ -207,12 +207,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX cluster_commands_waiting ON cluster_commands (partition, id) WHERE reply IS NULL;
     ",
-    // v3: the console's overview counts the last hour's orders by creation,
-    // and its attention page lists the orders that owe a refund.
+    // v3: the console's overview counts the last hour's orders and payments
+    // by creation, and its attention page lists the orders that owe a
+    // refund: two facts of the snapshot kept beside it, and their indexes.
     "
-    CREATE INDEX orders_by_creation ON orders (created_at_ms);
-    CREATE INDEX orders_refund_due ON orders (id)
-        WHERE (snapshot::jsonb ->> 'refund_due') = 'true';
+    ALTER TABLE orders
+        ADD COLUMN paid_amount_paise BIGINT,  -- NULL until a payment is recorded
+        ADD COLUMN refund_due BOOLEAN NOT NULL DEFAULT false;
+    UPDATE orders SET
+        paid_amount_paise = CASE WHEN snapshot::jsonb ->> 'payment_id' IS NOT NULL
+                                 THEN (snapshot::jsonb ->> 'amount_paise')::bigint END,
+        refund_due = coalesce((snapshot::jsonb ->> 'refund_due')::boolean, false);
+    CREATE INDEX orders_by_creation ON orders (created_at_ms) INCLUDE (paid_amount_paise);
+    CREATE INDEX orders_refund_due ON orders (id) WHERE refund_due;
     ",
 ];
 

@@ -13,7 +13,7 @@ use super::{hold, PgStore};
 use crate::domain::dead_letter::LetterSource;
 use crate::domain::order::{OrderSnapshot, OrderState};
 use crate::storage::order_encoding::{
-    encode_journal, to_json, EncodedDeferred, EncodedEntry, OrderRow,
+    encode_journal, paid_amount, to_json, EncodedDeferred, EncodedEntry, OrderRow,
 };
 use crate::storage::pii::{Column, PiiCipher};
 use crate::storage::stock_step::EncodedStep;
@@ -63,8 +63,9 @@ impl PgStore {
             let insert = tx
                 .prepare_cached(
                     "INSERT INTO orders (order_id, razorpay_order_id, state, snapshot, customer, fingerprint,
-                                         reserved_until_ms, created_at_ms, updated_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                         reserved_until_ms, created_at_ms, updated_at_ms,
+                                         paid_amount_paise, refund_due)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                      ON CONFLICT (order_id) DO NOTHING",
                 )
                 .await?;
@@ -81,6 +82,8 @@ impl PgStore {
                         &snapshot.reserved_until_ms,
                         &snapshot.created_at_ms,
                         &snapshot.updated_at_ms,
+                        &paid_amount(&snapshot),
+                        &snapshot.refund_due,
                     ],
                 )
                 .await?;
@@ -133,7 +136,8 @@ impl PgStore {
                 let update = tx
                     .prepare_cached(
                         "UPDATE orders SET state = $2, snapshot = $3, reserved_until_ms = $4, updated_at_ms = $5,
-                                           next_attempt_at_ms = $6, awb = $7
+                                           next_attempt_at_ms = $6, awb = $7, paid_amount_paise = $8,
+                                           refund_due = $9
                          WHERE order_id = $1",
                     )
                     .await?;
@@ -147,6 +151,8 @@ impl PgStore {
                         &snapshot.updated_at_ms,
                         &snapshot.shipping.next_attempt_at_ms,
                         &snapshot.shipping.awb,
+                        &paid_amount(&snapshot),
+                        &snapshot.refund_due,
                     ],
                 )
                 .await?;
@@ -392,9 +398,7 @@ impl PgStore {
             let rows = client
                 .query(
                     "SELECT created_at_ms / 60000 * 60000 AS minute, count(*),
-                            count(*) FILTER (WHERE snapshot::jsonb ->> 'payment_id' IS NOT NULL),
-                            coalesce(sum((snapshot::jsonb ->> 'amount_paise')::bigint)
-                                FILTER (WHERE snapshot::jsonb ->> 'payment_id' IS NOT NULL), 0)::bigint
+                            count(paid_amount_paise), coalesce(sum(paid_amount_paise), 0)::bigint
                      FROM orders WHERE created_at_ms >= $1
                      GROUP BY minute ORDER BY minute",
                     &[&since_ms],
@@ -424,7 +428,7 @@ impl PgStore {
             let rows = client
                 .query(
                     "SELECT id, snapshot FROM orders
-                     WHERE (snapshot::jsonb ->> 'refund_due') = 'true' AND id < $1
+                     WHERE refund_due AND id < $1
                      ORDER BY id DESC LIMIT $2",
                     &[&before.unwrap_or(i64::MAX), &i64::from(limit)],
                 )
