@@ -529,9 +529,19 @@ async fn needs_attention_pages_with_the_apis_cursor_and_lists_refunds_due() {
         page.contains("sent 1 orders back to shipping; refused 1: XVC-NONE"),
         "{page}"
     );
-    assert_eq!(
-        app.order_status("XVC-A01").await["state"],
-        "awaiting_shipment"
-    );
+    // Manual mode holds it for an operator again; the retry is on record,
+    // naming its order.
+    let audit = app
+        .admin_get("/admin/audit?limit=1000", Some(OPERATOR_TOKEN))
+        .await;
+    let audit: serde_json::Value = audit.json().await.expect("audit");
+    let retried: Vec<_> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "admin:POST /console/orders/retry-shipping")
+        .map(|e| e["subject"].clone())
+        .collect();
+    assert_eq!(retried, [serde_json::json!("XVC-A01")], "{audit}");
     app.stop().await;
 }
