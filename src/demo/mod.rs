@@ -134,13 +134,12 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         CONCURRENCY,
     )?;
     // The operator's console, signed in by following the link once.
-    let console = format!(
-        "http://{}/console/sign-in?once={}",
-        app.admin_addr(),
-        app.state()
-            .console
-            .issue_link(Role::Operator, CONSOLE_LINK_VALID_FOR)
-    );
+    let code = app
+        .state()
+        .console
+        .issue_link(Role::Operator, CONSOLE_LINK_VALID_FOR)
+        .map_err(|e| DemoError::Random(e.to_string()))?;
+    let console = format!("http://{}/console/sign-in?once={code}", app.admin_addr());
     let daemon = app.stop_handle();
     actix_web::rt::spawn(app.run_until_stopped());
 

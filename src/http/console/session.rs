@@ -80,9 +80,8 @@ impl Sessions {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Signs a browser in as `role`: the new session's id, or `None` when
-    /// the table is full.
-    pub fn start(&self, role: Role) -> Option<(String, Session)> {
+    /// Signs a browser in as `role`: the new session's id, or why not.
+    pub fn start(&self, role: Role) -> Result<(String, Session), NoSession> {
         let now = self.clock.now_ms();
         let mut table = self.table();
         let idle = self.idle_ms;
@@ -90,17 +89,17 @@ impl Sessions {
             .live
             .retain(|_, s| now.saturating_sub(s.last_seen_ms) <= idle);
         if table.live.len() >= MAX_SESSIONS {
-            return None;
+            return Err(NoSession::Full);
         }
-        let id = random_token();
+        let id = random_token()?;
         let session = Session {
             role,
-            csrf: random_token(),
+            csrf: random_token()?,
             last_seen_ms: now,
             flash: None,
         };
         table.live.insert(id.clone(), session.clone());
-        Some((id, session))
+        Ok((id, session))
     }
 
     /// The session `id` names if it is live, its idle time starting again,
@@ -131,9 +130,9 @@ impl Sessions {
     }
 
     /// A code that signs one browser in as `role`, once, within `valid_for`.
-    pub fn issue_link(&self, role: Role, valid_for: Duration) -> String {
+    pub fn issue_link(&self, role: Role, valid_for: Duration) -> Result<String, NoSession> {
         let now = self.clock.now_ms();
-        let code = random_token();
+        let code = random_token()?;
         let mut table = self.table();
         table.links.retain(|_, l| l.expires_at_ms > now);
         table.links.insert(
@@ -144,7 +143,7 @@ impl Sessions {
                     .saturating_add(i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX)),
             },
         );
-        code
+        Ok(code)
     }
 
     /// The role a one-time code grants, spending it.
@@ -155,12 +154,20 @@ impl Sessions {
     }
 }
 
+/// Why no session (or link) was made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoSession {
+    #[error("too many console sessions are open; try again once some have expired")]
+    Full,
+    #[error("the operating system's random source failed: {0}")]
+    NoRandomness(String),
+}
+
 /// 32 random bytes, hex: unguessable ids and tokens.
-fn random_token() -> String {
+fn random_token() -> Result<String, NoSession> {
     let mut bytes = [0u8; 32];
-    // The OS's generator failing is not something a session can survive.
-    getrandom::fill(&mut bytes).expect("the operating system's random source");
-    hex::encode(bytes)
+    getrandom::fill(&mut bytes).map_err(|e| NoSession::NoRandomness(e.to_string()))?;
+    Ok(hex::encode(bytes))
 }
 
 #[cfg(test)]
@@ -232,10 +239,14 @@ mod tests {
     #[test]
     fn a_one_time_link_works_once_and_not_after_it_expires() {
         let (clock, sessions) = sessions(60);
-        let code = sessions.issue_link(Role::Operator, Duration::from_secs(600));
+        let code = sessions
+            .issue_link(Role::Operator, Duration::from_secs(600))
+            .expect("code");
         assert_eq!(sessions.redeem_link(&code), Some(Role::Operator));
         assert_eq!(sessions.redeem_link(&code), None, "spent");
-        let late = sessions.issue_link(Role::Viewer, Duration::from_secs(600));
+        let late = sessions
+            .issue_link(Role::Viewer, Duration::from_secs(600))
+            .expect("code");
         clock.advance_ms(601000);
         assert_eq!(sessions.redeem_link(&late), None, "expired");
     }

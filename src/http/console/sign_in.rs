@@ -74,11 +74,15 @@ pub(super) async fn submit(
 
 /// Starts a session for `role` and sends the browser to the overview.
 fn signed_in(req: &HttpRequest, state: &AppState, role: Role) -> HttpResponse {
-    let Some((id, _)) = state.console.start(role) else {
-        return sign_in_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("Too many console sessions are open; try again once some have expired."),
-        );
+    let id = match state.console.start(role) {
+        Ok((id, _)) => id,
+        Err(why) => {
+            tracing::error!(error = %why, "no console session");
+            return sign_in_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(&format!("Cannot sign in now: {why}.")),
+            );
+        }
     };
     // Who signed in, for the audit log (the token itself is never recorded).
     caller_of(req, role);
