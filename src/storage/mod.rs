@@ -556,6 +556,15 @@ impl Storage {
         on_backend!(self, db => db.audit_entries(after, limit).await)
     }
 
+    /// Audit entries newest first, below `before` (the newest when `None`).
+    pub async fn audit_entries_newest(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StorageError> {
+        on_backend!(self, db => db.audit_entries_newest(before, limit).await)
+    }
+
     /// The kill switch as an operator last set it, if ever.
     pub async fn processing_paused(&self) -> Result<Option<bool>, StorageError> {
         on_backend!(self, db => db.processing_paused().await)

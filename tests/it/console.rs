@@ -545,3 +545,77 @@ async fn needs_attention_pages_with_the_apis_cursor_and_lists_refunds_due() {
     assert_eq!(retried, [serde_json::json!("XVC-A01")], "{audit}");
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn the_audit_log_reads_newest_first_in_the_api_and_the_console() {
+    let app = spawn_app().await;
+    for n in 1..=5 {
+        app.set_stock(&format!("SKU-{n}"), n).await;
+    }
+    let page = |query: &'static str| {
+        let app = &app;
+        async move {
+            let answer = app
+                .admin_get(&format!("/admin/audit?{query}"), Some(OPERATOR_TOKEN))
+                .await;
+            let status = answer.status().as_u16();
+            (
+                status,
+                answer.json::<serde_json::Value>().await.expect("JSON"),
+            )
+        }
+    };
+    let (_, oldest) = page("limit=1000").await;
+    let all: Vec<i64> = oldest["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["seq"].as_i64().expect("seq"))
+        .collect();
+    assert!(all.len() >= 10, "stock changes and their actions: {all:?}");
+    assert!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "oldest first by default"
+    );
+
+    let (_, first) = page("order=newest&limit=3").await;
+    let seqs = |v: &serde_json::Value| -> Vec<i64> {
+        v["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| e["seq"].as_i64().expect("seq"))
+            .collect()
+    };
+    let newest: Vec<i64> = all.iter().rev().copied().collect();
+    assert_eq!(seqs(&first), newest[..3]);
+    let next = first["next"].as_i64().expect("a next page");
+    let answer = app
+        .admin_get(
+            &format!("/admin/audit?order=newest&limit=3&before={next}"),
+            Some(OPERATOR_TOKEN),
+        )
+        .await;
+    let second: serde_json::Value = answer.json().await.expect("JSON");
+    assert_eq!(seqs(&second), newest[3..6]);
+    let (status, refused) = page("order=sideways").await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        refused["fields"]["order"][0],
+        "must be oldest or newest, got \"sideways\""
+    );
+
+    let operator = Browser::sign_in(&app, OPERATOR_TOKEN).await;
+    let (_, html) = operator.get("/console/audit").await;
+    let first_row = html.find("<tbody><tr><td>").expect("a row") + "<tbody><tr><td>".len();
+    let shown: String = html[first_row..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    // Newest first: the sign-in itself is the newest entry now.
+    assert!(
+        shown.parse::<i64>().expect("seq") > *newest.first().expect("one"),
+        "{shown}"
+    );
+    app.stop().await;
+}

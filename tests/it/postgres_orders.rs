@@ -329,6 +329,19 @@ async fn order_life(storage: &Storage) -> Vec<String> {
         format!("{:?}", storage.dead_letters(None, 10).await),
     );
     note(
+        "audit newest first",
+        format!(
+            "{:?}",
+            storage
+                .audit_entries_newest(None, 2)
+                .await
+                .map(|entries| entries
+                    .iter()
+                    .map(|e| (e.seq, e.action.clone()))
+                    .collect::<Vec<_>>())
+        ),
+    );
+    note(
         "audit",
         format!(
             "{:?}",
@@ -385,6 +398,13 @@ async fn an_order_s_life_reads_the_same_on_both_backends() {
         find("stock")
     );
     assert!(find("audit").contains("order.paid"), "{}", find("audit"));
+    let newest = find("audit newest first");
+    let seqs: Vec<i64> = newest
+        .split('(')
+        .skip(2)
+        .filter_map(|part| part.split(',').next()?.trim().parse().ok())
+        .collect();
+    assert!(seqs.len() == 2 && seqs[0] > seqs[1], "{newest}");
     assert_eq!(
         find("activity by minute"),
         "activity by minute: Ok([MinuteActivity { minute_ms: 0, checkouts: 1, paid: 1, revenue_paise: 149800 }])"

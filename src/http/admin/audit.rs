@@ -16,7 +16,7 @@ use std::sync::Arc;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::{next_cursor, page_limit, role_name, Page};
+use super::{next_cursor, page_limit, role_name};
 use crate::http::auth::{Caller, Operator};
 use crate::http::error::ApiError;
 use crate::http::{rfc3339, AppState};
@@ -159,18 +159,42 @@ pub async fn record_admin_actions(
     Ok(response)
 }
 
+/// `?after=&limit=` (oldest first), or `?order=newest&before=&limit=`.
+#[derive(serde::Deserialize)]
+pub(crate) struct AuditPage {
+    pub(crate) after: Option<i64>,
+    pub(crate) before: Option<i64>,
+    pub(crate) order: Option<String>,
+    pub(crate) limit: Option<u32>,
+}
+
 /// `GET /admin/audit?after=&limit=`: oldest first; `after` takes `next`.
+/// With `order=newest`, newest first and `before` takes `next`.
 pub(crate) async fn list(
     _: Operator,
     state: web::Data<AppState>,
-    page: web::Query<Page>,
+    page: web::Query<AuditPage>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(page.limit);
-    let entries = state
-        .storage
-        .audit_entries(page.after.unwrap_or(0), limit)
-        .await
-        .map_err(ApiError::storage_unavailable)?;
+    let newest = match page.order.as_deref() {
+        None | Some("") | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "order",
+                format!("must be oldest or newest, got {other:?}"),
+            ))
+        }
+    };
+    let entries = if newest {
+        state.storage.audit_entries_newest(page.before, limit).await
+    } else {
+        state
+            .storage
+            .audit_entries(page.after.unwrap_or(0), limit)
+            .await
+    }
+    .map_err(ApiError::storage_unavailable)?;
     let next = next_cursor(&entries, limit, |e| e.seq);
     let entries: Vec<_> = entries
         .iter()

@@ -21,6 +21,11 @@ pub(super) struct After {
     after: Option<i64>,
 }
 
+#[derive(Deserialize)]
+pub(super) struct Before {
+    before: Option<i64>,
+}
+
 pub(super) async fn dead_letters(
     signed: Signed,
     state: web::Data<AppState>,
@@ -461,19 +466,22 @@ fn confirmation(
 pub(super) async fn audit(
     signed: Signed,
     state: web::Data<AppState>,
-    query: web::Query<After>,
+    query: web::Query<Before>,
 ) -> Result<HttpResponse, ConsoleError> {
     // The API's own role check: a viewer is refused here as there.
     let operator = Operator::require(signed.caller.clone())?;
-    let page = Page {
-        after: query.after,
+    // Newest first: on the day something breaks, today's entries matter.
+    let page = admin::audit::AuditPage {
+        after: None,
+        before: query.before,
+        order: Some("newest".into()),
         limit: Some(PAGE),
     };
     let listed =
         answered(admin::audit::list(operator, state.clone(), web::Query(page)).await).await?;
     let empty = Vec::new();
     let body = html! {
-        p { "Every admin and console action, oldest first, each entry chained to the one before it (" code { "dropshipd audit verify" } " checks the chain)." }
+        p { "Every admin and console action and every financial event, newest first, each entry chained to the one before it (" code { "dropshipd audit verify" } " checks the chain)." }
         table.audit {
             thead {
                 tr {
@@ -495,7 +503,9 @@ pub(super) async fn audit(
                 }
             }
         }
-        (page::next_link("/console/audit", &listed["next"]))
+        @if let Some(cursor) = listed["next"].as_i64() {
+            p.pager { a href={ "/console/audit?before=" (cursor) } rel="next" { "Older entries" } }
+        }
     };
     Ok(page::page(&signed, Nav::Audit, "Audit log", false, body))
 }

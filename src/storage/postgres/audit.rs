@@ -147,6 +147,25 @@ impl PgStore {
         .await
     }
 
+    /// Entries newest first, below `before` (from the newest when `None`).
+    pub async fn audit_entries_newest(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StorageError> {
+        self.run(move |pool| async move {
+            let client = pool.get().await?;
+            let rows = client
+                .query(
+                    &format!("{SELECT_ENTRIES} WHERE seq < $1 ORDER BY seq DESC LIMIT $2"),
+                    &[&before.unwrap_or(i64::MAX), &i64::from(limit)],
+                )
+                .await?;
+            Ok(rows.iter().map(entry_from_row).collect())
+        })
+        .await
+    }
+
     /// Walks the whole chain and its recorded head in one snapshot of the
     /// database: the number of entries, or the first broken link.
     pub async fn verify_audit_log(&self) -> Result<u64, AuditVerifyError> {

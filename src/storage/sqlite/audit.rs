@@ -251,6 +251,23 @@ impl SqliteStore {
         })
         .await
     }
+
+    /// Entries newest first, below `before` (from the newest when `None`).
+    pub async fn audit_entries_newest(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "{SELECT_ENTRIES} WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"
+            ))?;
+            let rows =
+                stmt.query_map(params![before.unwrap_or(i64::MAX), limit], entry_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
