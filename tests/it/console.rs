@@ -619,3 +619,22 @@ async fn the_audit_log_reads_newest_first_in_the_api_and_the_console() {
     );
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_sku_with_a_space_or_a_plus_is_adjusted_through_its_own_form() {
+    let app = spawn_app().await;
+    app.set_stock("TEE M+", 4).await;
+    let operator = Browser::sign_in(&app, OPERATOR_TOKEN).await;
+    let (_, page) = operator.get("/console/stock").await;
+    let action = r#"action="/console/stock/TEE%20M%2B/adjust""#;
+    assert!(page.contains(action), "{page}");
+    let (status, _) = operator
+        .post(
+            "/console/stock/TEE%20M%2B/adjust",
+            &[("delta", "2"), ("reason", "found two")],
+        )
+        .await;
+    assert_eq!(status, 303);
+    assert_eq!(app.stock("TEE M+").await["on_hand"], 6);
+    app.stop().await;
+}

@@ -112,13 +112,13 @@ pub(super) async fn attention(
                                         label.visually-hidden for={ "pick-" (id) } { "Select order " (id) }
                                     }
                                 }
-                                th scope="row" { a href={ "/console/orders/" (id) } { (id) } }
+                                th scope="row" { a href={ "/console/orders/" (page::path_segment(&id)) } { (id) } }
                                 td { (rupees(order["amount_paise"].as_i64().unwrap_or(0))) }
                                 td { (time(&order["updated_at"])) }
                                 td { (text(&order["shipping"]["last_error"])) }
                                 @if operator && retryable {
                                     td {
-                                        button type="submit" formaction={ "/console/orders/" (id) "/retry-shipping" }
+                                        button type="submit" formaction={ "/console/orders/" (page::path_segment(&id)) "/retry-shipping" }
                                             aria-label={ "Retry shipping of order " (id) } { "Retry" }
                                     }
                                 }
@@ -297,9 +297,7 @@ fn moved(id: &str, answer: Result<Value, ApiError>) -> Result<String, ApiError> 
 }
 
 fn order_page(id: &str) -> String {
-    let mut path = String::from("/console/orders/");
-    path.extend(form_urlencoded::byte_serialize(id.as_bytes()));
-    path
+    format!("/console/orders/{}", page::path_segment(id))
 }
 
 pub(super) async fn detail(

@@ -185,6 +185,14 @@ pub(super) fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// `text` as one segment of a URL path: everything but letters, digits and
+/// `*-._` percent-encoded (a space as `%20`: `+` means a plus in a path).
+pub(super) fn path_segment(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
 /// A "next page" link carrying the API's cursor, if there is a next page.
 pub(super) fn next_link(base: &str, next: &Value) -> Markup {
     let separator = if base.contains('?') { '&' } else { '?' };
@@ -222,6 +230,12 @@ mod tests {
             "{markup}"
         );
         assert_eq!(time(&Value::Null).into_string(), "—");
+    }
+
+    #[test]
+    fn path_segments_survive_spaces_plus_signs_and_slashes() {
+        assert_eq!(path_segment("TEE-M"), "TEE-M");
+        assert_eq!(path_segment("A B+C/D"), "A%20B%2BC%2FD");
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub(super) async fn stock(
                 }
                 tbody {
                     @for (sku, level) in &shown {
-                        @let slug = form_urlencoded::byte_serialize(sku.as_bytes()).collect::<String>();
+                        @let slug = page::path_segment(sku);
                         tr {
                             th scope="row" { (sku) }
                             td { (level.on_hand) }
