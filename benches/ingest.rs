@@ -466,6 +466,7 @@ fn main() {
         for system in &mut systems {
             system.runs.clear();
         }
+        let mut daemon_cpu_us = Vec::new();
         for rep in 0..options.reps {
             // Rotate who goes first, so no system always follows the same one.
             let order: Vec<usize> = (0..systems.len())
@@ -474,8 +475,13 @@ fn main() {
             for index in order {
                 tag += 1;
                 let is_daemon = index == 0;
-                let before =
-                    is_daemon.then(|| (accepted_counter(&daemon.admin), stored_events(&db)));
+                let before = is_daemon.then(|| {
+                    (
+                        accepted_counter(&daemon.admin),
+                        stored_events(&db),
+                        daemon.cpu_seconds(),
+                    )
+                });
                 let system = &mut systems[index];
                 let run = run_wrk(
                     &script,
@@ -484,13 +490,15 @@ fn main() {
                     options.duration_secs,
                     &format!("r{tag}"),
                 );
-                if let Some((accepted_before, stored_before)) = before {
+                if let Some((accepted_before, stored_before, cpu_before)) = before {
                     // Let the requests wrk abandoned finish before counting.
                     std::thread::sleep(Duration::from_millis(300));
+                    let cpu = daemon.cpu_seconds() - cpu_before;
                     let accepted = accepted_counter(&daemon.admin) - accepted_before;
                     let stored = stored_events(&db) - stored_before;
                     let answered = run.requests - run.non_2xx;
                     let abandoned = accepted.saturating_sub(answered);
+                    daemon_cpu_us.push(1e6 * cpu / accepted.max(1) as f64);
                     if accepted != stored || accepted < answered || abandoned > concurrency as u64 {
                         accounting_failures.push(format!(
                             "c{concurrency} rep {rep}: wrk answered {answered}, accepted counter +{accepted}, stored +{stored}"
@@ -524,6 +532,11 @@ fn main() {
                 r / ceiling,
             );
         }
+        println!(
+            "dropshipd CPU (user + system) per webhook stored: {:.1} us (median of {} runs)",
+            median(daemon_cpu_us.clone()),
+            daemon_cpu_us.len()
+        );
     }
     let (rss, peak) = daemon.rss_kib();
     println!();

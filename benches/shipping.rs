@@ -38,6 +38,8 @@ struct Report {
     /// The storage writer's jobs and commits over the run (`GET /admin/status`).
     writer_jobs: u64,
     writer_commits: u64,
+    /// The daemon's CPU time (user + system) from the first checkout to the last order shipped.
+    daemon_cpu_secs: f64,
 }
 
 /// Starts a sandbox and a daemon, pays `orders` orders at `concurrency`, waits
@@ -82,6 +84,7 @@ fn scenario(
         .enable_all()
         .build()
         .expect("runtime");
+    let cpu_before = daemon.cpu_seconds();
     let (elapsed, scrape, writer) = runtime.block_on(async move {
         let client = reqwest::Client::new();
         client
@@ -151,6 +154,7 @@ fn scenario(
         let scrape = client.get(format!("{admin}/metrics")).send().await.expect("metrics").text().await.expect("text");
         (elapsed, scrape, status["storage"].clone())
     });
+    let daemon_cpu_secs = daemon.cpu_seconds() - cpu_before;
     let calls = sandbox.calls();
     Report {
         orders,
@@ -168,6 +172,7 @@ fn scenario(
             .unwrap_or(f64::NAN),
         writer_jobs: writer["jobs"].as_u64().unwrap_or(0),
         writer_commits: writer["commits"].as_u64().unwrap_or(0),
+        daemon_cpu_secs,
     }
 }
 
@@ -227,7 +232,7 @@ fn main() {
     );
     for r in &runs {
         println!(
-            "  {:.2} s -> {:.0} orders/s; order creation p50 {:.1} ms, p99 {:.1} ms; shipping p99 {:.0} ms; {} Shiprocket calls; {:.1} writer jobs and {:.2} commits per order",
+            "  {:.2} s -> {:.0} orders/s; order creation p50 {:.1} ms, p99 {:.1} ms; shipping p99 {:.0} ms; {} Shiprocket calls; {:.1} writer jobs and {:.2} commits per order; daemon CPU {:.2} ms per order",
             r.elapsed.as_secs_f64(),
             r.orders as f64 / r.elapsed.as_secs_f64(),
             r.creation_p50 * 1000.0,
@@ -236,6 +241,7 @@ fn main() {
             r.calls,
             r.writer_jobs as f64 / r.orders as f64,
             r.writer_commits as f64 / r.orders as f64,
+            1000.0 * r.daemon_cpu_secs / r.orders as f64,
         );
     }
     let median = |f: &dyn Fn(&Report) -> f64| {
@@ -244,8 +250,9 @@ fn main() {
         v[v.len() / 2]
     };
     println!(
-        "median: {:.0} orders/s, order creation p99 {:.1} ms (dropship_order_creation_seconds: payment accepted -> paid committed)",
+        "median: {:.0} orders/s, order creation p99 {:.1} ms (dropship_order_creation_seconds: payment accepted -> paid committed), daemon CPU {:.2} ms per order",
         median(&|r| r.orders as f64 / r.elapsed.as_secs_f64()),
         median(&|r| r.creation_p99 * 1000.0),
+        median(&|r| 1000.0 * r.daemon_cpu_secs / r.orders as f64),
     );
 }
