@@ -232,6 +232,13 @@ pub(super) fn latest() -> u32 {
 /// dropshipd migrated past what this one knows.
 pub(super) async fn migrate(client: &mut Object) -> Result<u32, StorageError> {
     let tx = client.transaction().await?;
+    // The session's lock_timeout is a write's; waiting for another instance's
+    // migration may take longer.
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = {}",
+        super::MIGRATION_DEADLINE.as_millis()
+    ))
+    .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(

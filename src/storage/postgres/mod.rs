@@ -24,7 +24,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
 use tokio_postgres::NoTls;
 
 pub use commands::{Notice, WaitingCommand};
@@ -62,6 +62,10 @@ const LEASE_CONNECTIONS: usize = 2;
 /// How long a round waits for a lease row a write holds: a write in flight
 /// takes milliseconds; one held longer (a paused owner) is tried next round.
 const LEASE_LOCK_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long start-up's migration may take: it waits for the migration lock
+/// while another instance starting at once migrates, and for its connection
+/// on a loaded machine, neither of which a write's deadline allows for.
+pub(super) const MIGRATION_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A cheap, cloneable handle to the PostgreSQL store.
 #[derive(Clone)]
@@ -131,9 +135,15 @@ impl PgStore {
                 notices,
             }),
         };
+        let deadline = MIGRATION_DEADLINE.max(options.busy_timeout * 2);
         store
-            .run(|pool| async move {
-                let mut client = pool.get().await?;
+            .run_within(store.inner.pool.clone(), deadline, move |pool| async move {
+                let patient = Timeouts {
+                    wait: Some(deadline),
+                    create: Some(deadline),
+                    recycle: Some(deadline),
+                };
+                let mut client = pool.timeout_get(&patient).await?;
                 migrations::migrate(&mut client).await
             })
             .await?;
@@ -197,7 +207,22 @@ impl PgStore {
         F: FnOnce(Pool) -> Fut,
         Fut: Future<Output = Result<T, StorageError>> + Send + 'static,
     {
-        let deadline = self.inner.busy_timeout * 2;
+        self.run_within(pool, self.inner.busy_timeout * 2, work)
+            .await
+    }
+
+    /// Runs `work` on the I/O runtime; no answer within `deadline` is [`StorageError::InDoubt`].
+    async fn run_within<T, F, Fut>(
+        &self,
+        pool: Pool,
+        deadline: Duration,
+        work: F,
+    ) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Pool) -> Fut,
+        Fut: Future<Output = Result<T, StorageError>> + Send + 'static,
+    {
         let task = self.inner.io.handle().spawn(work(pool));
         match tokio::time::timeout(deadline, task).await {
             Ok(Ok(answer)) => answer,
