@@ -341,11 +341,21 @@ impl PaymentRouter {
                 "the payment names no Razorpay order".into(),
             ));
         };
-        let Some(order_id) = self
-            .storage
-            .order_id_for_razorpay(&razorpay_order_id)
-            .await?
-        else {
+        // Read with the entry where it could be; an order made since, or a
+        // replayed entry, is looked up now.
+        let known = entry
+            .order_id
+            .clone()
+            .filter(|_| entry.razorpay_order_id.as_deref() == Some(razorpay_order_id.as_str()));
+        let order_id = match known {
+            Some(order_id) => Some(order_id),
+            None => {
+                self.storage
+                    .order_id_for_razorpay(&razorpay_order_id)
+                    .await?
+            }
+        };
+        let Some(order_id) = order_id else {
             return Ok(Routed::Unknown(format!(
                 "no order has Razorpay order {razorpay_order_id}"
             )));

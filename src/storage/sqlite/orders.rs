@@ -696,6 +696,7 @@ mod tests {
     use super::*;
     use crate::domain::checkout::{Address, Customer};
     use crate::domain::order::{apply, genesis, OrderLine, PaymentMethod};
+    use crate::storage::sqlite::webhooks::WebhookRecord;
     use crate::storage::{PiiKey, StorageOptions};
 
     fn customer() -> CustomerRecord {
@@ -813,5 +814,66 @@ mod tests {
         assert_eq!(events.len() as i64, CHANGES + 1);
         let rebuilt = crate::domain::order::replay("XVC-R1", events.iter().map(|(e, at)| (e, *at)));
         assert_eq!(rebuilt, Some(snapshot));
+    }
+
+    /// The dispatcher routes an entry by the order id read with it, and needs
+    /// no read of its own for it; an entry whose order is not there yet has none.
+    #[tokio::test]
+    async fn pending_inbox_entries_carry_the_order_of_their_razorpay_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StorageOptions::new(
+            dir.path().join("db.sqlite"),
+            std::time::Duration::from_millis(500),
+            PiiKey::from_bytes([7; 32]),
+        );
+        let storage = SqliteStore::open(&options).unwrap();
+        let captured = |key: &str, razorpay_order_id: &str| WebhookRecord::Accepted {
+            dedup_key: key.into(),
+            acted_on: true,
+            event: "payment.captured".into(),
+            razorpay_order_id: Some(razorpay_order_id.into()),
+            razorpay_payment_id: Some("pay_1".into()),
+            event_created_at: 1,
+            received_at_ms: 2,
+            body: b"{}".to_vec(),
+        };
+        storage
+            .record_webhook(captured("evt_known", "order_K1"))
+            .await
+            .unwrap();
+        storage
+            .record_webhook(captured("evt_unknown", "order_U1"))
+            .await
+            .unwrap();
+        let created = OrderEvent::Created {
+            razorpay_order_id: Some("order_K1".into()),
+            payment_method: PaymentMethod::Prepaid,
+            currency: "INR".into(),
+            amount_paise: 74_900,
+            lines: vec![],
+            reserved_until_ms: None,
+        };
+        storage
+            .insert_order(NewOrder {
+                snapshot: genesis("XVC-K1", &created, 1).unwrap(),
+                customer: customer(),
+                fingerprint: "f".into(),
+                journal: vec![append(created, 1)],
+                deferred: None,
+                stock: vec![],
+                queue: vec![],
+            })
+            .await
+            .unwrap()
+            .expect("inserted");
+        let pending = storage.pending_inbox(0, 10).await.unwrap();
+        let order_of = |key: &str| {
+            pending
+                .iter()
+                .find(|e| e.dedup_key == key)
+                .map(|e| e.order_id.clone())
+        };
+        assert_eq!(order_of("evt_known"), Some(Some("XVC-K1".to_owned())));
+        assert_eq!(order_of("evt_unknown"), Some(None));
     }
 }

@@ -95,10 +95,10 @@ pub struct InboxEntry {
     pub event_created_at: i64,
     pub received_at_ms: i64,
     pub body: Vec<u8>,
-    /// The order with the entry's Razorpay order id, where the backend reads
-    /// it with the entry: on PostgreSQL, whose instances each dispatch the
-    /// entries of their own order partitions. `None`: no such order yet, or
-    /// not looked up (SQLite, where one instance dispatches everything).
+    /// The order with the entry's Razorpay order id, read with the entry by
+    /// [`pending_inbox`]: it tells an instance on PostgreSQL whether the entry
+    /// is its own to dispatch, and saves the router a read per webhook.
+    /// `None`: no such order when it was read, or not looked up (a replay).
     pub order_id: Option<String>,
 }
 
@@ -365,10 +365,16 @@ pub(super) fn pending_inbox(
     limit: u32,
 ) -> Result<Vec<InboxEntry>, StorageError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, dedup_key, event, razorpay_order_id, event_created_at, received_at_ms, body
+        "SELECT id, dedup_key, event, razorpay_order_id, event_created_at, received_at_ms, body,
+                (SELECT order_id FROM orders o WHERE o.razorpay_order_id = inbox.razorpay_order_id)
          FROM inbox WHERE processed_at_ms IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![after_id, limit], inbox_entry)?;
+    let rows = stmt.query_map(params![after_id, limit], |row| {
+        Ok(InboxEntry {
+            order_id: row.get(7)?,
+            ..inbox_entry(row)?
+        })
+    })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
