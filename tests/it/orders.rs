@@ -631,3 +631,53 @@ async fn the_events_of_one_order_apply_in_the_order_the_inbox_took_them() {
         );
     }
 }
+
+/// A checkout to an order with no live actor (after a restart here) is taken
+/// for a new one until its insert or its stock says otherwise: its repeat is
+/// still that order when the last units went to it, a changed repeat still a
+/// conflict, and the order goes on as stored.
+#[actix_web::test]
+async fn a_repeated_checkout_after_a_restart_is_the_stored_order() {
+    let app = spawn_app().await;
+    app.set_stock("TEE", 2).await;
+    let checkout = checkout_body("XVC-40", "order_R40", "TEE", 2);
+    let (status, created) = body(app.checkout(&checkout).await).await;
+    assert_eq!(status, 201, "{created}");
+    let restarted = spawn_app_in(app.stop().await, |_| {}).await;
+
+    // Sold out by the order itself: the repeat is the order, not a refusal.
+    let (status, again) = body(restarted.checkout(&checkout).await).await;
+    assert_eq!(
+        (status, again["order_id"].as_str()),
+        (200, Some("XVC-40")),
+        "{again}"
+    );
+    let mut changed = checkout.clone();
+    changed["customer"]["name"] = json!("Someone Else");
+    let restarted = spawn_app_in(restarted.stop().await, |_| {}).await;
+    let (status, conflict) = body(restarted.checkout(&changed).await).await;
+    assert_eq!(
+        (status, conflict["error"].as_str()),
+        (409, Some("order_conflict")),
+        "{conflict}"
+    );
+
+    // With stock to spare the repeat's hold is dropped again: nothing more reserved.
+    restarted.set_stock("TEE", 5).await;
+    let restarted = spawn_app_in(restarted.stop().await, |_| {}).await;
+    let (status, again) = body(restarted.checkout(&checkout).await).await;
+    assert_eq!(status, 200, "{again}");
+    let stock = restarted.stock("TEE").await;
+    assert_eq!(
+        (stock["on_hand"].as_i64(), stock["reserved"].as_i64()),
+        (Some(5), Some(2))
+    );
+    let response = restarted
+        .post_webhook(
+            &captured_for("pay_R40", "order_R40", 149_800),
+            Some("evt_R40"),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    restarted.wait_for_state("XVC-40", "paid").await;
+}

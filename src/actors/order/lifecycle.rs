@@ -86,6 +86,15 @@ pub(super) async fn create(
     let prepared = match deps.stock.prepare_new_order(moves).await {
         Ok(prepared) => prepared,
         Err(ReserveError::Insufficient(skus)) => {
+            // The repeat of a checkout that took the last units is that
+            // order, not a refusal: an actor that has not read storage looks.
+            if loaded.unread {
+                if let Some(reply) =
+                    stored_checkout(deps, loaded, &checkout.order_id, &fingerprint).await?
+                {
+                    return reply;
+                }
+            }
             deps.metrics.stock_reservation(false);
             return Err(OrderError::InsufficientStock(skus));
         }
@@ -120,19 +129,13 @@ pub(super) async fn create(
         Ok(Some(applied)) => prepared.settle(Ok(&applied)),
         Ok(None) => {
             prepared.settle(Err(Settled::NotCommitted));
-            // The order exists although this actor had not seen it: an
-            // earlier attempt whose answer was lost (a 503 in doubt) committed
+            // The order exists although this actor had not seen it: a repeat
+            // checkout to an actor that had not read storage, or an earlier
+            // attempt whose answer was lost (a 503 in doubt) that committed
             // after all. Its repeat with the same checkout is that order.
-            let stored = deps.storage.load_order(&checkout.order_id).await?;
-            return match stored {
-                Some(stored) if stored.fingerprint == fingerprint => {
-                    loaded.customer = Some(stored.customer);
-                    loaded.fingerprint = Some(stored.fingerprint);
-                    loaded.order = Some(stored.snapshot.clone());
-                    Ok(OrderReply::Existing(stored.snapshot))
-                }
-                _ => Err(OrderError::Conflict),
-            };
+            return stored_checkout(deps, loaded, &checkout.order_id, &fingerprint)
+                .await?
+                .unwrap_or(Err(OrderError::Conflict));
         }
         Err(e) => {
             prepared.settle(Err(settled_after(&e)));
@@ -148,7 +151,32 @@ pub(super) async fn create(
     loaded.customer = Some(record);
     loaded.fingerprint = Some(fingerprint);
     loaded.order = Some(order.clone());
+    loaded.unread = false;
     Ok(OrderReply::Created(order))
+}
+
+/// A checkout's answer when its order is already stored: the order, if the
+/// checkout is the same as the one that made it, else a conflict; `None`
+/// when no such order is stored. The actor's view becomes the stored order.
+async fn stored_checkout(
+    deps: &OrderDeps,
+    loaded: &mut Loaded,
+    order_id: &str,
+    fingerprint: &str,
+) -> Result<Option<Result<OrderReply, OrderError>>, OrderError> {
+    let Some(stored) = deps.storage.load_order(order_id).await? else {
+        return Ok(None);
+    };
+    let same = stored.fingerprint == fingerprint;
+    loaded.customer = Some(stored.customer);
+    loaded.fingerprint = Some(stored.fingerprint);
+    loaded.order = Some(stored.snapshot.clone());
+    loaded.unread = false;
+    Ok(Some(if same {
+        Ok(OrderReply::Existing(stored.snapshot))
+    } else {
+        Err(OrderError::Conflict)
+    }))
 }
 
 /// What a state reached in this commit brings with it: a paid order goes to

@@ -216,6 +216,22 @@ struct Loaded {
     fingerprint: Option<String>,
     /// Who it ships to, kept for the Shiprocket request.
     customer: Option<CustomerRecord>,
+    /// Absent only as far as this actor knows: storage was not read. A
+    /// checkout to a new actor starts so, since nearly every checkout is a new
+    /// order and its insert finds out if it is not ([`lifecycle::create`]).
+    unread: bool,
+}
+
+impl Loaded {
+    /// No order, without asking storage.
+    fn unread() -> Self {
+        Self {
+            order: None,
+            fingerprint: None,
+            customer: None,
+            unread: true,
+        }
+    }
 }
 
 impl OrderActor {
@@ -284,6 +300,7 @@ impl Handler<OrderMsg> for OrderActor {
         let work = async move {
             let mut loaded = match loaded {
                 Some(loaded) => loaded,
+                None if matches!(msg, OrderMsg::Create { .. }) => Loaded::unread(),
                 None => load(&deps, &order_id).await?,
             };
             let reply = handle_message(&deps, &order_id, &mut loaded, msg).await;
@@ -301,7 +318,9 @@ impl Handler<OrderMsg> for OrderActor {
                         // committed: the next message reads the order afresh.
                         let in_doubt =
                             matches!(reply, Err(OrderError::Storage(_) | OrderError::Stock(_)));
-                        actor.loaded = (!in_doubt).then_some(loaded);
+                        // A view never checked against storage is not kept:
+                        // the next message reads the order.
+                        actor.loaded = (!in_doubt && !loaded.unread).then_some(loaded);
                         if terminal {
                             ctx.stop();
                         }
@@ -325,11 +344,13 @@ async fn load(deps: &OrderDeps, order_id: &str) -> Result<Loaded, OrderError> {
             order: None,
             fingerprint: None,
             customer: None,
+            unread: false,
         },
         Some(stored) => Loaded {
             customer: Some(stored.customer),
             fingerprint: Some(stored.fingerprint),
             order: Some(stored.snapshot),
+            unread: false,
         },
     })
 }
