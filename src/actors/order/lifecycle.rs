@@ -89,10 +89,10 @@ pub(super) async fn create(
             // The repeat of a checkout that took the last units is that
             // order, not a refusal: an actor that has not read storage looks.
             if loaded.unread {
-                if let Some(reply) =
+                if let Some(existing) =
                     stored_checkout(deps, loaded, &checkout.order_id, &fingerprint).await?
                 {
-                    return reply;
+                    return Ok(existing);
                 }
             }
             deps.metrics.stock_reservation(false);
@@ -135,7 +135,7 @@ pub(super) async fn create(
             // after all. Its repeat with the same checkout is that order.
             return stored_checkout(deps, loaded, &checkout.order_id, &fingerprint)
                 .await?
-                .unwrap_or(Err(OrderError::Conflict));
+                .ok_or(OrderError::Conflict);
         }
         Err(e) => {
             prepared.settle(Err(settled_after(&e)));
@@ -156,14 +156,14 @@ pub(super) async fn create(
 }
 
 /// A checkout's answer when its order is already stored: the order, if the
-/// checkout is the same as the one that made it, else a conflict; `None`
-/// when no such order is stored. The actor's view becomes the stored order.
+/// checkout is the same as the one that made it, else [`OrderError::Conflict`];
+/// `None` when no such order is stored. The actor's view becomes the stored order.
 async fn stored_checkout(
     deps: &OrderDeps,
     loaded: &mut Loaded,
     order_id: &str,
     fingerprint: &str,
-) -> Result<Option<Result<OrderReply, OrderError>>, OrderError> {
+) -> Result<Option<OrderReply>, OrderError> {
     let Some(stored) = deps.storage.load_order(order_id).await? else {
         return Ok(None);
     };
@@ -172,11 +172,11 @@ async fn stored_checkout(
     loaded.fingerprint = Some(stored.fingerprint);
     loaded.order = Some(stored.snapshot.clone());
     loaded.unread = false;
-    Ok(Some(if same {
-        Ok(OrderReply::Existing(stored.snapshot))
+    if same {
+        Ok(Some(OrderReply::Existing(stored.snapshot)))
     } else {
         Err(OrderError::Conflict)
-    }))
+    }
 }
 
 /// What a state reached in this commit brings with it: a paid order goes to
