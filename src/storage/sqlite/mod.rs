@@ -192,6 +192,20 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StorageError> {
     Ok(conn)
 }
 
+/// Storage on a new file in a temporary folder (kept while the folder lives),
+/// for the backend's unit tests.
+#[cfg(test)]
+fn fresh_storage() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = SqliteStore::open(&StorageOptions::new(
+        dir.path().join("db.sqlite"),
+        std::time::Duration::from_secs(5),
+        crate::storage::PiiKey::from_bytes([7; 32]),
+    ))
+    .unwrap();
+    (storage, dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -717,6 +717,29 @@ mod tests {
         }
     }
 
+    /// Inserts the order `created` makes, as a checkout would.
+    async fn insert_created(
+        storage: &SqliteStore,
+        order_id: &str,
+        created: OrderEvent,
+    ) -> OrderSnapshot {
+        let snapshot = genesis(order_id, &created, 1).unwrap();
+        storage
+            .insert_order(NewOrder {
+                snapshot: snapshot.clone(),
+                customer: customer(),
+                fingerprint: "f".into(),
+                journal: vec![append(created, 1)],
+                deferred: None,
+                stock: vec![],
+                queue: vec![],
+            })
+            .await
+            .unwrap()
+            .expect("inserted");
+        snapshot
+    }
+
     fn append(event: OrderEvent, at_ms: i64) -> JournalAppend {
         JournalAppend {
             event,
@@ -750,20 +773,7 @@ mod tests {
             }],
             reserved_until_ms: None,
         };
-        let mut snapshot = genesis("XVC-R1", &created, 1).unwrap();
-        storage
-            .insert_order(NewOrder {
-                snapshot: snapshot.clone(),
-                customer: customer(),
-                fingerprint: "f".into(),
-                journal: vec![append(created, 1)],
-                deferred: None,
-                stock: vec![],
-                queue: vec![],
-            })
-            .await
-            .unwrap()
-            .expect("inserted");
+        let mut snapshot = insert_created(&storage, "XVC-R1", created).await;
 
         const CHANGES: i64 = 300;
         let writer = {
@@ -820,13 +830,7 @@ mod tests {
     /// no read of its own for it; an entry whose order is not there yet has none.
     #[tokio::test]
     async fn pending_inbox_entries_carry_the_order_of_their_razorpay_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = StorageOptions::new(
-            dir.path().join("db.sqlite"),
-            std::time::Duration::from_millis(500),
-            PiiKey::from_bytes([7; 32]),
-        );
-        let storage = SqliteStore::open(&options).unwrap();
+        let (storage, _dir) = super::super::fresh_storage();
         let captured = |key: &str, razorpay_order_id: &str| WebhookRecord::Accepted {
             dedup_key: key.into(),
             acted_on: true,
@@ -853,19 +857,7 @@ mod tests {
             lines: vec![],
             reserved_until_ms: None,
         };
-        storage
-            .insert_order(NewOrder {
-                snapshot: genesis("XVC-K1", &created, 1).unwrap(),
-                customer: customer(),
-                fingerprint: "f".into(),
-                journal: vec![append(created, 1)],
-                deferred: None,
-                stock: vec![],
-                queue: vec![],
-            })
-            .await
-            .unwrap()
-            .expect("inserted");
+        insert_created(&storage, "XVC-K1", created).await;
         let pending = storage.pending_inbox(0, 10).await.unwrap();
         let order_of = |key: &str| {
             pending

@@ -422,6 +422,7 @@ fn inbox_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<InboxEntry> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fresh_storage;
     use super::*;
     use crate::storage::StorageOptions;
 
@@ -493,18 +494,6 @@ mod tests {
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].letter.reason, LetterReason::NotJson);
         assert_eq!(letters[0].letter.event_id.as_deref(), Some("evt_2"));
-    }
-
-    /// Storage on a new file in a temporary folder (kept while the folder lives).
-    fn fresh_storage() -> (SqliteStore, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = SqliteStore::open(&StorageOptions::new(
-            dir.path().join("db.sqlite"),
-            std::time::Duration::from_secs(5),
-            crate::storage::PiiKey::from_bytes([7; 32]),
-        ))
-        .unwrap();
-        (storage, dir)
     }
 
     #[tokio::test]
