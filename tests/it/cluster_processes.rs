@@ -174,16 +174,18 @@ impl Cluster {
 
     async fn checkout(&self, index: usize, order: usize) -> u16 {
         // A storefront repeats a checkout the daemon answered 503 (SPEC §3:
-        // a write that waited past `busy_timeout_ms`), with the same body:
-        // the repeat is idempotent, so the final answer is what counts.
+        // a write that waited past `busy_timeout_ms`), or that got no answer
+        // at all (a pooled connection the server had just closed), with the
+        // same body: the repeat is idempotent, so the final answer is what
+        // counts.
         const ATTEMPTS: u32 = 8;
         let mut status = 0;
         for attempt in 0..ATTEMPTS {
             status = self.checkout_once(index, order).await;
-            if status != 503 {
+            if status != 503 && status != 0 {
                 break;
             }
-            eprintln!("checkout of XVC-P{order}: 503 on attempt {attempt}, repeated");
+            eprintln!("checkout of XVC-P{order}: {status} on attempt {attempt}, repeated");
             tokio::time::sleep(Duration::from_millis(250 << attempt.min(3))).await;
         }
         // 200 is the repeat of a checkout whose first answer was 503.
@@ -217,7 +219,10 @@ impl Cluster {
                 }
                 status
             }
-            Err(_) => 0,
+            Err(e) => {
+                eprintln!("checkout of XVC-P{order}: no answer: {e}");
+                0
+            }
         }
     }
 
