@@ -175,7 +175,7 @@ impl Cluster {
     async fn checkout(&self, index: usize, order: usize) -> u16 {
         // A storefront repeats a checkout the daemon answered 503 (SPEC §3:
         // a write that waited past `busy_timeout_ms`), or that got no answer
-        // at all (a pooled connection the server had just closed), with the
+        // at all (a pooled connection the server had just closed, say), with the
         // same body: the repeat is idempotent, so the final answer is what
         // counts.
         const ATTEMPTS: u32 = 8;
