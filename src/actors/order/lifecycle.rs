@@ -168,12 +168,10 @@ async fn stored_checkout(
         return Ok(None);
     };
     let same = stored.fingerprint == fingerprint;
-    loaded.customer = Some(stored.customer);
-    loaded.fingerprint = Some(stored.fingerprint);
-    loaded.order = Some(stored.snapshot.clone());
-    loaded.unread = false;
+    let snapshot = stored.snapshot.clone();
+    *loaded = Loaded::stored(stored);
     if same {
-        Ok(Some(OrderReply::Existing(stored.snapshot)))
+        Ok(Some(OrderReply::Existing(snapshot)))
     } else {
         Err(OrderError::Conflict)
     }

@@ -35,7 +35,7 @@ use crate::domain::checkout::{CustomerRecord, ValidCheckout};
 use crate::domain::clock::SharedClock;
 use crate::domain::order::{Command, OrderSnapshot, OrderState};
 use crate::domain::shipping::{Answer, CallFailure, ParcelDefaults, ShippingPolicy, Step};
-use crate::storage::{AuditedAction, Storage, StorageError};
+use crate::storage::{AuditedAction, Storage, StorageError, StoredOrder};
 use crate::telemetry::Metrics;
 
 /// Everything an order actor needs; shared by all of them.
@@ -210,7 +210,9 @@ pub struct OrderActor {
     idle_timer: Option<SpawnHandle>,
 }
 
-/// The order as the actor holds it between messages.
+/// The order as the actor holds it between messages; the default is "no such
+/// order in storage".
+#[derive(Default)]
 struct Loaded {
     order: Option<OrderSnapshot>,
     fingerprint: Option<String>,
@@ -226,10 +228,18 @@ impl Loaded {
     /// No order, without asking storage.
     fn unread() -> Self {
         Self {
-            order: None,
-            fingerprint: None,
-            customer: None,
             unread: true,
+            ..Self::default()
+        }
+    }
+
+    /// The order as storage holds it.
+    fn stored(stored: StoredOrder) -> Self {
+        Self {
+            order: Some(stored.snapshot),
+            fingerprint: Some(stored.fingerprint),
+            customer: Some(stored.customer),
+            unread: false,
         }
     }
 }
@@ -339,20 +349,7 @@ impl Handler<OrderMsg> for OrderActor {
 
 async fn load(deps: &OrderDeps, order_id: &str) -> Result<Loaded, OrderError> {
     let stored = deps.storage.load_order(order_id).await?;
-    Ok(match stored {
-        None => Loaded {
-            order: None,
-            fingerprint: None,
-            customer: None,
-            unread: false,
-        },
-        Some(stored) => Loaded {
-            customer: Some(stored.customer),
-            fingerprint: Some(stored.fingerprint),
-            order: Some(stored.snapshot),
-            unread: false,
-        },
-    })
+    Ok(stored.map(Loaded::stored).unwrap_or_default())
 }
 
 async fn handle_message(
