@@ -2,8 +2,9 @@
 //! and against a verify-only ceiling, side by side in one run.
 //!
 //! Three servers, each its own process or system, driven in turn by `wrk -t1`:
-//! - `dropshipd serve`, the binary users run (SQLite on disk, `synchronous=FULL`,
-//!   group commit, `shipping.mode = manual`, default `info` logging);
+//! - `dropshipd serve`, the binary users run (SQLite on disk, group commit,
+//!   each commit's WAL flushed before its answer, `shipping.mode = manual`,
+//!   default `info` logging);
 //! - the plan's "Webhook Scalability" handler: a `node:http` server that verifies
 //!   the HMAC and does `LPUSH webhook-queue` into Redis (`ioredis` from npm,
 //!   `redis-server` with no persistence), written and started here;

@@ -1,7 +1,7 @@
 //! One hot SKU: every checkout holds a unit of the same product.
 //!
-//! Runs the stock supervisor over real SQLite on disk (`synchronous=FULL`,
-//! the daemon's writer), and from `--concurrency` tasks does what a checkout
+//! Runs the stock supervisor over real SQLite on disk (the daemon's writer,
+//! every commit flushed before its callers hear), and from `--concurrency` tasks does what a checkout
 //! does to stock: decide the hold (`prepare_new_order`), commit its step,
 //! settle the decision. Reports holds/s and p99, medians of `--reps` runs, and
 //! how many holds shared a commit. A last run offers fewer units than are
@@ -141,7 +141,7 @@ fn main() {
             .expect("stock supervisor");
         set_on_hand(&stock, 100_000_000).await;
         println!(
-            "one hot SKU: {concurrency} concurrent checkouts, {secs} s per run, median of {reps}; SQLite on disk, synchronous=FULL"
+            "one hot SKU: {concurrency} concurrent checkouts, {secs} s per run, median of {reps}; SQLite on disk, every commit flushed"
         );
         let runs: Vec<Run> = {
             let mut runs = Vec::new();

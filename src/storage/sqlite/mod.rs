@@ -1,13 +1,15 @@
 //! The SQLite backend: one file, one daemon. One write connection owned by
 //! the group-commit `writer` thread, a bounded set of read-only connections
 //! for queries (`readers`), versioned `migrations` run at open, and one file
-//! per kind of record. WAL mode lets readers run beside the writer;
-//! `synchronous=FULL` makes every commit durable before anyone is told it
-//! happened.
+//! per kind of record. WAL mode lets readers run beside the writer, and
+//! every commit is durable before anyone is told it happened: the WAL is
+//! flushed after each batch (`flush`), or by SQLite itself (`synchronous=FULL`)
+//! where it cannot be.
 
 pub(super) mod audit;
 mod checkpoint;
 mod daemon_state;
+mod flush;
 pub(super) mod lock;
 mod migrations;
 pub(super) mod orders;
@@ -55,7 +57,8 @@ impl SqliteStore {
         let mut conn = Connection::open(&options.path)?;
         conn.busy_timeout(options.busy_timeout)?;
         // WAL: readers never block the writer. FULL: the WAL is fsynced at every
-        // commit, so an acknowledged webhook survives power loss, not just a crash.
+        // commit, so an acknowledged webhook survives power loss, not just a crash
+        // (until `flush_wal_apart` moves that fsync off the writer's path).
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -73,6 +76,7 @@ impl SqliteStore {
         let checkpoints =
             checkpoint::Checkpoints::start(&conn, checkpointing, checkpoint::RESTART_FRAMES)
                 .map_err(StorageError::Thread)?;
+        let flush = flush_wal_apart(&conn, &options.path)?;
         // The reply deadline covers a full busy wait plus the batch queued ahead.
         let (writer, _thread) = writer::Writer::spawn(
             conn,
@@ -80,6 +84,7 @@ impl SqliteStore {
             options.max_batch,
             audit::record_head,
             Some(checkpoints),
+            flush,
         )
         .map_err(StorageError::Thread)?;
         let readers = Arc::new(readers::Readers::new(
@@ -148,6 +153,31 @@ impl SqliteStore {
     {
         Arc::clone(&self.inner.readers).run(op).await
     }
+}
+
+/// Moves the WAL's fsync out of the writer's commits to a thread of its own
+/// (see `flush`): the commits write the WAL with `synchronous=NORMAL`, and
+/// the thread flushes it before their callers hear. Without a WAL file to
+/// flush, the writer keeps `synchronous=FULL` and SQLite flushes in each commit.
+fn flush_wal_apart(
+    conn: &Connection,
+    database: &Path,
+) -> Result<Option<flush::WalFlush>, StorageError> {
+    let mut wal_path = database.as_os_str().to_owned();
+    wal_path.push("-wal");
+    // The file SQLite's connections keep open: it is truncated but never
+    // removed while the writer's connection lives, so this handle stays its.
+    let wal = match std::fs::OpenOptions::new().write(true).open(&wal_path) {
+        Ok(wal) => wal,
+        Err(e) => {
+            tracing::warn!(path = %Path::new(&wal_path).display(), error = %e,
+                "cannot open the WAL file; each commit flushes it itself");
+            return Ok(None);
+        }
+    };
+    let flush = flush::WalFlush::start(move || wal.sync_data()).map_err(StorageError::Thread)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(Some(flush))
 }
 
 /// The states `holds` is true of, as an SQL list (`'paid', 'shipped'`): the
@@ -221,5 +251,33 @@ mod tests {
             "'awaiting_shipment', 'shipment_created'"
         );
         assert_eq!(states_where(|_| false), "");
+    }
+
+    #[test]
+    fn a_migrated_database_has_its_wal_flushed_apart_from_the_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        migrations::migrate(&mut conn).unwrap();
+        let flush = flush_wal_apart(&conn, &path).unwrap();
+        assert!(flush.is_some(), "the WAL file exists once migrated");
+        let level: i64 = conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .unwrap();
+        assert_eq!(level, 1, "NORMAL: commits leave the flush to the thread");
+    }
+
+    #[test]
+    fn without_a_wal_file_each_commit_flushes_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open_in_memory().unwrap();
+        let flush = flush_wal_apart(&conn, &dir.path().join("absent.db")).unwrap();
+        assert!(flush.is_none());
+        let level: i64 = conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .unwrap();
+        assert_eq!(level, 2, "FULL stays");
     }
 }

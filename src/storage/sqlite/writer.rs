@@ -10,7 +10,9 @@
 //!
 //! No timer batches on purpose: while one commit is in flight the next batch
 //! collects by itself, so an idle system commits a lone job at once and a busy
-//! one commits hundreds per fsync.
+//! one commits hundreds per fsync. With a [`WalFlush`], the fsync itself leaves
+//! the writer's path: the writer commits without it, hands the batch over, and
+//! applies the next batch while the WAL is flushed; the callers hear after the flush.
 //!
 //! A caller learns the true outcome. One that stops waiting does so only
 //! while its job has not started ([`StorageError::Timeout`] then means "never
@@ -28,6 +30,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::Checkpoints;
+use super::flush::WalFlush;
 use super::StorageError;
 
 /// Most jobs in one transaction by default; bounds the time a batch holds the write lock.
@@ -220,6 +223,7 @@ impl Writer {
         max_batch: usize,
         before_commit: BeforeCommit,
         checkpoints: Option<Checkpoints>,
+        flush: Option<WalFlush>,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(WriterStats::default());
@@ -234,6 +238,7 @@ impl Writer {
                     max_batch.max(1),
                     before_commit,
                     checkpoints,
+                    flush,
                 )
             })?;
         Ok((
@@ -339,9 +344,15 @@ fn run(
     max_batch: usize,
     before_commit: BeforeCommit,
     checkpoints: Option<Checkpoints>,
+    flush: Option<WalFlush>,
 ) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(max_batch);
     while let Some(first) = queue.blocking_recv() {
+        if flush.as_ref().is_some_and(WalFlush::failed) {
+            // Dropping the queue answers every caller still in it.
+            first.finish(Err("the WAL could not be flushed; the writer stopped"));
+            break;
+        }
         batch.push(first);
         while batch.len() < max_batch {
             match queue.try_recv() {
@@ -359,12 +370,27 @@ fn run(
         counter.fetch_add(1, Ordering::Relaxed);
         stats.jobs.fetch_add(size, Ordering::Relaxed);
         stats.largest_batch.fetch_max(size, Ordering::Relaxed);
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, jobs = size, "storage commit failed; callers answered unavailable");
-        }
-        let commit = commit.as_ref().map(|_| ()).map_err(String::as_str);
-        for job in batch.drain(..) {
-            job.finish(commit);
+        match (&commit, &flush) {
+            (Ok(()), Some(flush)) => {
+                let jobs = std::mem::take(&mut batch);
+                flush.after_commit(Box::new(move |outcome| {
+                    for job in jobs {
+                        job.finish(outcome);
+                    }
+                }));
+            }
+            (Ok(()), None) => {
+                for job in batch.drain(..) {
+                    job.finish(Ok(()));
+                }
+            }
+            (Err(e), _) => {
+                tracing::error!(error = %e, jobs = size, "storage commit failed; callers answered unavailable");
+                // A commit that failed left nothing to flush.
+                for job in batch.drain(..) {
+                    job.finish(Err(e));
+                }
+            }
         }
         if let Some(checkpoints) = &checkpoints {
             checkpoints.after_batch(&conn);
@@ -475,7 +501,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (v INTEGER);")
             .unwrap();
-        let (writer, _) = Writer::spawn(conn, deadline, 64, no_bookkeeping, None).unwrap();
+        let (writer, _) = Writer::spawn(conn, deadline, 64, no_bookkeeping, None, None).unwrap();
         (writer, dir, path)
     }
 
@@ -580,5 +606,38 @@ mod tests {
         );
         assert_eq!(values(&path), vec![1, 2, 3, 4, 5]);
         assert_eq!(writer.stats().commits, 2, "the four shared one commit");
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_fails_its_batch_and_stops_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (v INTEGER);")
+            .unwrap();
+        let flush = WalFlush::start(|| Err(std::io::Error::other("EIO"))).unwrap();
+        let (writer, thread) = Writer::spawn(
+            conn,
+            Duration::from_secs(5),
+            64,
+            no_bookkeeping,
+            None,
+            Some(flush),
+        )
+        .unwrap();
+        let committed = writer.run(insert(1, Duration::ZERO)).await;
+        assert!(
+            matches!(&committed, Err(StorageError::CommitFailed(why)) if why.contains("EIO")),
+            "told done without a flush: {committed:?}"
+        );
+        let next = writer.run(insert(2, Duration::ZERO)).await;
+        assert!(next.is_err(), "{next:?}");
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        assert!(!writer.is_running(), "readiness sees the writer stopped");
+        assert!(matches!(
+            writer.run(insert(3, Duration::ZERO)).await,
+            Err(StorageError::WriterStopped)
+        ));
     }
 }
