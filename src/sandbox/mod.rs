@@ -50,6 +50,10 @@ struct State {
     /// Token → when it was issued and to which API user.
     tokens: HashMap<String, (Instant, String)>,
     orders: Vec<SandboxOrder>,
+    /// Where in `orders` an account's first order with a channel order id is.
+    first_by_channel: HashMap<(String, String), usize>,
+    /// Where in `orders` an account's shipment is (shipment ids are unique).
+    by_shipment: HashMap<(String, i64), usize>,
     next_id: i64,
     calls: BTreeMap<String, u64>,
     /// Requests by endpoint as they arrive, answered or not yet.
@@ -57,6 +61,36 @@ struct State {
     /// Token bucket for `rate_limit_per_sec`.
     bucket: f64,
     refilled: Instant,
+}
+
+impl State {
+    /// Keeps an order, indexed: a sale's worth of orders is looked up per
+    /// call, and a scan of them all would make the sandbox the bottleneck.
+    fn keep(&mut self, order: SandboxOrder) {
+        let at = self.orders.len();
+        self.first_by_channel
+            .entry((order.account.clone(), order.channel_order_id.clone()))
+            .or_insert(at);
+        self.by_shipment
+            .insert((order.account.clone(), order.shipment_id), at);
+        self.orders.push(order);
+    }
+
+    fn first_with_channel_id(
+        &self,
+        account: &str,
+        channel_order_id: &str,
+    ) -> Option<&SandboxOrder> {
+        let at = self
+            .first_by_channel
+            .get(&(account.to_owned(), channel_order_id.to_owned()))?;
+        self.orders.get(*at)
+    }
+
+    fn shipment(&mut self, account: &str, shipment_id: i64) -> Option<&mut SandboxOrder> {
+        let at = *self.by_shipment.get(&(account.to_owned(), shipment_id))?;
+        self.orders.get_mut(at)
+    }
 }
 
 /// A running sandbox's shared state.
@@ -80,6 +114,8 @@ impl Sandbox {
                 rng: Rng::seeded(seed),
                 tokens: HashMap::new(),
                 orders: Vec::new(),
+                first_by_channel: HashMap::new(),
+                by_shipment: HashMap::new(),
                 next_id: 640_000_000,
                 calls: BTreeMap::new(),
                 arrivals: BTreeMap::new(),
@@ -394,15 +430,11 @@ async fn create_adhoc(
                 return invalid(errors);
             }
             let channel_order_id = text(&body, "order_id");
-            let existing = s
-                .orders
-                .iter()
-                .find(|o| {
-                    o.account == account
-                        && o.channel_order_id == channel_order_id
-                        && s.faults.duplicate != DuplicatePolicy::Create
-                })
-                .cloned();
+            let existing = if s.faults.duplicate == DuplicatePolicy::Create {
+                None
+            } else {
+                s.first_with_channel_id(account, &channel_order_id).cloned()
+            };
             if let Some(existing) = existing {
                 if existing.status_code == 5 || s.faults.duplicate == DuplicatePolicy::Reject {
                     let mut errors = BTreeMap::new();
@@ -428,7 +460,7 @@ async fn create_adhoc(
                 payment_method: text(&body, "payment_method"),
             };
             let response = HttpResponse::Ok().json(created_json(&order));
-            s.orders.push(order);
+            s.keep(order);
             response
         })
     })
@@ -454,7 +486,7 @@ async fn assign_awb(
         };
         sandbox.with(|s| {
             let fail = s.rng.chance(s.faults.awb_failure_rate);
-            let Some(order) = s.orders.iter_mut().find(|o| o.account == account && o.shipment_id == shipment_id) else {
+            let Some(order) = s.shipment(account, shipment_id) else {
                 return HttpResponse::BadRequest().json(json!({"message": "Invalid shipment id", "status_code": 400}));
             };
             if order.awb.is_some() {
@@ -516,7 +548,7 @@ async fn generate_pickup(
 ) -> HttpResponse {
     call(&sandbox, "pickup", &req, None, |account| {
         let id = body.get("shipment_id").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_i64);
-        sandbox.with(|s| match s.orders.iter_mut().find(|o| o.account == account && Some(o.shipment_id) == id && o.awb.is_some()) {
+        sandbox.with(|s| match id.and_then(|id| s.shipment(account, id)).filter(|o| o.awb.is_some()) {
             Some(order) => {
                 order.pickup_requested = true;
                 HttpResponse::Ok().json(json!({"pickup_status": 1, "response": {"pickup_scheduled_date": "2025-11-26 12:00:00", "pickup_token_number": "Reference No: 1", "status": 3, "data": "Pickup is confirmed"}}))
