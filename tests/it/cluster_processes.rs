@@ -107,33 +107,43 @@ impl Cluster {
         self.admin_get(index, "/admin/status", VIEWER_TOKEN).await
     }
 
-    /// An admin read of `path` on instance `index`, as JSON. An operator's
-    /// tool repeats a 503 (a storage call that waited past
-    /// `storage.busy_timeout_ms`, which the hot-SKU test sets very short),
-    /// so a slow moment on a loaded machine is not a failure; anything else
-    /// but 200 is.
+    /// An admin read of `path` on instance `index`, as JSON.
     async fn admin_get(&self, index: usize, path: &str, token: &str) -> serde_json::Value {
         let url = format!("{}{path}", self.daemons[index].admin);
+        let body = self
+            .admin_call(&format!("GET {path}"), || {
+                self.client.get(&url).bearer_auth(token)
+            })
+            .await;
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// Sends the admin request `request` builds until it answers 200: its
+    /// body. An operator's tool repeats a 503 (a storage call that waited past
+    /// `storage.busy_timeout_ms`, which the hot-SKU test sets very short), so
+    /// a slow moment on a loaded machine is not a failure; anything else but
+    /// 200 is, and so is a 503 that lasts 30 s.
+    async fn admin_call(
+        &self,
+        what: &str,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let response = self
-                .client
-                .get(&url)
-                .bearer_auth(token)
+            let response = request()
                 .send()
                 .await
-                .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
             let status = response.status().as_u16();
             let body = response.text().await.unwrap_or_default();
             if status == 200 {
-                return serde_json::from_str(&body)
-                    .unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"));
+                return body;
             }
             assert!(
                 status == 503 && Instant::now() < deadline,
-                "GET {path}: {status} {body}"
+                "{what}: {status} {body}"
             );
-            eprintln!("GET {path}: {status} {body}, repeated");
+            eprintln!("{what}: {status} {body}, repeated");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -283,30 +293,16 @@ impl Cluster {
     }
 
     /// Sets `sku`'s units on hand through instance 0. The change is absolute,
-    /// so an operator repeats it after a 503 like any admin read.
+    /// so repeating it after a 503 is safe.
     async fn set_stock(&self, sku: &str, on_hand: i64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let response = self
-                .client
-                .put(format!("{}/admin/stock/{sku}", self.daemons[0].admin))
+        let url = format!("{}/admin/stock/{sku}", self.daemons[0].admin);
+        self.admin_call(&format!("PUT /admin/stock/{sku}"), || {
+            self.client
+                .put(&url)
                 .bearer_auth(OPERATOR_TOKEN)
                 .json(&serde_json::json!({"on_hand": on_hand}))
-                .send()
-                .await
-                .expect("stock");
-            let status = response.status().as_u16();
-            let body = response.text().await.unwrap_or_default();
-            if status == 200 {
-                return;
-            }
-            assert!(
-                status == 503 && Instant::now() < deadline,
-                "PUT stock: {status} {body}"
-            );
-            eprintln!("PUT stock: {status} {body}, repeated");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
     }
 
     /// Every order in `orders` reaches `ready_to_ship`, asked of instance `via`.
