@@ -9,8 +9,12 @@
 //! does not open. Values written before encryption was introduced lack the
 //! magic and are read as they are.
 
+use std::cell::RefCell;
+
 use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key};
+use rand::rngs::{StdRng, SysRng};
+use rand::SeedableRng;
 
 type GcmNonce = aes_gcm::aead::Nonce<Aes256Gcm>;
 
@@ -68,6 +72,30 @@ impl std::fmt::Debug for PiiKey {
     }
 }
 
+thread_local! {
+    /// This thread's nonce generator, seeded from the OS on first use.
+    static NONCES: RefCell<Option<StdRng>> = const { RefCell::new(None) };
+}
+
+/// A nonce from this thread's CSPRNG (ChaCha12 under a 256-bit seed from the
+/// OS), not a `getrandom` system call per value: every webhook body is sealed,
+/// and that call was 2% of the daemon's CPU under a burst of them. GCM needs
+/// nonces that never repeat under one key; independent seeds per thread and
+/// per start keep the odds of a repeat those of drawing every nonce from the
+/// OS. A seed the OS cannot give is an error, as a nonce it could not give was.
+fn fresh_nonce() -> Result<GcmNonce, StorageError> {
+    NONCES.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let rng = match &mut *slot {
+            Some(rng) => rng,
+            None => slot.insert(StdRng::try_from_rng(&mut SysRng).map_err(|e| {
+                StorageError::Encoding(format!("no randomness to seed the nonces: {e}"))
+            })?),
+        };
+        Ok(GcmNonce::generate_from_rng(rng))
+    })
+}
+
 /// Seals and opens customer data.
 pub(super) struct PiiCipher {
     cipher: Aes256Gcm,
@@ -81,10 +109,7 @@ impl PiiCipher {
     }
 
     pub(super) fn seal(&self, column: Column, plaintext: &[u8]) -> Result<Vec<u8>, StorageError> {
-        // A CSPRNG seeded from the OS and reseeded every 64 KiB, not a
-        // `getrandom` system call per value: every webhook is sealed, and the
-        // call was 2% of the daemon's CPU under a burst of them.
-        let nonce = GcmNonce::generate_from_rng(&mut rand::rng());
+        let nonce = fresh_nonce()?;
         let sealed = self
             .cipher
             .encrypt(
