@@ -99,8 +99,12 @@ impl Dispatcher {
         let progress = Arc::new(Mutex::new(Progress::default()));
         let permits = Arc::new(Semaphore::new(IN_FLIGHT));
         let mut cursor = 0i64;
-        // Commands parked while paused run at start, on resume and when idle.
+        // Commands parked while paused run at start, on resume and when idle,
+        // but at most once per `IDLE_POLL` when idle: a busy dispatcher goes
+        // idle between most wake-ups, and reading an empty table each time
+        // was a measurable share of a burst.
         let mut drain_due = true;
+        let mut drained_at: Option<tokio::time::Instant> = None;
         let mut rescanned = tokio::time::Instant::now();
         loop {
             self.heartbeat.beat();
@@ -112,6 +116,7 @@ impl Dispatcher {
             }
             if drain_due && self.scope.leads() {
                 self.drain_deferred().await;
+                drained_at = Some(tokio::time::Instant::now());
                 drain_due = false;
             }
             let rewind = progress.lock().ok().and_then(|mut p| {
@@ -210,7 +215,7 @@ impl Dispatcher {
                 // Nothing new: wait for a nudge. Entries that failed are
                 // retried after this pause, not in a tight loop.
                 let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
-                drain_due = true;
+                drain_due = drained_at.is_none_or(|at| at.elapsed() >= IDLE_POLL);
             }
         }
     }

@@ -285,13 +285,30 @@ impl StockShard {
     }
 }
 
+/// What is known of an order's allocation rows before its moves are decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// The order is not stored yet and is inserted in the same commit: no row exists.
+    Absent,
+    /// The rows stand as the order's committed state implies, because every
+    /// stock step of an order commits with the state change that implies it:
+    /// each move is taken as due without a read. Should one not be (a crash
+    /// of an older build left the stock behind), either the shard refuses
+    /// it, and the rows are then read and the moves decided again, or its
+    /// step finds so in the commit and applies nothing, and the shard's
+    /// memory follows the commit's flags. Meanwhile it has only held back
+    /// units that were there, never sold units that were not.
+    ImpliedByState,
+    /// Unknown: read them.
+    Read,
+}
+
 /// Which of one transaction's `moves` are still to happen, by their
 /// allocation rows as they stand and as the moves before them leave them.
-/// For an order not stored yet (`new_order`) no row can exist: nothing is read.
 async fn moves_due(
     storage: &Storage,
     moves: &[LineMove],
-    new_order: bool,
+    known: Rows,
 ) -> Result<Vec<bool>, StorageError> {
     let mut rows: HashMap<(String, String), Option<AllocationStatus>> = HashMap::new();
     let mut due = Vec::with_capacity(moves.len());
@@ -306,10 +323,14 @@ async fn moves_due(
             }
         };
         let key = (order_id, m.sku.clone());
-        let status = match rows.get(&key) {
-            Some(status) => *status,
-            None if new_order => None,
-            None => storage.allocation_status(&key.0, &key.1).await?,
+        let status = match (rows.get(&key), known) {
+            (Some(status), _) => *status,
+            (None, Rows::Absent) => None,
+            (None, Rows::ImpliedByState) => match &m.allocation {
+                AllocationStep::Move { from, .. } => from.first().copied(),
+                _ => None,
+            },
+            (None, Rows::Read) => storage.allocation_status(&key.0, &key.1).await?,
         };
         let (is_due, after) = match &m.allocation {
             AllocationStep::Create { .. } => {
@@ -350,7 +371,7 @@ impl Handler<ApplyStock> for StockShard {
                 reason: "",
             }];
             async move {
-                let due = moves_due(&storage, &single, false).await?;
+                let due = moves_due(&storage, &single, Rows::Read).await?;
                 Ok::<_, StorageError>(due.first().copied().unwrap_or(false))
             }
         };
@@ -616,33 +637,62 @@ impl StockSupervisor {
     /// moves whose allocation already moved are left out, so a repeat
     /// prepares nothing.
     pub async fn prepare(&self, moves: Vec<LineMove>) -> Result<Prepared, ReserveError> {
-        self.prepare_moves(moves, false).await
+        self.prepare_moves(moves, Rows::Read).await
     }
 
     /// [`Self::prepare`] for the moves of an order that is not stored yet and
     /// is inserted in the same commit (a checkout): its allocations cannot
     /// exist, so none is read first.
     pub async fn prepare_new_order(&self, moves: Vec<LineMove>) -> Result<Prepared, ReserveError> {
-        self.prepare_moves(moves, true).await
+        self.prepare_moves(moves, Rows::Absent).await
+    }
+
+    /// [`Self::prepare`] for the moves from an order's committed state to the
+    /// next, committed with that change: its allocations stand as the state
+    /// implies, so none is read first (see [`Rows::ImpliedByState`]).
+    pub async fn prepare_transition(&self, moves: Vec<LineMove>) -> Result<Prepared, ReserveError> {
+        self.prepare_moves(moves, Rows::ImpliedByState).await
     }
 
     async fn prepare_moves(
         &self,
         moves: Vec<LineMove>,
-        new_order: bool,
+        known: Rows,
+    ) -> Result<Prepared, ReserveError> {
+        if known != Rows::ImpliedByState {
+            return self.prepare_against_levels(moves, known).await;
+        }
+        match self
+            .prepare_against_levels(moves.clone(), Rows::ImpliedByState)
+            .await
+        {
+            // A move taken as due may be refused only because it had
+            // happened already (a sale of units no longer reserved): the
+            // rows are read before the refusal is believed.
+            Err(ReserveError::Insufficient(_) | ReserveError::Failed(StockFailure::Refused(_))) => {
+                self.prepare_against_levels(moves, Rows::Read).await
+            }
+            other => other,
+        }
+    }
+
+    async fn prepare_against_levels(
+        &self,
+        moves: Vec<LineMove>,
+        known: Rows,
     ) -> Result<Prepared, ReserveError> {
         if self.storage.postgres().is_none() {
-            return self.prepare_once(moves, new_order).await;
+            return self.prepare_once(moves, known).await;
         }
         // With other instances changing the same SKUs, memory is a hint and
         // the database the judge (its CHECK refuses what is not there): a
         // refusal decided in memory (a shortage, a sale of units another
         // instance reserved) is read back once before it is believed.
-        match self.prepare_once(moves.clone(), new_order).await {
+        match self.prepare_once(moves.clone(), known).await {
             Err(ReserveError::Insufficient(_) | ReserveError::Failed(StockFailure::Refused(_))) => {
                 self.reload(moves.iter().map(|m| m.sku.clone()).collect())
                     .await;
-                self.prepare_once(moves, new_order).await
+                self.prepare_once(moves, known).await
             }
             other => other,
         }
@@ -665,10 +715,10 @@ impl StockSupervisor {
     async fn prepare_once(
         &self,
         moves: Vec<LineMove>,
-        new_order: bool,
+        known: Rows,
     ) -> Result<Prepared, ReserveError> {
         let at_ms = self.clock.now_ms();
-        let due = moves_due(&self.storage, &moves, new_order)
+        let due = moves_due(&self.storage, &moves, known)
             .await
             .map_err(|e| ReserveError::Failed(StockFailure::Storage(e)))?;
         // Per shard: each move's position in `moves`, the move and whether it is due.
@@ -890,6 +940,7 @@ mod tests {
 
     use super::*;
     use crate::domain::clock::SystemClock;
+    use crate::domain::order::OrderState;
     use crate::storage::{PiiKey, StorageOptions};
 
     async fn supervisor(on_hand: i64) -> (StockSupervisor, Storage, tempfile::TempDir) {
@@ -1014,5 +1065,71 @@ mod tests {
         assert_eq!((level.on_hand, level.reserved), (5, 3));
         let next = stock.prepare_new_order(hold("d", 2)).await.unwrap();
         next.settle(Err(Settled::NotCommitted));
+    }
+
+    #[actix_rt::test]
+    async fn a_transition_taken_as_due_that_had_happened_changes_nothing() {
+        let (stock, storage, _dir) = supervisor(5).await;
+        assert!(checkout(&stock, &storage, "a").await);
+        assert!(checkout(&stock, &storage, "b").await);
+        let moves = |order: &str, to: OrderState| {
+            let line = OrderLine {
+                sku: "HOT".into(),
+                name: "Hot tee".into(),
+                quantity: 1,
+                unit_price_paise: 100,
+                weight_g: None,
+            };
+            stock::transition_moves(order, &[line], OrderState::PendingPayment, to)
+        };
+        let commit = |prepared: Prepared| async {
+            let applied = storage
+                .apply_stock_steps(prepared.steps.clone())
+                .await
+                .unwrap();
+            prepared.settle(Ok(&applied));
+            applied
+        };
+        let level = || async {
+            let level = stock.level("HOT").await.unwrap();
+            (level.on_hand, level.reserved)
+        };
+        let cancel = stock
+            .prepare_transition(moves("a", OrderState::Cancelled))
+            .await
+            .unwrap();
+        assert_eq!(commit(cancel).await, vec![true]);
+        assert_eq!(level().await, (5, 1));
+        // The same release again, as a state the rows lag behind would ask
+        // for: taken as due without a read, it finds the row released in the
+        // commit, and memory follows the commit.
+        let again = stock
+            .prepare_transition(moves("a", OrderState::Cancelled))
+            .await
+            .unwrap();
+        assert_eq!(again.steps.len(), 1, "taken as due: nothing was read");
+        assert_eq!(commit(again).await, vec![false]);
+        assert_eq!(level().await, (5, 1));
+        // A repeated sale would be refused (no units reserved for it any
+        // more): the rows are read, and it prepares nothing.
+        let sale = stock
+            .prepare_transition(moves("b", OrderState::Paid))
+            .await
+            .unwrap();
+        assert_eq!(commit(sale).await, vec![true]);
+        assert_eq!(level().await, (4, 0));
+        let resold = stock
+            .prepare_transition(moves("b", OrderState::Paid))
+            .await
+            .unwrap();
+        assert!(resold.steps.is_empty(), "read back: the sale had happened");
+        assert!(commit(resold).await.is_empty());
+        let (_, mismatches) = storage.reconcile_stock().await.unwrap();
+        assert!(mismatches.is_empty(), "{mismatches:?}");
+        // Every unit left can still be held, and no more.
+        for order in ["c", "d", "e", "f"] {
+            assert!(checkout(&stock, &storage, order).await, "{order}");
+        }
+        assert!(!checkout(&stock, &storage, "g").await, "no fifth unit");
     }
 }

@@ -295,7 +295,7 @@ pub(super) async fn commit_events(
         events.extend(follow);
     }
     let moves = transition_moves(&order.order_id, &order.lines, order.state, next.state);
-    let prepared = match deps.stock.prepare(moves).await {
+    let prepared = match deps.stock.prepare_transition(moves).await {
         Ok(prepared) => prepared,
         Err(ReserveError::Insufficient(skus)) => return Err(OrderError::InsufficientStock(skus)),
         Err(ReserveError::Failed(e)) => return Err(e.into()),
