@@ -23,6 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use super::pii;
@@ -76,9 +77,11 @@ impl SqliteStore {
         // A burst's WAL is cut back to this once it starts over.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        plan_once(&conn)?;
         migrations::migrate(&mut conn)?;
         let checkpointing = Connection::open(&options.path)?;
         checkpointing.busy_timeout(options.busy_timeout)?;
+        plan_once(&checkpointing)?;
         let checkpoints =
             checkpoint::Checkpoints::start(&conn, checkpointing, checkpoint::RESTART_FRAMES)
                 .map_err(StorageError::Thread)?;
@@ -228,7 +231,21 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StorageError> {
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    plan_once(&conn)?;
     Ok(conn)
+}
+
+/// Has `conn` plan each prepared statement once, not again for new bound
+/// values. Without this (SQLite's query planner stability guarantee off), a
+/// statement whose plan could depend on a bound value (a `LIMIT ?`, a
+/// parameter compared with a partial index's condition) is marked expired by
+/// every bind and parsed and planned again at its next step: the inbox
+/// dispatcher's read did so at each run, about 2% of the daemon's CPU in the
+/// end-to-end bench. Nothing here gains from plans per value: there are no
+/// `ANALYZE` statistics to choose with.
+fn plan_once(conn: &Connection) -> Result<(), StorageError> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(())
 }
 
 /// Storage on a new file in a temporary folder (kept while the folder lives),

@@ -359,16 +359,17 @@ pub fn inbox_entries(conn: &Connection) -> Result<Vec<InboxEntry>, StorageError>
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+const PENDING_INBOX: &str =
+    "SELECT id, dedup_key, event, razorpay_order_id, event_created_at, received_at_ms, body,
+            (SELECT order_id FROM orders o WHERE o.razorpay_order_id = inbox.razorpay_order_id)
+     FROM inbox WHERE processed_at_ms IS NULL AND id > ?1 ORDER BY id LIMIT ?2";
+
 pub(super) fn pending_inbox(
     conn: &Connection,
     after_id: i64,
     limit: u32,
 ) -> Result<Vec<InboxEntry>, StorageError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, dedup_key, event, razorpay_order_id, event_created_at, received_at_ms, body,
-                (SELECT order_id FROM orders o WHERE o.razorpay_order_id = inbox.razorpay_order_id)
-         FROM inbox WHERE processed_at_ms IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
-    )?;
+    let mut stmt = conn.prepare_cached(PENDING_INBOX)?;
     let rows = stmt.query_map(params![after_id, limit], |row| {
         Ok(InboxEntry {
             order_id: row.get(7)?,
@@ -425,6 +426,21 @@ mod tests {
     use super::super::fresh_storage;
     use super::*;
     use crate::storage::StorageOptions;
+
+    #[test]
+    fn reading_the_inbox_again_does_not_plan_its_query_again() {
+        let (_store, dir) = super::super::fresh_storage();
+        let conn = super::super::open_read_only(&dir.path().join("db.sqlite")).unwrap();
+        for after in [0, 5, 0] {
+            pending_inbox(&conn, after, 256).unwrap();
+        }
+        let statement = conn.prepare_cached(PENDING_INBOX).unwrap();
+        assert_eq!(
+            statement.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "a bound LIMIT or id made SQLite plan the statement again at each run"
+        );
+    }
 
     fn accepted(key: &str) -> WebhookRecord {
         WebhookRecord::Accepted {
