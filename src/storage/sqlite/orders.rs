@@ -186,23 +186,7 @@ impl SqliteStore {
         self.write_repeatable(move |conn| {
             append_journal(conn, &snapshot.order_id, &journal)?;
             if !journal.is_empty() {
-                conn.prepare_cached(
-                    "UPDATE orders SET state = ?2, snapshot = ?3, reserved_until_ms = ?4, updated_at_ms = ?5,
-                                       next_attempt_at_ms = ?6, awb = ?7, paid_amount_paise = ?8,
-                                       refund_due = ?9
-                     WHERE order_id = ?1",
-                )?
-                .execute(params![
-                    snapshot.order_id,
-                    snapshot.state.as_str(),
-                    snapshot_json,
-                    snapshot.reserved_until_ms,
-                    snapshot.updated_at_ms,
-                    snapshot.shipping.next_attempt_at_ms,
-                    snapshot.shipping.awb,
-                    paid_amount(&snapshot),
-                    snapshot.refund_due,
-                ])?;
+                update_order_row(conn, &snapshot, &snapshot_json)?;
             }
             if let Some(letter) = &dead_letter {
                 insert_dead_letter(conn, LetterSource::Order, letter, snapshot.updated_at_ms)?;
@@ -645,6 +629,110 @@ fn insert_deferred(conn: &Connection, command: &EncodedDeferred) -> Result<i64, 
     Ok(conn.last_insert_rowid())
 }
 
+/// The columns of an order row that indexes cover, besides its ids and creation time.
+#[derive(Debug, Clone, PartialEq)]
+struct IndexedColumns {
+    state: String,
+    reserved_until_ms: Option<i64>,
+    next_attempt_at_ms: Option<i64>,
+    awb: Option<String>,
+    paid_amount_paise: Option<i64>,
+    refund_due: bool,
+}
+
+impl IndexedColumns {
+    fn of(snapshot: &OrderSnapshot) -> Self {
+        Self {
+            state: snapshot.state.as_str().to_owned(),
+            reserved_until_ms: snapshot.reserved_until_ms,
+            next_attempt_at_ms: snapshot.shipping.next_attempt_at_ms,
+            awb: snapshot.shipping.awb.clone(),
+            paid_amount_paise: paid_amount(snapshot),
+            refund_due: snapshot.refund_due,
+        }
+    }
+
+    /// `(column, value)` for each column whose value differs from `stored`'s.
+    fn changed_since<'a>(
+        &'a self,
+        stored: Option<&IndexedColumns>,
+    ) -> Vec<(&'static str, &'a dyn rusqlite::ToSql)> {
+        let columns: [(&'static str, bool, &'a dyn rusqlite::ToSql); 6] = [
+            (
+                "state",
+                stored.is_none_or(|s| s.state != self.state),
+                &self.state,
+            ),
+            (
+                "reserved_until_ms",
+                stored.is_none_or(|s| s.reserved_until_ms != self.reserved_until_ms),
+                &self.reserved_until_ms,
+            ),
+            (
+                "next_attempt_at_ms",
+                stored.is_none_or(|s| s.next_attempt_at_ms != self.next_attempt_at_ms),
+                &self.next_attempt_at_ms,
+            ),
+            ("awb", stored.is_none_or(|s| s.awb != self.awb), &self.awb),
+            (
+                "paid_amount_paise",
+                stored.is_none_or(|s| s.paid_amount_paise != self.paid_amount_paise),
+                &self.paid_amount_paise,
+            ),
+            (
+                "refund_due",
+                stored.is_none_or(|s| s.refund_due != self.refund_due),
+                &self.refund_due,
+            ),
+        ];
+        columns
+            .into_iter()
+            .filter(|(_, differs, _)| *differs)
+            .map(|(column, _, value)| (column, value))
+            .collect()
+    }
+}
+
+/// Writes `snapshot` over its order row, setting only the indexed columns
+/// whose values changed. SQLite deletes and re-inserts an index entry for
+/// every indexed column an UPDATE names, changed or not, and most of an
+/// order's commits (its Shiprocket steps) change one of them or none.
+fn update_order_row(
+    conn: &Connection,
+    snapshot: &OrderSnapshot,
+    snapshot_json: &str,
+) -> Result<(), StorageError> {
+    let stored = conn
+        .prepare_cached(
+            "SELECT state, reserved_until_ms, next_attempt_at_ms, awb, paid_amount_paise, refund_due
+             FROM orders WHERE order_id = ?1",
+        )?
+        .query_row([&snapshot.order_id], |row| {
+            Ok(IndexedColumns {
+                state: row.get(0)?,
+                reserved_until_ms: row.get(1)?,
+                next_attempt_at_ms: row.get(2)?,
+                awb: row.get(3)?,
+                paid_amount_paise: row.get(4)?,
+                refund_due: row.get(5)?,
+            })
+        })
+        .optional()?;
+    let indexed = IndexedColumns::of(snapshot);
+    let changed = indexed.changed_since(stored.as_ref());
+    let mut sql = String::from("UPDATE orders SET snapshot = ?2, updated_at_ms = ?3");
+    let mut values: Vec<&dyn rusqlite::ToSql> =
+        vec![&snapshot.order_id, &snapshot_json, &snapshot.updated_at_ms];
+    for (column, value) in changed {
+        values.push(value);
+        sql.push_str(&format!(", {column} = ?{}", values.len()));
+    }
+    sql.push_str(" WHERE order_id = ?1");
+    conn.prepare_cached(&sql)?
+        .execute(rusqlite::params_from_iter(values))?;
+    Ok(())
+}
+
 /// Appends journal rows, and the audit entries of the financial ones.
 fn append_journal(
     conn: &Connection,
@@ -867,5 +955,128 @@ mod tests {
         };
         assert_eq!(order_of("evt_known"), Some(Some("XVC-K1".to_owned())));
         assert_eq!(order_of("evt_unknown"), Some(None));
+    }
+
+    #[test]
+    fn an_update_names_only_the_indexed_columns_that_changed() {
+        let created = OrderEvent::Created {
+            razorpay_order_id: None,
+            payment_method: PaymentMethod::Prepaid,
+            currency: "INR".into(),
+            amount_paise: 74_900,
+            lines: vec![],
+            reserved_until_ms: Some(100),
+        };
+        let mut snapshot = genesis("XVC-I0", &created, 1).unwrap();
+        let stored = IndexedColumns::of(&snapshot);
+        let names = |changed: Vec<(&'static str, &dyn rusqlite::ToSql)>| {
+            changed.into_iter().map(|(c, _)| c).collect::<Vec<_>>()
+        };
+        let all = IndexedColumns::of(&snapshot);
+        assert_eq!(names(all.changed_since(Some(&stored))), Vec::<&str>::new());
+        assert_eq!(
+            names(all.changed_since(None)).len(),
+            6,
+            "no row read: all of them"
+        );
+        snapshot.shipping.next_attempt_at_ms = Some(5);
+        snapshot.shipping.awb = Some("AWB1".into());
+        let later = IndexedColumns::of(&snapshot);
+        assert_eq!(
+            names(later.changed_since(Some(&stored))),
+            vec!["next_attempt_at_ms", "awb"]
+        );
+    }
+
+    /// Whatever columns a commit changes, the row holds the snapshot's values
+    /// and every index agrees with the table.
+    #[tokio::test]
+    async fn an_order_rows_indexed_columns_follow_its_snapshot() {
+        let (storage, dir) = super::super::fresh_storage();
+        let created = OrderEvent::Created {
+            razorpay_order_id: Some("order_I1".into()),
+            payment_method: PaymentMethod::Prepaid,
+            currency: "INR".into(),
+            amount_paise: 74_900,
+            lines: vec![],
+            reserved_until_ms: Some(100),
+        };
+        let mut snapshot = insert_created(&storage, "XVC-I1", created).await;
+        let reader = super::super::open_read_only(&dir.path().join("db.sqlite")).unwrap();
+        let changes: [fn(&mut OrderSnapshot); 6] = [
+            |s| {
+                s.state = OrderState::Paid;
+                s.reserved_until_ms = None;
+                s.payment_id = Some("pay_1".into());
+            },
+            |s| s.shipping.next_attempt_at_ms = Some(10),
+            // A step that changes no indexed column.
+            |s| s.shipping.attempts += 1,
+            |s| {
+                s.state = OrderState::ShipmentCreated;
+                s.shipping.next_attempt_at_ms = Some(20);
+            },
+            |s| {
+                s.state = OrderState::ReadyToShip;
+                s.shipping.next_attempt_at_ms = None;
+                s.shipping.awb = Some("AWB1".into());
+            },
+            |s| s.refund_due = true,
+        ];
+        for (at, change) in (2..).zip(changes) {
+            change(&mut snapshot);
+            snapshot.version += 1;
+            snapshot.updated_at_ms = at;
+            storage
+                .commit_order(OrderWrite {
+                    snapshot: snapshot.clone(),
+                    journal: vec![append(
+                        OrderEvent::PaymentFailureNoted { payment_id: None },
+                        at,
+                    )],
+                    inbox_done: None,
+                    dead_letter: None,
+                    queue: None,
+                    stock: vec![],
+                    audit: None,
+                })
+                .await
+                .unwrap();
+            let row = reader
+                .query_row(
+                    "SELECT state, reserved_until_ms, next_attempt_at_ms, awb, paid_amount_paise, refund_due, updated_at_ms
+                     FROM orders WHERE order_id = 'XVC-I1'",
+                    [],
+                    |row| {
+                        Ok((
+                            IndexedColumns {
+                                state: row.get(0)?,
+                                reserved_until_ms: row.get(1)?,
+                                next_attempt_at_ms: row.get(2)?,
+                                awb: row.get(3)?,
+                                paid_amount_paise: row.get(4)?,
+                                refund_due: row.get(5)?,
+                            },
+                            row.get::<_, i64>(6)?,
+                        ))
+                    },
+                )
+                .unwrap();
+            assert_eq!(row, (IndexedColumns::of(&snapshot), at));
+            let check: String = reader
+                .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+                .unwrap();
+            assert_eq!(check, "ok", "after change {at}");
+            let by_state: i64 = reader
+                .query_row(
+                    "SELECT count(*) FROM orders INDEXED BY orders_by_state WHERE state = ?1",
+                    [snapshot.state.as_str()],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            assert_eq!(by_state, 1);
+        }
+        let stored = storage.load_order("XVC-I1").await.unwrap().unwrap();
+        assert_eq!(stored.snapshot, snapshot);
     }
 }
