@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
@@ -630,65 +631,65 @@ fn insert_deferred(conn: &Connection, command: &EncodedDeferred) -> Result<i64, 
 }
 
 /// The columns of an order row that indexes cover, besides its ids and creation time.
+const INDEXED_COLUMNS: [&str; 6] = [
+    "state",
+    "reserved_until_ms",
+    "next_attempt_at_ms",
+    "awb",
+    "paid_amount_paise",
+    "refund_due",
+];
+
+/// An order row's values of [`INDEXED_COLUMNS`], in that order.
 #[derive(Debug, Clone, PartialEq)]
-struct IndexedColumns {
-    state: String,
-    reserved_until_ms: Option<i64>,
-    next_attempt_at_ms: Option<i64>,
-    awb: Option<String>,
-    paid_amount_paise: Option<i64>,
-    refund_due: bool,
-}
+struct IndexedColumns([Value; 6]);
 
 impl IndexedColumns {
     fn of(snapshot: &OrderSnapshot) -> Self {
-        Self {
-            state: snapshot.state.as_str().to_owned(),
-            reserved_until_ms: snapshot.reserved_until_ms,
-            next_attempt_at_ms: snapshot.shipping.next_attempt_at_ms,
-            awb: snapshot.shipping.awb.clone(),
-            paid_amount_paise: paid_amount(snapshot),
-            refund_due: snapshot.refund_due,
-        }
+        let integer = |v: Option<i64>| v.map_or(Value::Null, Value::Integer);
+        Self([
+            Value::Text(snapshot.state.as_str().to_owned()),
+            integer(snapshot.reserved_until_ms),
+            integer(snapshot.shipping.next_attempt_at_ms),
+            snapshot
+                .shipping
+                .awb
+                .clone()
+                .map_or(Value::Null, Value::Text),
+            integer(paid_amount(snapshot)),
+            Value::Integer(i64::from(snapshot.refund_due)),
+        ])
+    }
+
+    /// The values stored for `order_id`, if it has a row.
+    fn stored(conn: &Connection, order_id: &str) -> Result<Option<Self>, StorageError> {
+        Ok(conn
+            .prepare_cached(
+                // INDEXED_COLUMNS, in its order.
+                "SELECT state, reserved_until_ms, next_attempt_at_ms, awb, paid_amount_paise, refund_due
+                 FROM orders WHERE order_id = ?1",
+            )?
+            .query_row([order_id], |row| {
+                Ok(Self([
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ]))
+            })
+            .optional()?)
     }
 
     /// `(column, value)` for each column whose value differs from `stored`'s.
-    fn changed_since<'a>(
-        &'a self,
-        stored: Option<&IndexedColumns>,
-    ) -> Vec<(&'static str, &'a dyn rusqlite::ToSql)> {
-        let columns: [(&'static str, bool, &'a dyn rusqlite::ToSql); 6] = [
-            (
-                "state",
-                stored.is_none_or(|s| s.state != self.state),
-                &self.state,
-            ),
-            (
-                "reserved_until_ms",
-                stored.is_none_or(|s| s.reserved_until_ms != self.reserved_until_ms),
-                &self.reserved_until_ms,
-            ),
-            (
-                "next_attempt_at_ms",
-                stored.is_none_or(|s| s.next_attempt_at_ms != self.next_attempt_at_ms),
-                &self.next_attempt_at_ms,
-            ),
-            ("awb", stored.is_none_or(|s| s.awb != self.awb), &self.awb),
-            (
-                "paid_amount_paise",
-                stored.is_none_or(|s| s.paid_amount_paise != self.paid_amount_paise),
-                &self.paid_amount_paise,
-            ),
-            (
-                "refund_due",
-                stored.is_none_or(|s| s.refund_due != self.refund_due),
-                &self.refund_due,
-            ),
-        ];
-        columns
+    fn changed_since(&self, stored: Option<&IndexedColumns>) -> Vec<(&'static str, &Value)> {
+        INDEXED_COLUMNS
             .into_iter()
-            .filter(|(_, differs, _)| *differs)
-            .map(|(column, _, value)| (column, value))
+            .zip(&self.0)
+            .enumerate()
+            .filter(|(i, (_, value))| stored.is_none_or(|s| s.0[*i] != **value))
+            .map(|(_, column)| column)
             .collect()
     }
 }
@@ -702,22 +703,7 @@ fn update_order_row(
     snapshot: &OrderSnapshot,
     snapshot_json: &str,
 ) -> Result<(), StorageError> {
-    let stored = conn
-        .prepare_cached(
-            "SELECT state, reserved_until_ms, next_attempt_at_ms, awb, paid_amount_paise, refund_due
-             FROM orders WHERE order_id = ?1",
-        )?
-        .query_row([&snapshot.order_id], |row| {
-            Ok(IndexedColumns {
-                state: row.get(0)?,
-                reserved_until_ms: row.get(1)?,
-                next_attempt_at_ms: row.get(2)?,
-                awb: row.get(3)?,
-                paid_amount_paise: row.get(4)?,
-                refund_due: row.get(5)?,
-            })
-        })
-        .optional()?;
+    let stored = IndexedColumns::stored(conn, &snapshot.order_id)?;
     let indexed = IndexedColumns::of(snapshot);
     let changed = indexed.changed_since(stored.as_ref());
     let mut sql = String::from("UPDATE orders SET snapshot = ?2, updated_at_ms = ?3");
@@ -969,7 +955,7 @@ mod tests {
         };
         let mut snapshot = genesis("XVC-I0", &created, 1).unwrap();
         let stored = IndexedColumns::of(&snapshot);
-        let names = |changed: Vec<(&'static str, &dyn rusqlite::ToSql)>| {
+        let names = |changed: Vec<(&'static str, &Value)>| {
             changed.into_iter().map(|(c, _)| c).collect::<Vec<_>>()
         };
         let all = IndexedColumns::of(&snapshot);
@@ -1042,26 +1028,16 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            let row = reader
-                .query_row(
-                    "SELECT state, reserved_until_ms, next_attempt_at_ms, awb, paid_amount_paise, refund_due, updated_at_ms
-                     FROM orders WHERE order_id = 'XVC-I1'",
-                    [],
-                    |row| {
-                        Ok((
-                            IndexedColumns {
-                                state: row.get(0)?,
-                                reserved_until_ms: row.get(1)?,
-                                next_attempt_at_ms: row.get(2)?,
-                                awb: row.get(3)?,
-                                paid_amount_paise: row.get(4)?,
-                                refund_due: row.get(5)?,
-                            },
-                            row.get::<_, i64>(6)?,
-                        ))
-                    },
-                )
-                .unwrap();
+            let row = (
+                IndexedColumns::stored(&reader, "XVC-I1").unwrap().unwrap(),
+                reader
+                    .query_row(
+                        "SELECT updated_at_ms FROM orders WHERE order_id = 'XVC-I1'",
+                        [],
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .unwrap(),
+            );
             assert_eq!(row, (IndexedColumns::of(&snapshot), at));
             let check: String = reader
                 .query_row("PRAGMA integrity_check", [], |row| row.get(0))
