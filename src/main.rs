@@ -238,9 +238,10 @@ fn audit_verify(path: &std::path::Path) -> ExitCode {
 fn serve(settings: Settings) -> anyhow::Result<()> {
     // The same name the daemon's status reports (host name and pid by default).
     let instance_id = dropshipd::startup::instance_id(&settings.config.cluster.instance_id);
-    if let Err(e) = logging::init_for(Some(&instance_id)) {
-        eprintln!("dropshipd: logging not initialised: {e}");
-    }
+    // Held to the end of `serve`: its drop writes out the last lines.
+    let _log = logging::init_for(Some(&instance_id))
+        .map_err(|e| eprintln!("dropshipd: logging not initialised: {e}"))
+        .ok();
     for warning in &settings.warnings {
         tracing::warn!(warning = %warning, "configuration warning");
     }
@@ -260,9 +261,9 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 fn run_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
-    if let Err(e) = logging::init() {
-        eprintln!("dropshipd: logging not initialised: {e}");
-    }
+    let _log = logging::init()
+        .map_err(|e| eprintln!("dropshipd: logging not initialised: {e}"))
+        .ok();
     let duplicate = match args.duplicate.as_str() {
         "echo" => DuplicatePolicy::Echo,
         "reject" => DuplicatePolicy::Reject,
@@ -304,11 +305,11 @@ fn run_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
 fn run_demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     // The daemon's logs would drown the progress bar and the summary; they
     // are there for whoever asks with RUST_LOG.
-    if std::env::var_os("RUST_LOG").is_some() {
-        if let Err(e) = logging::init() {
-            eprintln!("dropshipd: logging not initialised: {e}");
-        }
-    }
+    let _log = std::env::var_os("RUST_LOG").and_then(|_| {
+        logging::init()
+            .map_err(|e| eprintln!("dropshipd: logging not initialised: {e}"))
+            .ok()
+    });
     let options = DemoOptions {
         orders: args.orders,
         keep_running: args.keep_running,
