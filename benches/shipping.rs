@@ -83,8 +83,9 @@ fn scenario(
         ),
     )
     .expect("config");
-    // The built binary, as users run it.
-    let daemon = Daemon::start(&config, SECRET);
+    // The built binary, as users run it: default `info` logging, a line per
+    // order transition.
+    let daemon = Daemon::start_logging(&config, SECRET, "info");
     let (public, admin) = (daemon.public.clone(), daemon.admin.clone());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
