@@ -12,7 +12,6 @@
 //! (a busy journald) stalls no request. Nothing is dropped: a logger waits
 //! only when [`LINES_IN_FLIGHT`] lines are waiting.
 
-use std::fmt::Write as _;
 use std::io::{BufWriter, IsTerminal};
 
 use tracing::{Event, Subscriber};
@@ -20,6 +19,8 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
+
+use super::json_line::JsonLine;
 
 /// Lines the writer thread may hold before a logger waits for it.
 const LINES_IN_FLIGHT: usize = 64 * 1024;
@@ -51,43 +52,26 @@ pub fn init_for(
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
-    let instance = instance_id.map(str::to_owned);
     let installed = if terminal {
-        let format = tracing_subscriber::fmt::format().compact();
         builder
-            .event_format(Named {
-                inner: format,
-                instance,
-                json: false,
+            .event_format(Prefixed {
+                inner: tracing_subscriber::fmt::format().compact(),
+                instance: instance_id.map(str::to_owned),
             })
             .try_init()
     } else {
-        let format = tracing_subscriber::fmt::format()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false);
-        builder
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .event_format(Named {
-                inner: format,
-                instance,
-                json: true,
-            })
-            .try_init()
+        builder.event_format(JsonLine::new(instance_id)).try_init()
     };
     installed.map(|()| LogGuard { _writer: guard })
 }
 
-/// An event format that puts the instance first on each line: as the first
-/// key of the JSON object, or as a prefix of the terminal's line.
-struct Named<F> {
+/// The terminal's format with the instance as a prefix of each line.
+struct Prefixed<F> {
     inner: F,
     instance: Option<String>,
-    json: bool,
 }
 
-impl<S, N, F> FormatEvent<S, N> for Named<F>
+impl<S, N, F> FormatEvent<S, N> for Prefixed<F>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
@@ -99,22 +83,9 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
-        let Some(instance) = &self.instance else {
-            return self.inner.format_event(ctx, writer, event);
-        };
-        let mut line = String::new();
-        self.inner
-            .format_event(ctx, Writer::new(&mut line), event)?;
-        match line.strip_prefix('{').filter(|_| self.json) {
-            Some(rest) => {
-                let name = serde_json::to_string(instance).map_err(|_| std::fmt::Error)?;
-                write!(writer, "{{\"instance_id\":{name},{rest}")
-            }
-            None => {
-                let mut prefixed = String::with_capacity(line.len() + instance.len() + 3);
-                let _ = write!(prefixed, "[{instance}] {line}");
-                writer.write_str(&prefixed)
-            }
+        if let Some(instance) = &self.instance {
+            write!(writer, "[{instance}] ")?;
         }
+        self.inner.format_event(ctx, writer, event)
     }
 }
