@@ -121,48 +121,13 @@ async fn serve_logs_json_with_the_event_id_and_never_a_secret_or_a_body() {
 /// once it reads again every line arrives.
 #[tokio::test]
 async fn a_log_reader_that_stops_reading_stalls_no_webhook_and_loses_no_line() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-
     // Far more INFO lines than a pipe holds (64 KiB): with each line written
     // by the thread that logs it, the workers would block and these requests
     // time out.
     const WEBHOOKS: usize = 1_500;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write_daemon_config(dir.path());
-    /// Kills the daemon however the test ends, so that a failure does not
-    /// leave it running (and holding the test's stderr open).
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut daemon = Killed(
-        daemon_command(&config)
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start dropshipd"),
-    );
-    let mut lines = BufReader::new(daemon.0.stdout.take().expect("stdout piped")).lines();
-    let public = loop {
-        let line = lines
-            .next()
-            .expect("dropshipd exited before listening")
-            .expect("read stdout");
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if json["message"] == "listening" {
-            break format!(
-                "http://{}",
-                json["public_addr"].as_str().unwrap_or_default()
-            );
-        }
-    };
+    let (mut daemon, lines) = Daemon::start_holding_stdout(&config);
     // From here nothing reads stdout until every webhook was answered.
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
@@ -171,7 +136,7 @@ async fn a_log_reader_that_stops_reading_stalls_no_webhook_and_loses_no_line() {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let senders: Vec<_> = (0..8)
         .map(|_| {
-            let (client, next, public) = (client.clone(), next.clone(), public.clone());
+            let (client, next, public) = (client.clone(), next.clone(), daemon.public.clone());
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -208,13 +173,7 @@ async fn a_log_reader_that_stops_reading_stalls_no_webhook_and_loses_no_line() {
 
     // An orderly stop, then reading again: every accepted event's line
     // arrives before stdout closes.
-    let pid = libc::pid_t::try_from(daemon.0.id()).expect("pid fits");
-    // SAFETY: kill(2) with a child's pid and a valid signal number.
-    assert_eq!(
-        unsafe { libc::kill(pid, libc::SIGTERM) },
-        0,
-        "SIGTERM not delivered"
-    );
+    daemon.terminate();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
@@ -233,7 +192,9 @@ async fn a_log_reader_that_stops_reading_stalls_no_webhook_and_loses_no_line() {
             }
         }
     }
-    let exited = daemon.0.wait().expect("wait for dropshipd");
+    let exited = daemon
+        .wait_exit(std::time::Duration::from_secs(30))
+        .expect("dropshipd exits after SIGTERM");
     assert!(exited.success(), "SIGTERM exits 0: {exited}");
     assert_eq!(
         logged.len(),

@@ -372,6 +372,9 @@ pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
 }
 
 /// The built `dropshipd` binary, run as a real process.
+/// What a daemon writes to stdout, line by line.
+pub type StdoutLines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
 pub struct Daemon {
     child: Child,
     pub public: String,
@@ -428,6 +431,21 @@ impl Daemon {
 
     /// As [`Daemon::start`], with the command adjusted first (environment, ...).
     pub fn start_with(config: &Path, adjust: impl FnOnce(&mut Command)) -> Daemon {
+        Self::spawn(config, adjust, false).0
+    }
+
+    /// As [`Daemon::start`], but from its listening line on nobody reads the
+    /// daemon's stdout: the caller gets the rest of it, to read when it will.
+    pub fn start_holding_stdout(config: &Path) -> (Daemon, StdoutLines) {
+        let (daemon, rest) = Self::spawn(config, |_| {}, true);
+        (daemon, rest.expect("stdout handed over"))
+    }
+
+    fn spawn(
+        config: &Path,
+        adjust: impl FnOnce(&mut Command),
+        hold_stdout: bool,
+    ) -> (Daemon, Option<StdoutLines>) {
         let mut command = daemon_command(config);
         adjust(&mut command);
         let mut child = command
@@ -440,33 +458,44 @@ impl Daemon {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let sink = Arc::clone(&logs);
-        // Drains stdout for the child's whole life, so logging never blocks it.
+        // Unless the caller holds it, drains stdout for the child's whole
+        // life, so logging never blocks it.
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if json["message"] == "listening" {
-                        let _ = ready_tx.send((
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                let listening = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .filter(|json| json["message"] == "listening")
+                    .map(|json| {
+                        (
                             json["public_addr"].as_str().unwrap_or_default().to_owned(),
                             json["admin_addr"].as_str().unwrap_or_default().to_owned(),
-                        ));
-                    }
-                }
+                        )
+                    });
                 if let Ok(mut logs) = sink.lock() {
                     logs.push(line);
                 }
+                if let Some((public, admin)) = listening {
+                    if hold_stdout {
+                        let _ = ready_tx.send((public, admin, Some(lines)));
+                        return;
+                    }
+                    let _ = ready_tx.send((public, admin, None));
+                }
             }
         });
-        let (public, admin) = ready_rx
+        let (public, admin, rest) = ready_rx
             .recv_timeout(Duration::from_secs(60))
             .expect("dropshipd did not log its listening addresses");
         let public: SocketAddr = public.parse().expect("public address");
         let admin: SocketAddr = admin.parse().expect("admin address");
-        Daemon {
+        let daemon = Daemon {
             child,
             public: format!("http://{public}"),
             admin: format!("http://{admin}"),
             logs,
-        }
+        };
+        (daemon, rest)
     }
 
     /// SIGTERM: the orderly stop.

@@ -822,6 +822,19 @@ mod tests {
         }
     }
 
+    /// A commit of `snapshot` with one journal entry, `event` at `at_ms`, and nothing else.
+    fn journaled(snapshot: &OrderSnapshot, event: OrderEvent, at_ms: i64) -> OrderWrite {
+        OrderWrite {
+            snapshot: snapshot.clone(),
+            journal: vec![append(event, at_ms)],
+            inbox_done: None,
+            dead_letter: None,
+            queue: None,
+            stock: vec![],
+            audit: None,
+        }
+    }
+
     /// A reader racing the order's writes must never see a journal that ends
     /// before or after the snapshot it read with it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -857,15 +870,7 @@ mod tests {
                     let event = OrderEvent::PaymentFailureNoted { payment_id: None };
                     apply(&mut snapshot, &event, at);
                     storage
-                        .commit_order(OrderWrite {
-                            snapshot: snapshot.clone(),
-                            journal: vec![append(event, at)],
-                            inbox_done: None,
-                            dead_letter: None,
-                            queue: None,
-                            stock: vec![],
-                            audit: None,
-                        })
+                        .commit_order(journaled(&snapshot, event, at))
                         .await
                         .unwrap();
                 }
@@ -1013,19 +1018,9 @@ mod tests {
             change(&mut snapshot);
             snapshot.version += 1;
             snapshot.updated_at_ms = at;
+            let event = OrderEvent::PaymentFailureNoted { payment_id: None };
             storage
-                .commit_order(OrderWrite {
-                    snapshot: snapshot.clone(),
-                    journal: vec![append(
-                        OrderEvent::PaymentFailureNoted { payment_id: None },
-                        at,
-                    )],
-                    inbox_done: None,
-                    dead_letter: None,
-                    queue: None,
-                    stock: vec![],
-                    audit: None,
-                })
+                .commit_order(journaled(&snapshot, event, at))
                 .await
                 .unwrap();
             let row = (
